@@ -261,12 +261,25 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     for key, value in raw.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f"; did you mean {_join(where, close[0])}?" if close else f"; valid keys: {', '.join(names)}"
+            guess = _suggest(str(key), names)
+            hint = f"; did you mean {_join(where, guess)}?" if guess else f"; valid keys: {', '.join(names)}"
             problems.append(f"{path}: unknown key{hint}")
             continue
         kwargs[key] = _convert(hints[key], value, path, problems)
     return cls(**kwargs)
+
+
+def _suggest(key: str, names: list[str]) -> str | None:
+    """The valid key the user most likely meant: a near spelling (max_step → max_steps), else the
+    key sharing the most underscore-separated words (lr_peak → lr)."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    words = set(key.lower().split("_"))
+    scored = [(len(words & set(name.split("_"))), difflib.SequenceMatcher(None, key, name).ratio(), name)
+              for name in names]
+    best = max(scored)
+    return best[2] if best[0] > 0 else None
 
 
 def _join(where: str, key: str) -> str:
