@@ -196,6 +196,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(str(path), ["the top level must be a mapping of keys (run_dir, tokenizer, data, model, train)"])
+    raw = _merge(recipe_to_dict(Recipe()), raw)  # overrides may target keys the file leaves at their defaults
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
@@ -213,6 +214,17 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """`update` laid over `base`; sections merge key by key, any other value (lists too) replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
