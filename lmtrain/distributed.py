@@ -52,8 +52,21 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         raise UserError(f"the launcher started {world} processes but Accelerate sees {accelerator.num_processes}; "
                         "check the accelerate config (num_processes, distributed_type)")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # We feed batches ourselves (no prepared DataLoader), so DeepSpeed's "auto" micro-batch
-        # must be filled in from the recipe.
+        # The recipe is the source of truth: DeepSpeed's "auto" values are filled from it (we feed
+        # batches ourselves, so Accelerate cannot infer them), and fixed values must agree with it.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = recipe.train.micro_batch_size
+        _fill_from_recipe(ds_config, "train_micro_batch_size_per_gpu", recipe.train.micro_batch_size,
+                          "train.micro_batch_size")
+        _fill_from_recipe(ds_config, "gradient_accumulation_steps", accum,
+                          "train.global_batch_size / (micro_batch_size x processes)")
+        _fill_from_recipe(ds_config, "gradient_clipping", recipe.train.grad_clip, "train.grad_clip")
     return accelerator
+
+
+def _fill_from_recipe(ds_config: dict, key: str, value, recipe_key: str) -> None:
+    current = ds_config.get(key, "auto")
+    if current == "auto":
+        ds_config[key] = value
+    elif current != value:
+        raise UserError(f"the DeepSpeed config sets {key}={current} but the recipe gives {value} ({recipe_key}); "
+                        f'set {key} to "auto" in the DeepSpeed config so that the recipe decides')
