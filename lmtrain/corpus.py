@@ -58,9 +58,18 @@ class CorpusStats:
 
 
 def read_corpus(sources: Iterable[SourceConfig], stats: CorpusStats) -> Iterator[str]:
-    """Every document of every source, in a deterministic order."""
-    for source in sources:
-        yield from read_source(source, stats)
+    """Every document of every source, interleaved one document per source in turn.
+
+    Interleaving (rather than one source after the other) means that a prefix of the corpus,
+    such as the tokenizer's max_training_chars, draws from every source, not just the first."""
+    readers = [read_source(source, stats) for source in sources]
+    while readers:
+        for reader in list(readers):
+            text = next(reader, None)
+            if text is None:
+                readers.remove(reader)
+            else:
+                yield text
 
 
 def read_source(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:

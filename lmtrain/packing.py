@@ -38,7 +38,7 @@ class Packer:
         stream = np.concatenate([self._remainder, joined])
         num_blocks = len(stream) // self.seq_len
         cut = num_blocks * self.seq_len
-        self._remainder = stream[cut:].copy()  # a copy, so the returned blocks never alias the carry
+        self._remainder = stream[cut:]
         self.blocks += num_blocks
         return stream[:cut].reshape(num_blocks, self.seq_len)
 
