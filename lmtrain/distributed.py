@@ -7,6 +7,7 @@ across nodes: the launch config decides, the recipe's global batch stays fixed.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
@@ -34,10 +35,15 @@ def resolve_precision(setting: str) -> str:
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """An Accelerator whose view of the world matches the launcher's, checked."""
+    # DeepSpeed's ZeRO-3 calls these torch collectives on every step; torch warns each time.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, rather than have DeepSpeed warn that it guessed
     world = launch_world_size()
     accum = gradient_accumulation_steps(recipe, world)
     handlers = []
-    if not torch.cuda.is_available():
+    if world > 1 and not torch.cuda.is_available():
         # Without a GPU, Accelerate leaves the process group unset under DeepSpeed and every rank
         # believes it is process 0 of 1 while DeepSpeed shards across all of them. gloo fixes it.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))

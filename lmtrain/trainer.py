@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from lmtrain.config import Recipe, recipe_to_dict, recipe_to_yaml
+from lmtrain.data import read_manifest
 from lmtrain.distributed import make_accelerator
 from lmtrain.errors import UserError
 from lmtrain.export import export_model
@@ -53,10 +54,11 @@ def fit(recipe: Recipe) -> FitResult:
     t = recipe.train
     optimizer = torch.optim.AdamW(decay_param_groups(model, t.weight_decay), lr=t.lr,
                                   betas=tuple(t.adam_betas), eps=t.adam_eps)
-    # Stepped by us once per optimizer step; Accelerate's wrapper would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Built on the prepared optimizer (ZeRO-3 regroups parameters) and stepped by us once per
+    # optimizer step (Accelerate's scheduler wrapper would step it once per process).
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps, min_lr_rate=t.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.init_trackers(run_dir.name, config=_flatten(recipe_to_dict(recipe)),
                               init_kwargs={"wandb": {"dir": str(run_dir)}})
 
@@ -134,19 +136,18 @@ def fit(recipe: Recipe) -> FitResult:
 
 def load_packed_splits(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The packed train/validation blocks, checked against the recipe's tokenizer and seq_len."""
-    data_dir = Path(recipe.data.dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(f"{data_dir}: no prepared data (manifest.json missing); "
+    manifest = read_manifest(recipe.data.dir)
+    if manifest is None:
+        raise UserError(f"{recipe.data.dir}: no prepared data (manifest.json missing); "
                         "run `python data_prep/prepare.py RECIPE` with the same recipe first")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest["seq_len"] != recipe.data.seq_len:
-        raise UserError(f"{manifest_path}: data was packed with seq_len {manifest['seq_len']} but the recipe says "
+    inputs = manifest["inputs"]
+    if inputs["seq_len"] != recipe.data.seq_len:
+        raise UserError(f"{recipe.data.dir}: data was packed with seq_len {inputs['seq_len']} but the recipe says "
                         f"data.seq_len={recipe.data.seq_len}; rerun data_prep/prepare.py with this recipe")
-    if manifest["tokenizer"]["fingerprint"] != tokenizer_fingerprint(recipe.tokenizer.dir):
-        raise UserError(f"{manifest_path}: data was tokenized with a different tokenizer than "
+    if inputs["tokenizer_fingerprint"] != tokenizer_fingerprint(recipe.tokenizer.dir):
+        raise UserError(f"{recipe.data.dir}: data was tokenized with a different tokenizer than the one in "
                         f"{recipe.tokenizer.dir}; rerun data_prep/prepare.py with this recipe")
-    splits = datasets.load_from_disk(str(data_dir))
+    splits = datasets.load_from_disk(recipe.data.dir)
     return splits["train"].with_format("numpy"), splits["validation"].with_format("numpy")
 
 
