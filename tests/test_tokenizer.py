@@ -1,0 +1,188 @@
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from lmtrain.config import load_recipe  # noqa: E402
+from lmtrain.errors import UserError  # noqa: E402
+from lmtrain.tokenization import (  # noqa: E402
+    load_tokenizer, tokenizer_fingerprint, train_tokenizer, training_record)
+
+ENGLISH = "The quick brown fox jumps over the lazy dog. It's 2024; numbers like 3.14159 and 1,000,000 appear.\n"
+CHINESE = "机器学习是人工智能的一个分支。我们用大量文本训练语言模型，然后评估它的表现。\n"
+CODE = "def add(a, b):\n    return a + b\n\n\nclass Point:\n\tx: int = 0\n"
+
+ROUND_TRIP_CASES = {
+    "english": ENGLISH,
+    "chinese": CHINESE + "全角空格\u3000和标点：「引号」！",
+    "emoji": "Hi 👋🏽 family 👨‍👩‍👧‍👦 flags 🇨🇳🇺🇸 ❤️ keycap 1️⃣",
+    "control_characters": "nul\x00 bell\x07 esc\x1b[31m del\x7f c1\x85\x9f zero-width\u200b bom\ufeff",
+    "whitespace": "\r\n\tindented\r\n    four spaces\n\n\n  trailing   \t\n",
+    "leading_spaces": "   leading",
+    "only_spaces": "     ",
+    "empty": "",
+    "special_token_text": "literal <|endoftext|> and <|pad|> in text",
+    "mixed_scripts": "Русский текст, ελληνικά, العربية, हिन्दी, 日本語のかなカナ, 한국어",
+    "combining_marks": "e\u0301 a\u0308 Z\u0351\u0352\u0353",
+}
+
+
+def write_recipe(tmp_path: Path, paths: list[str], **overrides) -> Path:
+    """A recipe YAML in tmp_path whose tokenizer and data dirs also live in tmp_path."""
+    recipe = {
+        "tokenizer": {"dir": str(tmp_path / "tokenizer"), "vocab_size": 384, "min_frequency": 2},
+        "data": {"dir": str(tmp_path / "data"), "sources": [{"kind": "files", "paths": paths}],
+                 "clean": {"strip_html": False}, "validation_fraction": 0.2},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 384-token tokenizer trained once on a small English/Chinese/code corpus."""
+    tmp_path = tmp_path_factory.mktemp("tok")
+    for i in range(40):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"{i}: " + ENGLISH + CHINESE + CODE, encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path, [str(tmp_path / "*.txt")]))
+    train_tokenizer(recipe)
+    return recipe
+
+
+def test_loads_with_auto_tokenizer_without_custom_code(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    assert tokenizer.is_fast
+    assert tokenizer.clean_up_tokenization_spaces is False
+    assert tokenizer.model_max_length == trained.data.seq_len
+    config = json.loads((Path(trained.tokenizer.dir) / "tokenizer_config.json").read_text())
+    assert "auto_map" not in config  # nothing to trust_remote_code
+
+
+def test_vocab_size_is_exactly_the_recipes(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    assert len(tokenizer) == trained.tokenizer.vocab_size == 384
+    assert len(tokenizer) % 64 == 0
+    assert max(tokenizer.get_vocab().values()) == 383
+
+
+def test_tiny_corpus_is_padded_with_reserved_tokens(tmp_path):
+    (tmp_path / "tiny.txt").write_text("hello hello world world " * 10, encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path, [str(tmp_path / "tiny.txt")]), ["data.validation_fraction=0.01"])
+    train_tokenizer(recipe)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer.dir)
+    stats = training_record(recipe.tokenizer.dir)["stats"]
+    # 4 special tokens + 256 bytes + a handful of merges: the rest must be reserved padding.
+    assert 260 < stats["learned_vocab_size"] < 300
+    assert len(tokenizer) == 384
+    reserved = 384 - stats["learned_vocab_size"]
+    assert tokenizer.convert_tokens_to_ids("<|reserved_0|>") == stats["learned_vocab_size"]
+    assert tokenizer.convert_ids_to_tokens(383) == f"<|reserved_{reserved - 1}|>"
+    assert tokenizer.decode(tokenizer.encode("hello world", add_special_tokens=False)) == "hello world"
+
+
+def test_special_tokens_and_their_ids(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|endoftext|>", 0)
+    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|endoftext|>", 0)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<|pad|>", 1)
+    assert tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [2, 3]
+    # Each special token is one id, never split into pieces.
+    assert tokenizer.encode("<|im_start|>user<|im_end|>", add_special_tokens=False)[0] == 2
+    assert tokenizer.decode([0, 1, 2], skip_special_tokens=True) == ""
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP_CASES)
+def test_round_trip_through_auto_tokenizer(trained, name):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    text = ROUND_TRIP_CASES[name]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+
+
+def test_round_trip_random_unicode(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    rng = random.Random(0)
+    planes = [(0x0, 0x2FF), (0x3000, 0x9FFF), (0xAC00, 0xD7A3), (0xE000, 0xFFFD), (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF)]
+    texts = ["".join(chr(rng.randint(*rng.choice(planes))) for _ in range(200)) for _ in range(20)]
+    for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+        assert tokenizer.decode(ids) == text
+
+
+def test_no_special_tokens_are_added_to_plain_text(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    ids = tokenizer("hello")["input_ids"]
+    assert tokenizer.decode(ids) == "hello"  # the data pipeline appends eos itself
+
+
+def test_digits_are_split_one_by_one(trained):
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    assert tokenizer.tokenize("2024") == ["2", "0", "2", "4"]
+
+
+def test_fingerprint_is_sha256_of_tokenizer_json(trained):
+    path = Path(trained.tokenizer.dir) / "tokenizer.json"
+    assert tokenizer_fingerprint(trained.tokenizer.dir) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_retraining_with_the_same_settings_reuses(trained, capsys):
+    tokenizer_json = Path(trained.tokenizer.dir) / "tokenizer.json"
+    before = tokenizer_json.stat().st_mtime_ns
+    train_tokenizer(trained)
+    assert "reusing" in capsys.readouterr().out
+    assert tokenizer_json.stat().st_mtime_ns == before
+
+
+def test_changed_settings_or_corpus_retrain(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text(ENGLISH * 20, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(CHINESE * 20, encoding="utf-8")
+    recipe_path = write_recipe(tmp_path, [str(tmp_path / "*.txt")])
+    train_tokenizer(load_recipe(recipe_path))
+    first = tokenizer_fingerprint(tmp_path / "tokenizer")
+
+    train_tokenizer(load_recipe(recipe_path, ["tokenizer.vocab_size=448"]))
+    assert "retraining" in capsys.readouterr().out
+    assert len(load_tokenizer(tmp_path / "tokenizer")) == 448
+
+    (tmp_path / "c.txt").write_text(CODE * 20, encoding="utf-8")
+    train_tokenizer(load_recipe(recipe_path, ["tokenizer.vocab_size=448"]))
+    assert "retraining" in capsys.readouterr().out
+    assert tokenizer_fingerprint(tmp_path / "tokenizer") != first
+
+
+def test_changed_context_length_updates_without_retraining(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text(ENGLISH * 20, encoding="utf-8")
+    recipe_path = write_recipe(tmp_path, [str(tmp_path / "a.txt")])
+    train_tokenizer(load_recipe(recipe_path))
+    fingerprint = tokenizer_fingerprint(tmp_path / "tokenizer")
+    tokenizer = train_tokenizer(load_recipe(recipe_path, ["data.seq_len=64"]))
+    assert "reusing" in capsys.readouterr().out
+    assert tokenizer.model_max_length == 64
+    assert load_tokenizer(tmp_path / "tokenizer").model_max_length == 64
+    assert tokenizer_fingerprint(tmp_path / "tokenizer") == fingerprint
+
+
+def test_max_training_chars_caps_the_training_text(tmp_path):
+    for i in range(30):
+        (tmp_path / f"{i:02d}.txt").write_text(f"{i} " + ENGLISH * 5, encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path, [str(tmp_path / "*.txt")]), ["tokenizer.max_training_chars=1000"])
+    train_tokenizer(recipe)
+    assert training_record(recipe.tokenizer.dir)["stats"]["training_chars"] == 1000
+
+
+def test_empty_corpus_is_a_user_error(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(UserError, match="no training text"):
+        train_tokenizer(load_recipe(write_recipe(tmp_path, [str(tmp_path / "empty.txt")])))
+
+
+def test_loading_a_missing_tokenizer_says_how_to_train_one(tmp_path):
+    with pytest.raises(UserError, match="train_tokenizer.py"):
+        load_tokenizer(tmp_path / "nothing")
