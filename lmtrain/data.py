@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value
+from tokenizers import Tokenizer
 
 from lmtrain.cleaning import clean_text
 from lmtrain.config import CleanConfig, Recipe
 from lmtrain.corpus import CorpusStats, describe_source, is_validation_document, read_corpus
 from lmtrain.errors import UserError
 from lmtrain.packing import Packer
-from lmtrain.tokenization import load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenization import corpus_encoder, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
@@ -109,7 +110,7 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, cache_dir: Path, 
 
     tokenized = cleaned.map(
         _tokenize, batched=True, batch_size=data.batch_size, remove_columns=["text"], desc="Tokenizing",
-        fn_kwargs={"tokenizer": tokenizer.backend_tokenizer},
+        fn_kwargs={"encoder": corpus_encoder(tokenizer_dir)},
         features=Features({"input_ids": List(Value("int32")), "num_tokens": Value("int64"), "validation": Value("bool")}))
 
     packed, split_stats = {}, {}
@@ -137,9 +138,9 @@ def _clean_and_split(batch: dict, cfg: CleanConfig, validation_fraction: float) 
     return {"text": texts, "validation": [is_validation_document(t, validation_fraction) for t in texts]}
 
 
-def _tokenize(batch: dict, tokenizer) -> dict:
-    # The backend's encode_batch_fast runs on all cores and skips computing character offsets.
-    encodings = tokenizer.encode_batch_fast(batch["text"], add_special_tokens=False)
+def _tokenize(batch: dict, encoder: Tokenizer) -> dict:
+    # encode_batch_fast runs on all cores and skips computing character offsets.
+    encodings = encoder.encode_batch_fast(batch["text"], add_special_tokens=False)
     ids = [e.ids for e in encodings]
     return {"input_ids": ids, "num_tokens": [len(i) for i in ids], "validation": batch["validation"]}
 

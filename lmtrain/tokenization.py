@@ -99,6 +99,7 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
         model_max_length=model_max_length,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_path.unlink(missing_ok=True)  # until the new record is written, the dir never looks reusable
     tokenizer.save_pretrained(out_dir)
     record = {
         "settings": settings,
@@ -107,7 +108,7 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
             "training_chars": corpus.chars,
             "learned_vocab_size": learned_size,
             "reserved_tokens_added": recipe.tokenizer.vocab_size - learned_size,
-            "held_out_bytes_per_token": _bytes_per_token(tokenizer, corpus.held_out),
+            "held_out_bytes_per_token": _bytes_per_token(corpus_encoder(out_dir), corpus.held_out),
             "corpus": corpus.stats.to_dict(),
         },
     }
@@ -125,6 +126,15 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
 def tokenizer_fingerprint(directory: str | Path) -> str:
     """sha256 of tokenizer.json: changes exactly when the token ids a text gets could change."""
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def corpus_encoder(directory: str | Path) -> Tokenizer:
+    """The raw `tokenizers` backend, set up for encoding corpus text: a special-token string that
+    occurs in the text (say, a web page quoting "<|endoftext|>") is encoded as plain text, so
+    only the pipeline itself places eos between documents."""
+    encoder = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+    encoder.encode_special_tokens = True
+    return encoder
 
 
 def training_record(directory: str | Path) -> dict:
@@ -203,9 +213,9 @@ def _reuse(directory: Path, model_max_length: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _bytes_per_token(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> float | None:
+def _bytes_per_token(encoder: Tokenizer, texts: list[str]) -> float | None:
     if not texts:
         return None
-    encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    encodings = encoder.encode_batch_fast(texts, add_special_tokens=False)
     num_tokens = sum(len(e.ids) for e in encodings)
     return round(sum(len(t.encode("utf-8")) for t in texts) / num_tokens, 3)

@@ -27,7 +27,8 @@ EOS_ID = 0
 
 def document(i: int) -> str:
     """Distinct documents that cleaning leaves unchanged, so the test knows the cleaned text."""
-    topics = ["the river", "机器学习", "a small cat", "数据处理", "def f(x):\n    return x"]
+    topics = ["the river", "机器学习", "a small cat", "数据处理", "def f(x):\n    return x",
+              "quoting <|endoftext|>, which must not become an eos"]
     return f"Document {i} is about {topics[i % len(topics)]}.\nIt has a second line, number {i * 7}."
 
 
@@ -114,7 +115,8 @@ def test_end_to_end_on_txt_jsonl_parquet_csv(corpus, recipe_path):
         blocks = np.array(split["input_ids"])
         assert blocks.shape == (manifest["splits"][name]["blocks"], SEQ_LEN)
         assert manifest["splits"][name]["tokens"] == blocks.size + manifest["splits"][name]["dropped_tail_tokens"]
-        # Every complete piece between eos tokens decodes to exactly one written document.
+        # Every complete piece between eos tokens decodes to exactly one written document
+        # (a document quoting "<|endoftext|>" would otherwise be split in two).
         decoded = [tokenizer.decode(ids) for ids in documents_in(blocks)]
         assert decoded and set(decoded) <= set(texts)
         decoded_per_split[name] = set(decoded)

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from lmtrain.config import load_recipe  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
 from lmtrain.tokenization import (  # noqa: E402
-    load_tokenizer, tokenizer_fingerprint, train_tokenizer, training_record)
+    corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_tokenizer, training_record)
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. It's 2024; numbers like 3.14159 and 1,000,000 appear.\n"
 CHINESE = "机器学习是人工智能的一个分支。我们用大量文本训练语言模型，然后评估它的表现。\n"
@@ -125,6 +125,13 @@ def test_no_special_tokens_are_added_to_plain_text(trained):
 def test_digits_are_split_one_by_one(trained):
     tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
     assert tokenizer.tokenize("2024") == ["2", "0", "2", "4"]
+
+
+def test_corpus_encoder_treats_special_token_strings_as_text(trained):
+    encoder = corpus_encoder(trained.tokenizer.dir)
+    ids = encoder.encode("a <|endoftext|> b", add_special_tokens=False).ids
+    assert 0 not in ids and len(ids) > 3
+    assert encoder.decode(ids) == "a <|endoftext|> b"
 
 
 def test_fingerprint_is_sha256_of_tokenizer_json(trained):
