@@ -130,6 +130,13 @@ class ModelConfig:
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """flash_attention_2 needs a GPU and the flash-attn package."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about a third more compute for a fraction of the
+    activation memory. On for the 7B at seq 4096."""
+    init_from: str = ""
+    """Start from the weights of this Hugging Face model directory (continued pretraining) instead of a
+    random initialization. Its architecture must match this section and the tokenizer's vocabulary."""
 
 
 @dataclass
@@ -160,7 +167,8 @@ class TrainConfig:
     eval_every: int = 50
     """Evaluate on the validation split before the first step, every N steps and at the end."""
     eval_batches: int = 8
-    """Micro-batches of validation data per evaluation (0 = the whole split)."""
+    """Validation micro-batches per evaluation, all processes together (0 = the whole split). The same
+    blocks are evaluated on any number of processes."""
     log_every: int = 10
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     """Experiment trackers through Accelerate. wandb also runs offline (WANDB_MODE=offline)."""

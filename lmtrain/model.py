@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedModel
+from transformers.utils import is_flash_attn_2_available
 
 from lmtrain.config import Recipe
+from lmtrain.errors import UserError
 
 
 def llama_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None) -> LlamaConfig:
@@ -31,9 +35,43 @@ def llama_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None
     )
 
 
-def build_model(config: LlamaConfig, attn_implementation: str = "sdpa") -> PreTrainedModel:
-    """Fresh, randomly initialised weights (fp32 master copy; mixed precision is Accelerate's job)."""
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
+    """The model to train: fresh weights, or `model.init_from`'s. fp32 master weights; mixed precision is
+    Accelerate's job. Under DeepSpeed ZeRO-3 (Accelerator created first) transformers builds it
+    partitioned across ranks with zero.Init, so no host ever holds the whole model."""
+    m = recipe.model
+    if m.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+                        "install it or use sdpa")
+    if m.init_from:
+        model = _load_matching(m.init_from, config, m.attn_implementation)
+    else:
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation,
+                                                 dtype=torch.float32)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+_ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                      "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+
+
+def _load_matching(path: str, config: LlamaConfig, attn_implementation: str) -> PreTrainedModel:
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"model.init_from: {path} is not a model directory (no config.json)")
+    loaded = AutoConfig.from_pretrained(path)
+    mismatches = [f"{key}: recipe {getattr(config, key)}, model {getattr(loaded, key, None)}"
+                  for key in _ARCHITECTURE_KEYS if getattr(config, key) != getattr(loaded, key, None)]
+    if mismatches:
+        raise UserError(f"model.init_from: {path} does not match the recipe's model/tokenizer: "
+                        + "; ".join(mismatches))
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of a live model, whole even when ZeRO-3 holds only a shard of each on this rank."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
 def count_parameters(config: LlamaConfig) -> int:

@@ -22,7 +22,7 @@ from lmtrain.data import read_manifest
 from lmtrain.distributed import make_accelerator
 from lmtrain.errors import UserError
 from lmtrain.export import export_model
-from lmtrain.model import build_model, llama_config
+from lmtrain.model import build_model, llama_config, parameter_count
 from lmtrain.plan import batch_arithmetic, format_count, format_duration
 from lmtrain.sampler import GlobalBatchSampler
 from lmtrain.tokenization import load_tokenizer, tokenizer_fingerprint
@@ -49,8 +49,8 @@ def fit(recipe: Recipe) -> FitResult:
     tokenizer = load_tokenizer(recipe.tokenizer.dir)
     train_blocks, val_blocks = load_packed_splits(recipe)
     special_ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
-    model = build_model(llama_config(recipe, special_ids), recipe.model.attn_implementation)
-    n_params = sum(p.numel() for p in model.parameters())
+    model = build_model(recipe, llama_config(recipe, special_ids))
+    n_params = parameter_count(model)
     t = recipe.train
     optimizer = torch.optim.AdamW(decay_param_groups(model, t.weight_decay), lr=t.lr,
                                   betas=tuple(t.adam_betas), eps=t.adam_eps)
@@ -166,21 +166,19 @@ def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict
 
 @torch.no_grad()
 def evaluate(model, blocks: datasets.Dataset, accelerator: Accelerator, micro_batch: int, max_batches: int) -> float:
-    """Mean next-token loss over the first validation blocks, each process taking an equal share
-    (equal, so that every rank runs the same number of forwards, as ZeRO-3 requires)."""
+    """Mean next-token loss over the first validation blocks: the same blocks on any number of processes,
+    each process taking an equal share (equal, so that every rank runs as many forwards as ZeRO-3 needs)."""
     world = accelerator.num_processes
-    per_rank = len(blocks) // world
-    if max_batches:
-        per_rank = min(per_rank, max_batches * micro_batch)
+    count = min(len(blocks), max_batches * micro_batch) if max_batches else len(blocks)
+    per_rank = count // world
     if per_rank == 0:
         raise UserError(f"the validation split has {len(blocks)} blocks, fewer than the {world} processes; "
                         "raise data.validation_fraction or add data")
     first = accelerator.process_index * per_rank
-    indices = np.arange(first, first + per_rank)
     total = torch.zeros((), device=accelerator.device)
     model.eval()
-    for start in range(0, per_rank, micro_batch):
-        chunk = indices[start:start + micro_batch]
+    for start in range(first, first + per_rank, micro_batch):
+        chunk = np.arange(start, min(start + micro_batch, first + per_rank))
         input_ids = fetch_blocks(blocks, chunk).to(accelerator.device)
         total += model(input_ids=input_ids, labels=input_ids).loss.float() * len(chunk)
     model.train()
