@@ -119,6 +119,8 @@ def test_end_to_end_on_txt_jsonl_parquet_csv(corpus, recipe_path):
         # (a document quoting "<|endoftext|>" would otherwise be split in two).
         decoded = [tokenizer.decode(ids) for ids in documents_in(blocks)]
         assert decoded and set(decoded) <= set(texts)
+        positions = [texts.index(d) for d in decoded]
+        assert positions == sorted(set(positions))  # in corpus order, none twice
         decoded_per_split[name] = set(decoded)
     assert not decoded_per_split["train"] & decoded_per_split["validation"]  # no leakage
 
