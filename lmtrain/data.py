@@ -117,7 +117,7 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, cache_dir: Path, 
         want_validation = split == "validation"
         docs = tokenized.filter(lambda flags: [f == want_validation for f in flags],
                                 input_columns="validation", batched=True, desc=f"Selecting {split}")
-        packed[split], split_stats[split] = _pack(docs, split, data.seq_len, eos_id)
+        packed[split], split_stats[split] = _pack(docs, split, data.seq_len, eos_id, data.batch_size)
     DatasetDict(packed).save_to_disk(str(out_dir))
     return {
         "documents": {
@@ -143,7 +143,7 @@ def _tokenize(batch: dict, encoder: Tokenizer) -> dict:
     return {"input_ids": ids, "num_tokens": [len(i) for i in ids], "validation": batch["validation"]}
 
 
-def _pack(docs: Dataset, split: str, seq_len: int, eos_id: int) -> tuple[Dataset, dict]:
+def _pack(docs: Dataset, split: str, seq_len: int, eos_id: int, batch_size: int) -> tuple[Dataset, dict]:
     """Pack one split's tokenized documents into seq_len blocks, batch by batch on Arrow data."""
     stream_tokens = sum(docs["num_tokens"]) + len(docs)  # each document is followed by eos
     if stream_tokens < seq_len:
@@ -161,7 +161,7 @@ def _pack(docs: Dataset, split: str, seq_len: int, eos_id: int) -> tuple[Dataset
     # pack_batch once per batch, in order: a single process (no num_proc). Arrow in and out
     # makes this ~30x faster than yielding blocks one by one to Dataset.from_generator.
     packed = docs.with_format("arrow").map(
-        pack_batch, batched=True, remove_columns=docs.column_names, desc=f"Packing {split}",
+        pack_batch, batched=True, batch_size=batch_size, remove_columns=docs.column_names, desc=f"Packing {split}",
         load_from_cache_file=False,  # the packer's counts are only right if every batch passes through it
         features=Features({"input_ids": List(Value("int32"), length=seq_len)}))
     return packed.with_format(None), {
@@ -197,7 +197,7 @@ def _replace_dir(staged: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         staged.rename(out_dir)
         return
-    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file() and not (out_dir / "dataset_dict.json").is_file():
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise UserError(f"data.dir {out_dir} exists and is not a prepared data directory; "
                         "refusing to replace it. Point data.dir elsewhere or remove it")
     retired = staged.parent / "previous"
