@@ -61,6 +61,70 @@ class CleanConfig:
 
 
 @dataclass
+class QualityFilterConfig:
+    """Heuristic document quality filters in the style of Gopher, C4 and FineWeb (lmtrain/filters.py).
+
+    Ratios are computed over "units": a word of non-CJK letters or digits, or a single CJK
+    character, so the same thresholds work on English and Chinese text. Every removal is counted
+    by reason in the manifest. A threshold of 0 turns that filter off."""
+
+    enabled: bool = False
+    """Off by default: the thresholds suit prose (web text, books). Code sources keep it off."""
+    min_units: int = 50
+    """Drop documents with fewer units (Gopher: 50 words)."""
+    max_units: int = 100_000
+    """Drop documents with more units (Gopher: 100,000 words)."""
+    min_mean_word_length: float = 3.0
+    """Drop documents whose non-CJK words average fewer characters (Gopher: 3). CJK text is exempt."""
+    max_mean_word_length: float = 10.0
+    """Drop documents whose non-CJK words average more characters (Gopher: 10)."""
+    min_letter_unit_ratio: float = 0.8
+    """Drop documents where fewer units contain a letter (Gopher: 80% of words; CJK characters are letters)."""
+    max_symbol_unit_ratio: float = 0.1
+    """Drop documents with more `#` and ellipses (`...`, `…`) per unit (Gopher: 0.1)."""
+    min_stop_words: int = 2
+    """Drop documents with fewer English or Chinese function words (the, and, of, 的, 了, 是...) (Gopher: 2)."""
+    max_bullet_line_ratio: float = 0.9
+    """Drop documents where more lines start with a bullet (Gopher: 0.9)."""
+    max_ellipsis_line_ratio: float = 0.3
+    """Drop documents where more lines end with an ellipsis (Gopher: 0.3)."""
+    max_duplicate_line_ratio: float = 0.3
+    """Drop documents where more lines repeat an earlier line (Gopher: 0.3)."""
+    max_duplicate_line_char_ratio: float = 0.2
+    """Drop documents where more characters sit in repeated lines (Gopher: 0.2)."""
+    max_top_ngram_char_ratios: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
+    """For n = 2, 3, 4 units: drop documents where the most frequent n-gram covers more of the
+    characters (Gopher). An empty list turns the check off."""
+    max_duplicate_ngram_char_ratios: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
+    """For n = 5 ... 10 units: drop documents where repeated n-grams cover more of the characters (Gopher)."""
+    min_terminal_punctuation_line_ratio: float = 0.12
+    """Drop documents where fewer lines end with sentence punctuation, English or Chinese (FineWeb: 0.12)."""
+    max_short_line_ratio: float = 0.67
+    """Drop documents where more lines are short: under 30 characters, a CJK character counting as two (FineWeb: 0.67)."""
+    drop_boilerplate_lines: bool = True
+    """Remove lines that are web boilerplate (cookie and JavaScript notices, "all rights reserved",
+    版权所有...) before the other filters, as C4 does; removed lines are counted."""
+
+
+@dataclass
+class DedupConfig:
+    """Exact and near-duplicate removal within and across all sources (lmtrain/dedup.py). The first
+    occurrence (in mixture order) is kept; removals are counted per source in the manifest."""
+
+    exact: bool = True
+    """Drop documents whose normalized text (case, whitespace, punctuation and width folded) was seen before."""
+    near: bool = True
+    """Drop documents whose estimated Jaccard similarity to an earlier one reaches near_threshold
+    (MinHash signatures over n-grams of units, banded into an LSH index)."""
+    near_threshold: float = 0.8
+    """Jaccard similarity from which a document counts as a near duplicate; sets the LSH bands."""
+    num_perm: int = 112
+    """MinHash permutations: more gives a sharper threshold at a proportional cost (FineWeb: 112)."""
+    ngram: int = 5
+    """Shingle length in units (words, or single CJK characters) (FineWeb: 5)."""
+
+
+@dataclass
 class SourceConfig:
     """Where raw text comes from."""
 
@@ -79,6 +143,18 @@ class SourceConfig:
     """For .jsonl/.parquet/.csv files and hub datasets: the column that holds the text."""
     max_documents: int = 0
     """Read at most this many documents (0 = all)."""
+    name: str = ""
+    """Label in logs and the manifest (default: the dataset name, the first path, or the kind)."""
+    weight: float = 1.0
+    """Share of the packed tokens drawn from this source, relative to the other sources' weights
+    (0 = skip the source). Mixing stops when a weighted source runs out, so the shares hold."""
+    streaming: bool = False
+    """For kind=hub: stream records instead of downloading the whole dataset first; for corpora
+    that do not fit on disk."""
+    clean: CleanConfig | None = None
+    """Cleaning for this source (e.g. strip_html off for code); unset = data.clean."""
+    filters: QualityFilterConfig | None = None
+    """Quality filters for this source; unset = data.filters."""
 
 
 @dataclass
@@ -102,6 +178,9 @@ class DataConfig:
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     clean: CleanConfig = field(default_factory=CleanConfig)
+    filters: QualityFilterConfig = field(default_factory=QualityFilterConfig)
+    """Quality filters for every source that sets none of its own."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     dir: str = "runs/smoke/data"
     """Where the packed train/validation splits and manifest.json are written."""
     seq_len: int = 256
@@ -110,6 +189,10 @@ class DataConfig:
     """Share of documents (chosen by a hash of their text) held out for validation."""
     batch_size: int = 1000
     """Documents per tokenizer batch; the tokenizer encodes a batch on all cores."""
+    document_masking: bool = False
+    """Also store per-document `position_ids` (restarting at 0 at each document start in a block).
+    Training then keeps attention inside each document and does not train on the first token of a
+    document that follows another one in its block (lmtrain/packing.py: document_labels)."""
 
 
 @dataclass
@@ -369,6 +452,17 @@ def _check_values(r: Recipe) -> list[str]:
         if s.kind == "hub":
             need(bool(s.dataset), f"{where}.dataset: kind 'hub' needs a dataset name")
         need(s.max_documents >= 0, f"{where}.max_documents: must be >= 0 (0 = all)")
+        need(s.weight >= 0, f"{where}.weight: {s.weight} must be >= 0 (0 = skip the source)")
+        need(not s.streaming or s.kind == "hub", f"{where}.streaming: only kind 'hub' streams; local files are always read lazily")
+        if s.filters is not None:
+            p.extend(_filter_problems(s.filters, f"{where}.filters"))
+    p.extend(_filter_problems(r.data.filters, "data.filters"))
+    need(sum(s.weight for s in r.data.sources) > 0,
+         "data.sources: the weights sum to 0; give at least one source a positive weight")
+    d = r.data.dedup
+    need(0.0 < d.near_threshold <= 1.0, "data.dedup.near_threshold: must be in (0, 1], e.g. 0.8")
+    need(d.num_perm >= 2, "data.dedup.num_perm: must be at least 2 (FineWeb uses 112)")
+    need(d.ngram >= 1, "data.dedup.ngram: must be at least 1 (FineWeb uses 5)")
     need(r.data.seq_len >= 8, "data.seq_len: must be at least 8")
     need(0.0 < r.data.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
     need(r.data.batch_size >= 1, "data.batch_size: must be at least 1")
@@ -399,6 +493,24 @@ def _check_values(r: Recipe) -> list[str]:
     need(t.eval_batches >= 0, "train.eval_batches: must be >= 0 (0 = the whole validation split)")
     need(t.log_every >= 1, "train.log_every: must be at least 1")
     return p
+
+
+def _filter_problems(f: QualityFilterConfig, where: str) -> list[str]:
+    """Ratios must be fractions and counts non-negative; 0 turns a filter off."""
+    problems = []
+    ratios = {name: getattr(f, name) for name in ("min_letter_unit_ratio", "max_symbol_unit_ratio",
+                                                   "max_bullet_line_ratio", "max_ellipsis_line_ratio",
+                                                   "max_duplicate_line_ratio", "max_duplicate_line_char_ratio",
+                                                   "min_terminal_punctuation_line_ratio", "max_short_line_ratio")}
+    ratios |= {f"max_top_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_top_ngram_char_ratios)}
+    ratios |= {f"max_duplicate_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_duplicate_ngram_char_ratios)}
+    for name, value in ratios.items():
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{where}.{name}: {value} must be a fraction between 0 and 1 (0 = off)")
+    for name in ("min_units", "max_units", "min_stop_words", "min_mean_word_length", "max_mean_word_length"):
+        if getattr(f, name) < 0:
+            problems.append(f"{where}.{name}: must be >= 0 (0 = off)")
+    return problems
 
 
 def gradient_accumulation_steps(recipe: Recipe, num_processes: int) -> int:

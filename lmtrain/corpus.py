@@ -19,7 +19,7 @@ import os
 import sys
 import sysconfig
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -57,19 +57,15 @@ class CorpusStats:
         return {"documents": self.documents, "skipped": dict(self.skipped), "skip_examples": self.examples}
 
 
-def read_corpus(sources: Iterable[SourceConfig], stats: CorpusStats) -> Iterator[str]:
-    """Every document of every source, interleaved one document per source in turn.
-
-    Interleaving (rather than one source after the other) means that a prefix of the corpus,
-    such as the tokenizer's max_training_chars, draws from every source, not just the first."""
-    readers = [read_source(source, stats) for source in sources]
-    while readers:
-        for reader in list(readers):
-            text = next(reader, None)
-            if text is None:
-                readers.remove(reader)
-            else:
-                yield text
+def source_label(source: SourceConfig, index: int) -> str:
+    """How logs and the manifest name a source: its `name`, else what it reads."""
+    if source.name:
+        return source.name
+    if source.kind == "hub":
+        return source.dataset
+    if source.kind == "files":
+        return source.paths[0] if len(source.paths) == 1 else f"{source.paths[0]} (+{len(source.paths) - 1})"
+    return f"{source.kind}.{index}"
 
 
 def read_source(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:
@@ -236,15 +232,28 @@ def _require_column(path: Path, column: str, present: list[str]) -> None:
 def _read_hub(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:
     import datasets  # deferred: only hub sources need it, and it is slow to import
 
+    where = f"Hub dataset {source.dataset!r} (config {source.dataset_config or 'default'}, split {source.split!r})"
     try:
-        dataset = datasets.load_dataset(source.dataset, source.dataset_config or None, split=source.split)
+        dataset = datasets.load_dataset(source.dataset, source.dataset_config or None, split=source.split,
+                                        streaming=source.streaming)
     except Exception as exc:  # offline, unknown name, missing config/split: all end the same way for the user
         raise UserError(
-            f"data.sources: could not load Hub dataset {source.dataset!r} (config {source.dataset_config or 'default'}, "
-            f"split {source.split!r}): {type(exc).__name__}: {exc}. The Hub may be unreachable from this machine; "
-            "download the dataset where it is reachable and use a local copy (kind: files) instead") from None
-    _require_column(Path(source.dataset), source.text_column, dataset.column_names)
-    for row, text in enumerate(dataset[source.text_column], start=1):
+            f"data.sources: could not load {where}: {type(exc).__name__}: {exc}. The Hub may be unreachable from "
+            "this machine; download the dataset where it is reachable and use a local copy (kind: files) instead") from None
+    if dataset.column_names is not None:  # a streamed dataset may not know its columns before the first record
+        _require_column(Path(source.dataset), source.text_column, dataset.column_names)
+    rows = iter(dataset)
+    row = 0
+    while True:
+        try:
+            record = next(rows, None)
+        except Exception as exc:  # a stream can fail mid-way; a silently truncated source is not acceptable
+            raise UserError(f"data.sources: reading {where} failed after {row} records: "
+                            f"{type(exc).__name__}: {exc}") from None
+        if record is None:
+            return
+        row += 1
+        text = record.get(source.text_column)
         if isinstance(text, str):
             yield text
         else:

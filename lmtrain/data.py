@@ -1,41 +1,50 @@
-"""Data preparation: raw sources -> cleaned, split, tokenized, packed `datasets` on disk.
+"""Data preparation: raw sources -> cleaned, filtered, deduplicated, mixed, packed `datasets` on disk.
 
-    read (corpus.py) -> clean + drop short + assign split (batched map) -> tokenize (batched,
-    all cores) -> pack into seq_len blocks (packing.py) -> DatasetDict.save_to_disk(data.dir)
+    per source: read (corpus.py) -> clean -> quality filters -> dedup (mixture.py, one index
+    across sources) -> assign split by a hash of the text -> tokenize (batches, all cores)
+    then: weighted mixture by tokens -> pack into seq_len blocks (packing.py) -> Arrow shards
 
-data.dir then holds `train` and `validation` splits with one column, `input_ids` (int32,
-exactly seq_len long), plus manifest.json describing inputs and results. The manifest's
-input fingerprint covers the sources (including file sizes and mtimes), cleaning settings,
-tokenizer content, seq_len and validation fraction: a re-run with the same inputs reuses
-data.dir; any change rebuilds it. The `datasets` cache lives in a scratch directory that is
-deleted afterwards, so a stale cache can never be picked up.
+The whole run is one pass over lazy streams: memory holds one batch of documents per source and
+one batch of blocks per split, whatever the corpus size. data.dir then holds `train` and
+`validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
+`position_ids`), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
+the achieved token share of every source, and a sha256 of the packed content. The input
+fingerprint covers the sources (including file sizes and mtimes), cleaning, filter, dedup and
+packing settings and the tokenizer content: a re-run with the same inputs reuses data.dir; any
+change rebuilds it. Work happens in a scratch directory next to data.dir, renamed into place
+when complete, so a stale or half-written result is never picked up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import shutil
+import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
-from lmtrain.cleaning import clean_text
-from lmtrain.config import CleanConfig, Recipe
-from lmtrain.corpus import CorpusStats, describe_source, is_validation_document, read_corpus
+from lmtrain.config import DataConfig, Recipe
+from lmtrain.corpus import describe_source, is_validation_document
+from lmtrain.dedup import Deduplicator
 from lmtrain.errors import UserError
+from lmtrain.mixture import SourceStats, WeightedMixture, open_sources
 from lmtrain.packing import Packer
 from lmtrain.tokenization import corpus_encoder, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 """Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
 
 
@@ -50,6 +59,9 @@ def prepare_data(recipe: Recipe) -> dict:
         "format_version": _FORMAT_VERSION,
         "sources": [describe_source(s) for s in data.sources],
         "clean": dataclasses.asdict(data.clean),
+        "filters": dataclasses.asdict(data.filters),
+        "dedup": dataclasses.asdict(data.dedup),
+        "document_masking": data.document_masking,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
         "seq_len": data.seq_len,
         "validation_fraction": data.validation_fraction,
@@ -68,7 +80,7 @@ def prepare_data(recipe: Recipe) -> dict:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as scratch:
         start = time.perf_counter()
         staged = Path(scratch) / "data"
-        manifest = _build(recipe, tokenizer_dir, staged, Path(scratch) / "cache", fingerprint)
+        manifest = _build(recipe, tokenizer_dir, staged, Path(scratch))
         manifest = {"input_fingerprint": fingerprint, "inputs": inputs, "tokenizer_dir": str(tokenizer_dir),
                     **manifest, "seconds": round(time.perf_counter() - start, 2)}
         # manifest.json is written last: a data dir without one is never mistaken for a finished one.
@@ -83,99 +95,167 @@ def read_manifest(data_dir: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, cache_dir: Path, fingerprint: str) -> dict:
+def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) -> dict:
     data = recipe.data
     eos_id = load_tokenizer(tokenizer_dir).eos_token_id
-    stats = CorpusStats()
-    documents = read_corpus(data.sources, stats)
-    first = next(documents, None)  # datasets cannot build a dataset from an empty generator
-    if first is None:
-        raise UserError(f"data.sources: the corpus is empty: no documents were read ({_skips(stats)}); "
+    dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
+    streams, source_stats = open_sources(data, dedup)
+    encoder = corpus_encoder(tokenizer_dir)
+    tokenized = [tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction) for docs in streams]
+    mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
+    writers = {split: SplitWriter(scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size)
+               for split in SPLITS}
+    progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
+    for source, (validation, ids) in mixture:
+        writers["validation" if validation else "train"].add(source, ids)
+        progress.update()
+    progress.close()
+    for writer in writers.values():
+        writer.close()
+    _check_not_empty(data, source_stats, mixture)
+    for split, writer in writers.items():
+        writer.check_enough(split, data.seq_len)
+    DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
+    return _report(data, source_stats, mixture, writers, dedup)
+
+
+def tokenized_documents(documents: Iterator[str], encoder: Tokenizer, batch_size: int,
+                        validation_fraction: float) -> Iterator[tuple[bool, list[int]]]:
+    """(is validation, token ids) per document, encoded a batch at a time on all cores."""
+    while batch := list(islice(documents, batch_size)):
+        # encode_batch_fast runs on all cores and skips computing character offsets.
+        encodings = encoder.encode_batch_fast(batch, add_special_tokens=False)
+        for text, encoding in zip(batch, encodings):
+            yield is_validation_document(text, validation_fraction), encoding.ids
+
+
+class SplitWriter:
+    """Packs one split's documents into blocks and appends them to an Arrow file, a batch at a time."""
+
+    def __init__(self, path: Path, seq_len: int, eos_id: int, document_masking: bool, batch_size: int):
+        self.path = path
+        self.packer = Packer(seq_len, eos_id)
+        self.document_masking = document_masking
+        self.batch_size = batch_size
+        self.features = split_features(seq_len, document_masking)
+        self.writer = pa.ipc.new_stream(str(path), self.features.arrow_schema)
+        self.digest = hashlib.sha256()
+        self.tokens_by_source: Counter = Counter()
+        self._pending: list[list[int]] = []
+
+    def add(self, source: int, ids: list[int]) -> None:
+        self._pending.append(ids)
+        self.tokens_by_source[source] += len(ids) + 1
+        if len(self._pending) == self.batch_size:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+    def check_enough(self, split: str, seq_len: int) -> None:
+        if self.packer.blocks == 0:
+            advice = ("raise data.validation_fraction or add data" if split == "validation"
+                      else "add data, lower data.validation_fraction or lower data.seq_len")
+            raise UserError(f"data: the {split} split has {self.packer.documents} document(s), {self.packer.tokens} "
+                            f"tokens: not enough for one block of data.seq_len={seq_len} tokens; {advice}")
+
+    def stats(self) -> dict:
+        return {"documents": self.packer.documents, "tokens": self.packer.tokens, "blocks": self.packer.blocks,
+                "dropped_tail_tokens": self.packer.remainder_tokens}
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        documents = pa.array(self._pending, type=pa.list_(pa.int32()))
+        self._pending = []
+        if self.document_masking:
+            blocks, positions = self.packer.add_with_positions(documents)
+            columns = {"input_ids": blocks, "position_ids": positions}
+        else:
+            columns = {"input_ids": self.packer.add(documents)}
+        if len(columns["input_ids"]) == 0:
+            return
+        arrays = []
+        for array in columns.values():
+            self.digest.update(array.tobytes())
+            arrays.append(pa.FixedSizeListArray.from_arrays(array.reshape(-1), array.shape[1]))
+        self.writer.write_batch(pa.record_batch(arrays, schema=self.features.arrow_schema))
+
+
+def split_features(seq_len: int, document_masking: bool) -> Features:
+    block = List(Value("int32"), length=seq_len)
+    return Features({"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block})
+
+
+def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture) -> None:
+    """A source that gives no document ends the mixture at once: say which one and why."""
+    read = sum(s.corpus.documents for s in source_stats)
+    if read == 0:
+        skipped = Counter()
+        for s in source_stats:
+            skipped.update(s.corpus.skipped)
+        raise UserError(f"data.sources: the corpus is empty: no documents were read ({_skips(skipped)}); "
                         "check the paths and text_column of data.sources")
-    raw = Dataset.from_generator(
-        lambda: ({"text": text} for text in itertools.chain([first], documents)),
-        features=Features({"text": Value("string")}), split="corpus", cache_dir=str(cache_dir),
-        fingerprint=fingerprint)  # given, because datasets cannot hash a closure over a live generator
-
-    cleaned = raw.map(
-        _clean_and_split, batched=True, remove_columns=["text"], desc="Cleaning",
-        fn_kwargs={"cfg": data.clean, "validation_fraction": data.validation_fraction},
-        features=Features({"text": Value("string"), "validation": Value("bool")}))
-    too_short = len(raw) - len(cleaned)
-    if len(cleaned) == 0:
-        raise UserError(f"data.clean: cleaning kept none of the {len(raw)} document(s) (all shorter than "
-                        f"min_chars={data.clean.min_chars} after cleaning); check data.clean settings "
+    i = mixture.exhausted
+    if i is None or mixture.items[i] > 0:
+        return
+    stats, source = source_stats[i], data.sources[i]
+    where = f"data.sources.{i} ({stats.name})"
+    if stats.corpus.documents and stats.too_short == stats.corpus.documents:
+        min_chars = (source.clean or data.clean).min_chars
+        raise UserError(f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
+                        f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
                         "and that text_column names the column holding the text")
+    raise UserError(f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
+                    "input, or give it weight 0; the mixture cannot honour its weight without it")
 
-    tokenized = cleaned.map(
-        _tokenize, batched=True, batch_size=data.batch_size, remove_columns=["text"], desc="Tokenizing",
-        fn_kwargs={"encoder": corpus_encoder(tokenizer_dir)},
-        features=Features({"input_ids": List(Value("int32")), "num_tokens": Value("int64"), "validation": Value("bool")}))
 
-    packed, split_stats = {}, {}
-    for split in SPLITS:
-        want_validation = split == "validation"
-        docs = tokenized.filter(lambda flags: [f == want_validation for f in flags],
-                                input_columns="validation", batched=True, desc=f"Selecting {split}")
-        packed[split], split_stats[split] = _pack(docs, split, data.seq_len, eos_id, data.batch_size)
-    DatasetDict(packed).save_to_disk(str(out_dir))
+def _report(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture,
+            writers: dict[str, SplitWriter], dedup: Deduplicator | None) -> dict:
+    total_weight = sum(s.weight for s in data.sources)
+    shares = mixture.shares()
+    sources = []
+    for i, (source, stats) in enumerate(zip(data.sources, source_stats)):
+        sources.append({"name": stats.name, "kind": source.kind, "weight": source.weight,
+                        "target_token_share": round(source.weight / total_weight, 4),
+                        "token_share": round(shares[i], 4), "documents": mixture.items[i], "tokens": mixture.taken[i],
+                        "ran_out": mixture.exhausted == i, **stats.to_dict()})
+    skipped, examples, filtered = Counter(), {}, Counter()
+    for stats in source_stats:
+        skipped.update(stats.corpus.skipped)
+        filtered.update(stats.filtered)
+        for reason, where in stats.corpus.examples.items():
+            examples.setdefault(reason, []).extend(where)
+    too_short = sum(s.too_short for s in source_stats)
+    ended_by = source_stats[mixture.exhausted].name if mixture.exhausted is not None else None
+    digest = hashlib.sha256()
+    for writer in writers.values():
+        digest.update(writer.digest.digest())
     return {
         "documents": {
-            "read": stats.documents,
-            "kept": len(cleaned),
-            "skipped": dict(stats.skipped) | ({"too_short_after_cleaning": too_short} if too_short else {}),
-            "skip_examples": stats.examples,
+            "read": sum(s.corpus.documents for s in source_stats),
+            "kept": sum(mixture.items),
+            "skipped": dict(skipped) | ({"too_short_after_cleaning": too_short} if too_short else {}),
+            "skip_examples": examples,
         },
-        "splits": split_stats,
+        "sources": sources,
+        "mixture": {"ended_when_source_ran_out": ended_by},
+        "filters": {"removed": dict(filtered),
+                    "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats)},
+        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False}) | {
+            "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
+            "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats)},
+        "columns": list(split_features(data.seq_len, data.document_masking)),
+        "splits": {split: writer.stats() for split, writer in writers.items()},
+        "content_fingerprint": digest.hexdigest(),
     }
 
 
-def _clean_and_split(batch: dict, cfg: CleanConfig, validation_fraction: float) -> dict:
-    """Clean a batch, drop documents shorter than min_chars, and mark each one's split."""
-    texts = [t for t in (clean_text(raw, cfg) for raw in batch["text"]) if len(t) >= max(cfg.min_chars, 1)]
-    return {"text": texts, "validation": [is_validation_document(t, validation_fraction) for t in texts]}
-
-
-def _tokenize(batch: dict, encoder: Tokenizer) -> dict:
-    # encode_batch_fast runs on all cores and skips computing character offsets.
-    encodings = encoder.encode_batch_fast(batch["text"], add_special_tokens=False)
-    ids = [e.ids for e in encodings]
-    return {"input_ids": ids, "num_tokens": [len(i) for i in ids], "validation": batch["validation"]}
-
-
-def _pack(docs: Dataset, split: str, seq_len: int, eos_id: int, batch_size: int) -> tuple[Dataset, dict]:
-    """Pack one split's tokenized documents into seq_len blocks, batch by batch on Arrow data."""
-    stream_tokens = sum(docs["num_tokens"]) + len(docs)  # each document is followed by eos
-    if stream_tokens < seq_len:
-        advice = ("raise data.validation_fraction or add data" if split == "validation"
-                  else "add data, lower data.validation_fraction or lower data.seq_len")
-        raise UserError(f"data: the {split} split has {len(docs)} document(s), {stream_tokens} tokens: "
-                        f"not enough for one block of data.seq_len={seq_len} tokens; {advice}")
-    packer = Packer(seq_len, eos_id)
-
-    def pack_batch(batch: pa.Table) -> pa.Table:
-        blocks = packer.add(batch["input_ids"])
-        return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(blocks.reshape(-1), seq_len)})
-
-    # The packer carries each batch's remainder into the next, so this relies on map calling
-    # pack_batch once per batch, in order: a single process (no num_proc). Arrow in and out
-    # makes this ~30x faster than yielding blocks one by one to Dataset.from_generator.
-    packed = docs.with_format("arrow").map(
-        pack_batch, batched=True, batch_size=batch_size, remove_columns=docs.column_names, desc=f"Packing {split}",
-        load_from_cache_file=False,  # the packer's counts are only right if every batch passes through it
-        features=Features({"input_ids": List(Value("int32"), length=seq_len)}))
-    return packed.with_format(None), {
-        "documents": packer.documents,
-        "tokens": packer.tokens,
-        "blocks": packer.blocks,
-        "dropped_tail_tokens": packer.remainder_tokens,
-    }
-
-
-def _skips(stats: CorpusStats) -> str:
-    if not stats.skipped:
+def _skips(skipped: Counter) -> str:
+    if not skipped:
         return "nothing was skipped either"
-    return "skipped: " + ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in stats.skipped.items())
+    return "skipped: " + ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.items())
 
 
 def _what_changed(old: dict, new: dict) -> str:

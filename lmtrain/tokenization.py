@@ -20,16 +20,18 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from lmtrain.cleaning import clean_text
-from lmtrain.config import Recipe
-from lmtrain.corpus import CorpusStats, describe_source, is_validation_document, read_corpus
+from lmtrain.config import DedupConfig, Recipe
+from lmtrain.corpus import describe_source, is_validation_document
+from lmtrain.dedup import Deduplicator
 from lmtrain.errors import UserError
+from lmtrain.mixture import WeightedMixture, open_sources
 
 EOS_TOKEN = "<|endoftext|>"
 """Ends every document in the packed data; also used as bos (documents are not prefixed)."""
@@ -55,7 +57,7 @@ TRAINING_RECORD = "lmtrain_training.json"
 """Written next to tokenizer.json: the settings and corpus the tokenizer was trained on, and stats."""
 HELD_OUT_SAMPLE_CHARS = 1_000_000
 """Validation-split characters kept aside to measure bytes/token after training."""
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 """Bump when the tokenizer design above changes, so that existing tokenizers are retrained."""
 
 
@@ -83,7 +85,7 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     )
     backend.train_from_iterator(corpus.batches(), trainer)
     if corpus.chars == 0:
-        raise UserError(f"tokenizer: no training text: the sources gave {corpus.stats.documents} document(s) and "
+        raise UserError(f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
                         "none is left after cleaning and holding out the validation split; add data to data.sources")
     learned_size = backend.get_vocab_size()
     backend.add_special_tokens(
@@ -109,7 +111,7 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
             "learned_vocab_size": learned_size,
             "reserved_tokens_added": recipe.tokenizer.vocab_size - learned_size,
             "held_out_bytes_per_token": _bytes_per_token(corpus_encoder(out_dir), corpus.held_out),
-            "corpus": corpus.stats.to_dict(),
+            "corpus": corpus.stats(),
         },
     }
     record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -164,29 +166,34 @@ def _training_settings(recipe: Recipe) -> dict:
         "max_training_chars": recipe.tokenizer.max_training_chars,
         "sources": [describe_source(s) for s in recipe.data.sources],
         "clean": dataclasses.asdict(recipe.data.clean),
+        "filters": dataclasses.asdict(recipe.data.filters),
         "validation_fraction": recipe.data.validation_fraction,
     }
 
 
 class _TrainingCorpus:
-    """Cleaned train-split documents for the trainer, streamed in batches and capped at
-    tokenizer.max_training_chars; validation documents are set aside in `held_out` instead."""
+    """Cleaned, filtered train-split documents for the trainer, mixed by characters with the
+    sources' weights, streamed in batches and capped at tokenizer.max_training_chars; validation
+    documents are set aside in `held_out` instead. Exact duplicates are dropped as in the data
+    pipeline; near-duplicate detection is left to the data pipeline, where it pays for itself."""
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
-        self.stats = CorpusStats()
         self.chars = 0
         self.held_out: list[str] = []
+        streams, self.source_stats = open_sources(recipe.data, Deduplicator(DedupConfig(exact=True, near=False)))
+        self.mixture = WeightedMixture(streams, [s.weight for s in recipe.data.sources], size=len)
+
+    @property
+    def documents_read(self) -> int:
+        return sum(s.corpus.documents for s in self.source_stats)
 
     def batches(self, batch_size: int = 1000) -> Iterator[list[str]]:
         data = self.recipe.data
         budget = self.recipe.tokenizer.max_training_chars or float("inf")
         held_out_chars = 0
         batch: list[str] = []
-        for raw in read_corpus(data.sources, self.stats):
-            text = clean_text(raw, data.clean)
-            if len(text) < max(data.clean.min_chars, 1):
-                continue
+        for _, text in self.mixture:
             if is_validation_document(text, data.validation_fraction):
                 if held_out_chars < HELD_OUT_SAMPLE_CHARS:
                     self.held_out.append(text)
@@ -202,6 +209,11 @@ class _TrainingCorpus:
                 return
         if batch:
             yield batch
+
+    def stats(self) -> dict:
+        return {"documents": self.documents_read,
+                "sources": {s.name: s.to_dict() for s in self.source_stats},
+                "skipped": dict(sum((s.corpus.skipped for s in self.source_stats), Counter()))}
 
 
 def _reuse(directory: Path, model_max_length: int) -> PreTrainedTokenizerFast:

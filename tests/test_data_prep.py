@@ -60,6 +60,7 @@ def write_recipe(root: Path, paths: list[str], name: str = "recipe.yaml", **data
         "tokenizer": {"dir": str(root / "tokenizer"), "vocab_size": 384},
         "data": {"dir": str(root / "data"), "sources": [{"kind": "files", "paths": paths}],
                  "clean": {"strip_html": False, "min_chars": 1},
+                 "dedup": {"near": False},  # document(i) differ in a few numbers: near duplicates by design
                  "seq_len": SEQ_LEN, "validation_fraction": 0.25, "batch_size": 7, **data},  # many batch boundaries for packing to carry across
     }
     path = root / name
