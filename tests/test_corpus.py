@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from lmtrain.config import SourceConfig  # noqa: E402
 from lmtrain.corpus import (  # noqa: E402
-    CorpusStats, describe_source, python_stdlib_files, read_corpus, read_source)
+    CorpusStats, describe_source, python_stdlib_files, read_source, source_label)
 from lmtrain.errors import UserError  # noqa: E402
 
 
@@ -160,14 +160,11 @@ def test_max_documents(tmp_path):
     assert read([tmp_path / "d.jsonl"], max_documents=3)[0] == ["0", "1", "2"]
 
 
-def test_sources_are_interleaved(tmp_path):
-    write_jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}"} for i in range(3)])
-    write_jsonl(tmp_path / "b.jsonl", [{"text": "b0"}])
-    sources = [SourceConfig(kind="files", paths=[str(tmp_path / "a.jsonl")]),
-               SourceConfig(kind="files", paths=[str(tmp_path / "b.jsonl")])]
-    stats = CorpusStats()
-    assert list(read_corpus(sources, stats)) == ["a0", "b0", "a1", "a2"]
-    assert stats.documents == 4
+def test_source_labels():
+    assert source_label(SourceConfig(kind="hub", dataset="org/set"), 0) == "org/set"
+    assert source_label(SourceConfig(kind="files", paths=["a/*.txt", "b.csv"]), 1) == "a/*.txt (+1)"
+    assert source_label(SourceConfig(kind="python_stdlib"), 2) == "python_stdlib.2"
+    assert source_label(SourceConfig(kind="files", paths=["x"], name="zh-web"), 3) == "zh-web"
 
 
 def test_python_stdlib_source():
@@ -192,8 +189,9 @@ def test_description_changes_when_a_file_changes(tmp_path):
     assert describe_source(source)["num_files"] == 2
 
 
-def test_unreachable_hub_dataset_is_a_user_error():
-    source = SourceConfig(kind="hub", dataset="nobody/no-such-corpus-xyz")
+@pytest.mark.parametrize("streaming", [False, True])
+def test_unreachable_hub_dataset_is_a_user_error(streaming):
+    source = SourceConfig(kind="hub", dataset="nobody/no-such-corpus-xyz", streaming=streaming)
     with pytest.raises(UserError) as err:
         list(read_source(source, CorpusStats()))
     assert "'nobody/no-such-corpus-xyz'" in str(err.value) and "unreachable" in str(err.value)

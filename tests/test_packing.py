@@ -6,8 +6,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from lmtrain.packing import Packer, join_with_eos  # noqa: E402
+from lmtrain.packing import Packer, document_labels, join_with_eos  # noqa: E402
 
 EOS = 0
 
@@ -96,3 +98,100 @@ def test_empty_batch_and_empty_documents():
     assert join_with_eos([[], [3], []], EOS).tolist() == [0, 3, 0, 0]
     blocks, packer = pack_all([[]], seq_len=4)
     assert blocks.shape == (0, 4) and packer.remainder_tokens == 0
+
+
+# ---------------------------------------------------------------- document-aware packing
+
+
+def expected_positions(stream: list[int], seq_len: int) -> list[int]:
+    """Positions by the definition, one token at a time: 0 at every block start and after every eos."""
+    positions, position = [], 0
+    for i, token in enumerate(stream):
+        if i % seq_len == 0:
+            position = 0
+        positions.append(position)
+        position = 0 if token == EOS else position + 1
+    return positions
+
+
+def test_positions_small_example_by_hand():
+    packer = Packer(4, EOS)
+    blocks, positions = packer.add_with_positions([[1, 2, 3], [4], [5, 6, 7, 8, 9]])
+    # stream: 1 2 3 eos | 4 eos 5 6 | 7 8 9 eos   (the third document continues into the last block)
+    assert blocks.tolist() == [[1, 2, 3, 0], [4, 0, 5, 6], [7, 8, 9, 0]]
+    assert positions.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1], [0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("seq_len", [8, 64])
+def test_positions_match_the_definition_across_batches(seq_len):
+    docs = random_documents(300, seed=seq_len)
+    packer = Packer(seq_len, EOS)
+    pieces = [packer.add_with_positions(docs[i:i + 7]) for i in range(0, len(docs), 7)]
+    blocks = np.concatenate([b for b, _ in pieces])
+    positions = np.concatenate([p for _, p in pieces])
+    stream = [t for doc in docs for t in doc + [EOS]][:blocks.size]
+    assert blocks.reshape(-1).tolist() == stream  # positions do not change the blocks
+    assert positions.dtype == np.int32
+    assert positions.reshape(-1).tolist() == expected_positions(stream, seq_len)
+
+
+def test_document_labels_mask_only_documents_starting_inside_a_block():
+    input_ids = torch.tensor([[1, 2, 3, 0, 4, 0, 0, 5], [6, 7, 0, 8, 9, 0, 1, 1]])
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 0], [0, 1, 2, 0, 1, 2, 0, 1]])
+    labels = document_labels(input_ids, position_ids)
+    assert labels.tolist() == [[1, 2, 3, 0, -100, 0, -100, -100], [6, 7, 0, -100, 9, 0, -100, 1]]
+    assert input_ids[0, 4] == 4  # the inputs are not modified
+
+
+def tiny_llama(attn_implementation: str) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=64, attn_implementation=attn_implementation)
+    return LlamaForCausalLM(config).eval()
+
+
+def segments(position_row: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of positions counting up from 0 in one block."""
+    starts = [i for i, p in enumerate(position_row) if p == 0] + [len(position_row)]
+    return list(zip(starts, starts[1:]))
+
+
+@pytest.fixture(scope="module")
+def packed_blocks():
+    docs = [d for d in random_documents(60, seed=3) if d]
+    blocks, positions = Packer(48, EOS).add_with_positions(docs)
+    assert max(len(segments(row)) for row in positions.tolist()) >= 3  # several documents share a block
+    return torch.tensor(blocks, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_document_logits_in_a_packed_block_equal_logits_alone(attn_implementation, packed_blocks):
+    model = tiny_llama(attn_implementation)
+    input_ids, position_ids = packed_blocks
+    with torch.no_grad():
+        packed = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        plain = model(input_ids=input_ids, use_cache=False).logits  # ordinary packing, as a control
+        checked = leaked = 0
+        for row in range(len(input_ids)):
+            for start, end in segments(position_ids[row].tolist()):
+                alone = model(input_ids=input_ids[row:row + 1, start:end]).logits[0]
+                torch.testing.assert_close(packed[row, start:end], alone, atol=1e-5, rtol=1e-4)
+                checked += 1
+                leaked += start > 0 and not torch.allclose(plain[row, start:end], alone, atol=1e-3)
+    assert checked > len(input_ids) and leaked > 0  # the control does see other documents
+
+
+def test_document_masking_needs_use_cache_false(packed_blocks):
+    """transformers only builds the per-document mask without a KV cache; the config default
+    (use_cache=True) creates one even in training mode, and documents then attend to each other."""
+    model = tiny_llama("sdpa").train()
+    input_ids, position_ids = packed_blocks
+    row = next(r for r in range(len(input_ids)) if len(segments(position_ids[r].tolist())) > 1)
+    start, end = segments(position_ids[row].tolist())[1]
+    with torch.no_grad():
+        alone = model(input_ids=input_ids[row:row + 1, start:end]).logits[0]
+        with_cache = model(input_ids=input_ids[row:row + 1], position_ids=position_ids[row:row + 1]).logits[0]
+        without = model(input_ids=input_ids[row:row + 1], position_ids=position_ids[row:row + 1],
+                        use_cache=False).logits[0]
+    assert not torch.allclose(with_cache[start:end], alone, atol=1e-3)
+    torch.testing.assert_close(without[start:end], alone, atol=1e-5, rtol=1e-4)
