@@ -75,7 +75,8 @@ class QualityFilterConfig:
     max_units: int = 100_000
     """Drop documents with more units (Gopher: 100,000 words)."""
     min_mean_word_length: float = 3.0
-    """Drop documents whose non-CJK words average fewer characters (Gopher: 3). CJK text is exempt."""
+    """Drop documents whose non-CJK words average fewer characters (Gopher: 3). Documents that are
+    mostly CJK characters are exempt."""
     max_mean_word_length: float = 10.0
     """Drop documents whose non-CJK words average more characters (Gopher: 10)."""
     min_letter_unit_ratio: float = 0.8

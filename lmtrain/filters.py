@@ -71,7 +71,8 @@ def _first_failure(text: str, cfg: QualityFilterConfig) -> str | None:
     if cfg.max_units and n > cfg.max_units:
         return "too_many_units"
     words = [u for u in units if not _CJK.match(u)]
-    if words and (cfg.min_mean_word_length or cfg.max_mean_word_length):
+    # Word length means nothing for CJK text; a Chinese page with a few numbers must not fail on them.
+    if len(words) * 2 >= n and (cfg.min_mean_word_length or cfg.max_mean_word_length):
         mean = sum(map(len, words)) / len(words)
         if mean < cfg.min_mean_word_length or (cfg.max_mean_word_length and mean > cfg.max_mean_word_length):
             return "mean_word_length"
