@@ -32,6 +32,7 @@ from lmtrain.corpus import describe_source, is_validation_document
 from lmtrain.dedup import Deduplicator
 from lmtrain.errors import UserError
 from lmtrain.mixture import WeightedMixture, open_sources
+from lmtrain.tokenizer_report import write_quality_report
 
 EOS_TOKEN = "<|endoftext|>"
 """Ends every document in the packed data; also used as bos (documents are not prefixed)."""
@@ -61,8 +62,12 @@ _FORMAT_VERSION = 2
 """Bump when the tokenizer design above changes, so that existing tokenizers are retrained."""
 
 
-def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
-    """Train (or reuse, if trained with the same settings on the same corpus) and save to tokenizer.dir."""
+def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None = None,
+                    sample_text_column: str = "text") -> PreTrainedTokenizerFast:
+    """Train (or reuse, if trained with the same settings on the same corpus) and save to tokenizer.dir,
+    with its quality report (lmtrain/tokenizer_report.py). `report_samples` maps a language (en, zh,
+    code) to files to measure it on instead of the defaults; a reused tokenizer is re-measured only
+    when they are given."""
     out_dir = Path(recipe.tokenizer.dir)
     settings = _training_settings(recipe)
     model_max_length = recipe.model.max_position_embeddings or recipe.data.seq_len
@@ -70,7 +75,10 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     if record_path.is_file() and (out_dir / "tokenizer.json").is_file():
         if json.loads(record_path.read_text(encoding="utf-8"))["settings"] == settings:
             print(f"tokenizer: reusing {out_dir} (trained with the same settings on the same corpus)")
-            return _reuse(out_dir, model_max_length)
+            tokenizer = _reuse(out_dir, model_max_length)
+            if report_samples:
+                write_quality_report(recipe, [], report_samples, sample_text_column)
+            return tokenizer
         print(f"tokenizer: settings or corpus changed since {out_dir} was trained; retraining")
 
     start = time.perf_counter()
@@ -114,6 +122,8 @@ def train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
             "corpus": corpus.stats(),
         },
     }
+    write_quality_report(recipe, corpus.held_out, report_samples or {}, sample_text_column)
+    # The record goes last: until it exists, the directory never looks reusable.
     record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tokenizer
 

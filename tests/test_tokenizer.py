@@ -193,3 +193,25 @@ def test_empty_corpus_is_a_user_error(tmp_path):
 def test_loading_a_missing_tokenizer_says_how_to_train_one(tmp_path):
     with pytest.raises(UserError, match="train_tokenizer.py"):
         load_tokenizer(tmp_path / "nothing")
+
+
+def test_quality_report_next_to_the_tokenizer(trained):
+    report = json.loads((Path(trained.tokenizer.dir) / "quality_report.json").read_text(encoding="utf-8"))
+    assert set(report["bytes_per_token"]) == {"en", "zh", "code"}
+    assert all(isinstance(v, float) and v >= 1.0 for v in report["bytes_per_token"].values())
+    assert report["samples"]["code"]["documents"] > 0 and report["samples"]["en"]["documents"] > 0
+    shares = report["vocabulary_share_by_script"]
+    assert abs(sum(shares.values()) - 1) < 1e-3
+    assert shares["cjk"] > 0 and shares["latin"] > shares["cjk"]  # the corpus has Chinese, but less than English
+
+
+def test_quality_report_on_given_samples_matches_an_independent_count(trained, tmp_path):
+    zh_file = tmp_path / "zh.txt"
+    zh_file.write_text(CHINESE * 3, encoding="utf-8")
+    train_tokenizer(trained, {"zh": [str(zh_file)]})  # reused tokenizer, re-measured
+    report = json.loads((Path(trained.tokenizer.dir) / "quality_report.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    expected = len((CHINESE * 3).encode("utf-8")) / len(tokenizer.encode(CHINESE * 3, add_special_tokens=False))
+    assert report["bytes_per_token"]["zh"] == pytest.approx(expected, abs=1e-3)
+    assert report["samples"]["zh"]["source"] == str(zh_file)
+    assert report["bytes_per_token"]["zh"] > 2.0  # trained on this text: several characters per token
