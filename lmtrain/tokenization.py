@@ -83,15 +83,8 @@ def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None 
 
     start = time.perf_counter()
     corpus = _TrainingCorpus(recipe)
-    backend = _new_tokenizer()
-    trainer = trainers.BpeTrainer(
-        vocab_size=recipe.tokenizer.vocab_size,
-        min_frequency=recipe.tokenizer.min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus.batches(), trainer)
+    backend = new_tokenizer()
+    backend.train_from_iterator(corpus.batches(), bpe_trainer(recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency))
     if corpus.chars == 0:
         raise UserError(f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
                         "none is left after cleaning and holding out the validation split; add data to data.sources")
@@ -154,7 +147,18 @@ def training_record(directory: str | Path) -> dict:
     return json.loads((Path(directory) / TRAINING_RECORD).read_text(encoding="utf-8"))
 
 
-def _new_tokenizer() -> Tokenizer:
+def bpe_trainer(vocab_size: int, min_frequency: int) -> trainers.BpeTrainer:
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained tokenizer with this project's pre-tokenization and decoder."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),

@@ -65,7 +65,7 @@ def held_out_samples(recipe: Recipe, held_out: list[str], sample_paths: dict[str
                      text_column: str = "text") -> dict:
     """{language: (where the sample comes from, texts)} for en, zh and code."""
     code = _held_out_stdlib(recipe)
-    samples = {"en": ("comments and docstrings of held-out standard-library files", [_prose_of(t) for t in code]),
+    samples = {"en": ("comments and docstrings of held-out standard-library files", [python_prose(t) for t in code]),
                "zh": _chinese_sample(held_out),
                "code": ("held-out standard-library .py files", code)}
     for lang, paths in sample_paths.items():
@@ -136,7 +136,7 @@ def _held_out_stdlib(recipe: Recipe) -> list[str]:
     return texts
 
 
-def _prose_of(source: str) -> str:
+def python_prose(source: str) -> str:
     """The comments and docstrings of a Python file, without their markers."""
     pieces = []
     try:
