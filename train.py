@@ -2,6 +2,7 @@
 
     python train.py recipes/smoke/pretrain.yaml [key.path=value ...]
     python train.py recipes/llama-7b/pretrain.yaml --dry-run
+    python train.py recipes/llama-7b/pretrain.yaml --plan --nodes 8 --gpus-per-node 8 --gpu-kind h100
     accelerate launch --config_file recipes/accelerate/<launch>.yaml train.py recipes/llama-7b/pretrain.yaml
 
 The tokenizer and the packed data come first (same recipe):
@@ -16,16 +17,29 @@ def main() -> None:
     parser = recipe_parser(__doc__)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved recipe, parameter count and batch arithmetic; build no weights")
+    plan = parser.add_argument_group("launch planner (--plan: memory per ZeRO stage and time to the token budget)")
+    plan.add_argument("--plan", action="store_true",
+                      help="print parameters, FLOPs/token, per-GPU memory for ZeRO 0-3, batch and time; build no weights")
+    plan.add_argument("--nodes", type=int, default=1, help="machines in the launch (default 1)")
+    plan.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per machine (default 8)")
+    plan.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GB (default 80)")
+    plan.add_argument("--gpu-kind", default="h100", help="for the peak FLOP/s: h100, h200, a100, l40s, ... (default h100)")
+    plan.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilization (default 0.4)")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe, args.overrides)
 
+    if args.plan:
+        from lmtrain.plan import Cluster, plan_report
+        print(plan_report(recipe, Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.gpu_kind, args.mfu)))
+        return
     from lmtrain.distributed import launch_world_size
     if args.dry_run:
         from lmtrain.plan import dry_run_report
         print(dry_run_report(recipe, launch_world_size()))
         return
+    from lmtrain.pretraining import PretrainTask
     from lmtrain.trainer import fit
-    fit(recipe)
+    fit(recipe, PretrainTask(recipe))
 
 
 if __name__ == "__main__":

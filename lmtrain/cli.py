@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from lmtrain.errors import UserError
+from lmtrain.errors import Preempted, UserError
 
 
 def recipe_parser(description: str) -> argparse.ArgumentParser:
@@ -27,6 +27,9 @@ def run(main: Callable[[], None]) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

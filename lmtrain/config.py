@@ -256,6 +256,30 @@ class TrainConfig:
     log_every: int = 10
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     """Experiment trackers through Accelerate. wandb also runs offline (WANDB_MODE=offline)."""
+    best_metric: str = ""
+    """Also export the model with the best value of this evaluation metric (e.g. eval_loss, accuracy) to
+    run_dir/best/. Metrics ending in `loss` or `ppl` are minimized, others maximized. Empty = final only."""
+    checkpoint_every: int = 100
+    """Save the full training state (weights, optimizer, scheduler, data position, RNG) every N steps to
+    run_dir/checkpoints/; also at the end and when the run is preempted (0 = only then)."""
+    keep_last: int = 2
+    """Checkpoints to keep, newest first (at least 1: the one a resume needs)."""
+    keep_every: int = 0
+    """Also keep every checkpoint whose step is a multiple of this, for later analysis (0 = none)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in run_dir/checkpoints, if any; never: start
+    fresh; or the path of a checkpoint directory."""
+    allow_resume_changes: bool = False
+    """Resume although the recipe, tokenizer or data differ from the checkpoint's in a way that alters the
+    run (the differences are still printed). Logging, evaluation and checkpoint settings may always change."""
+    overwrite: bool = False
+    """Replace the checkpoints of a different (or unresumed) run found in run_dir instead of refusing."""
+    max_skipped_steps: int = 5
+    """Steps whose loss or gradient norm is not finite are skipped (no update); this many in a row stop
+    the run after saving a checkpoint."""
+    spike_factor: float = 3.0
+    """Log a loss spike, with the batch's data indices, when a step's loss exceeds this multiple of the
+    mean of the previous 50 steps (0 = off)."""
 
 
 @dataclass
@@ -493,6 +517,11 @@ def _check_values(r: Recipe) -> list[str]:
     need(t.eval_every >= 1, "train.eval_every: must be at least 1")
     need(t.eval_batches >= 0, "train.eval_batches: must be >= 0 (0 = the whole validation split)")
     need(t.log_every >= 1, "train.log_every: must be at least 1")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every: must be >= 0 (0 = only at the end and on preemption)")
+    need(t.keep_last >= 1, "train.keep_last: must be at least 1 (resuming needs the newest checkpoint)")
+    need(t.keep_every >= 0, "train.keep_every: must be >= 0 (0 = keep only the last ones)")
+    need(t.max_skipped_steps >= 1, "train.max_skipped_steps: must be at least 1")
+    need(t.spike_factor == 0 or t.spike_factor > 1, "train.spike_factor: must be above 1 (or 0 = off)")
     return p
 
 

@@ -74,7 +74,8 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "mi300x": 1307e12,      # ROCm builds of torch report AMD GPUs through torch.cuda
     "mi250x": 383e12,
 }
-_NO_BF16 = ("v100", "t4")
+FP16_ONLY_KINDS = ("v100", "t4")
+"""GPU kinds without bf16: their table entry is the fp16 peak, and the trainer runs them in fp32."""
 
 
 def peak_flops_for_kind(kind: str) -> float:
@@ -103,7 +104,7 @@ def peak_flops_per_device(device: torch.device) -> tuple[float, str]:
         name = torch.cuda.get_device_name(device)
         key = _table_key(name)
         if key is not None:
-            dtype = "fp16" if key in _NO_BF16 else "bf16"
+            dtype = "fp16" if key in FP16_ONLY_KINDS else "bf16"
             return PEAK_BF16_FLOPS[key], f"{name} ({PEAK_BF16_FLOPS[key] / 1e12:.0f} TFLOP/s {dtype} dense, datasheet)"
         peak = _measured_matmul_flops(device, torch.bfloat16, 4096)
         return peak, f"{name} (not in the peak table: measured bf16 matmul, {peak / 1e12:.1f} TFLOP/s)"

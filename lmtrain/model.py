@@ -69,9 +69,9 @@ def _load_matching(path: str, config: LlamaConfig, attn_implementation: str) -> 
     return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
-def parameter_count(model: torch.nn.Module) -> int:
+def parameter_count(model: torch.nn.Module, trainable_only: bool = False) -> int:
     """Parameters of a live model, whole even when ZeRO-3 holds only a shard of each on this rank."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def count_parameters(config: LlamaConfig) -> int:

@@ -1,10 +1,15 @@
-"""Run arithmetic that needs no weights: batch sizes, token budget, parameter count."""
+"""Run arithmetic that needs no weights: batch sizes, token budget, parameter count, and the launch
+planner (`train.py RECIPE --plan`): FLOPs, per-GPU memory for each ZeRO stage, time to the token budget."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmtrain.config import Recipe, gradient_accumulation_steps, recipe_to_yaml
+from transformers import LlamaConfig
+
+from lmtrain.config import Recipe, RecipeError, gradient_accumulation_steps, recipe_to_yaml
+from lmtrain.errors import UserError
+from lmtrain.flops import FP16_ONLY_KINDS, flops_per_token, matmul_parameters, peak_flops_for_kind
 from lmtrain.model import count_parameters, llama_config
 
 
@@ -67,3 +72,258 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s"
+
+
+# ---------------------------------------------------------------------------- launch planner (train.py --plan)
+
+GIB = 2**30
+HEADROOM_FRACTION = 0.10
+"""Share of GPU memory kept free for the caching allocator's fragmentation and the transient tensors
+this estimate leaves out (activation gradients in the backward pass, communication buckets)."""
+RESERVED_GIB = 2.0
+"""Memory torch cannot use for tensors: CUDA context, NCCL communicators, cuBLAS/cuDNN workspaces."""
+SHIPPED_DS_CONFIGS = {2: "ds_config/zero2.json", 3: "ds_config/zero3.json"}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The launch shape --plan assumes; the defaults are one 8-GPU H100 node."""
+
+    nodes: int = 1
+    gpus_per_node: int = 8
+    gpu_memory_gb: float = 80.0
+    gpu_kind: str = "h100"
+    mfu: float = 0.4
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def usable_bytes(self) -> float:
+        return (self.gpu_memory_gb * (1 - HEADROOM_FRACTION) - RESERVED_GIB) * GIB
+
+    def check(self) -> None:
+        """Reject impossible shapes with the flag to fix, before any arithmetic."""
+        problems = []
+        if self.nodes < 1:
+            problems.append(f"--nodes {self.nodes}: must be at least 1")
+        if self.gpus_per_node < 1:
+            problems.append(f"--gpus-per-node {self.gpus_per_node}: must be at least 1")
+        if self.gpu_memory_gb * (1 - HEADROOM_FRACTION) <= RESERVED_GIB:
+            problems.append(f"--gpu-memory-gb {self.gpu_memory_gb:g}: too small; give the GPU's memory in GB, e.g. 80")
+        if not 0 < self.mfu <= 1:
+            problems.append(f"--mfu {self.mfu:g}: must be a fraction in (0, 1], e.g. 0.4 for 40%")
+        if problems:
+            raise UserError("; ".join(problems))
+        peak_flops_for_kind(self.gpu_kind)  # unknown kinds fail here, listing the known ones
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Per-GPU memory of one ZeRO stage, in bytes. The peak is the larger of the forward/backward phase
+    (model states + ZeRO-3's gathered layer + activations) and the optimizer step (model states + the
+    fp32 gradient DeepSpeed makes for the update; activations are freed by then)."""
+
+    stage: int
+    checkpointing: bool
+    params: float
+    grads: float
+    optimizer: float
+    step_grads: float
+    gathered: float
+    activations: float
+
+    @property
+    def model_states(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def model_states_peak(self) -> float:
+        """Model-state memory without activations: what DeepSpeed's estimators report."""
+        return self.model_states + max(self.gathered, self.step_grads)
+
+    @property
+    def peak(self) -> float:
+        return self.model_states + max(self.gathered + self.activations, self.step_grads)
+
+
+def training_dtype(recipe: Recipe, gpu_kind: str) -> str:
+    """"bf16" or "fp32", as the trainer would resolve `train.precision` on this GPU kind."""
+    has_bf16 = gpu_kind.strip().lower() not in FP16_ONLY_KINDS
+    if recipe.train.precision == "bf16" and not has_bf16:
+        raise UserError(f"train.precision: bf16 is not supported by --gpu-kind {gpu_kind}; "
+                        "use train.precision=fp32 (or auto) or a GPU kind with bf16")
+    if recipe.train.precision == "fp32" or not has_bf16:
+        return "fp32"
+    return "bf16"
+
+
+def largest_layer_params(config: LlamaConfig) -> int:
+    """Parameters of the largest single module (what ZeRO-3 gathers at once): the embedding or the LM head
+    (vocab x hidden) for any realistic vocabulary, else an MLP projection. Same definition as
+    DeepSpeed's `model_to_params`."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return max(config.vocab_size * config.hidden_size,
+               config.hidden_size * config.intermediate_size,
+               config.hidden_size * config.num_attention_heads * head_dim)
+
+
+def model_state_bytes(n_params: int, stage: int, world_size: int, dtype: str) -> tuple[float, float, float, float]:
+    """(params, grads, optimizer states, fp32 step gradients) per GPU, for AdamW under ZeRO `stage`.
+
+    bf16 mixed precision, the ZeRO paper's (Rajbhandari et al. 2020) 2 + 2 + 12 bytes per parameter:
+    bf16 weights, bf16 gradients, fp32 master weights + Adam m + Adam v. Stage 1 partitions the 12 over
+    the world, stage 2 also the gradients, stage 3 also the weights. On top, DeepSpeed casts the
+    gradient partition to fp32 for the update (4 bytes per parameter of the optimizer partition, e.g.
+    `_prepare_fp32_grad_for_sub_group` in deepspeed/runtime/zero/stage3.py), which the paper leaves out.
+    fp32 training: 4 + 4 + 8 (weights, gradients, m + v) and no cast."""
+    shard = float(world_size)
+    params_b, grads_b, optim_b, step_b = (2, 2, 12, 4) if dtype == "bf16" else (4, 4, 8, 0)
+    return (n_params * params_b / (shard if stage >= 3 else 1),
+            n_params * grads_b / (shard if stage >= 2 else 1),
+            n_params * optim_b / (shard if stage >= 1 else 1),
+            n_params * step_b / (shard if stage >= 1 else 1))
+
+
+def activation_bytes(config: LlamaConfig, micro_batch: int, seq_len: int, dtype: str, checkpointing: bool,
+                     attn_implementation: str = "sdpa") -> float:
+    """Activation memory per GPU kept for the backward pass, per micro-batch.
+
+    Korthikanti et al. 2022 ("Reducing activation recomputation in large transformer models") count
+    sbh(34 + 5as/h) bytes per layer for a GPT layer in 16-bit (s sequence, b micro-batch, h hidden,
+    a heads). The same tensor-by-tensor count for transformers' Llama layer, with e bytes per element
+    (2 for bf16, 4 for fp32), i the SwiGLU width and k the key/value heads:
+      - two RMSNorms, each (4 + e)·sbh: the fp32 upcast input and the normalized tensor;
+      - attention: the projections' input e·sbh, Q e·sbh, K and V 2e·sbh·k/a, the sdpa/flash output
+        and its contiguous copy for o_proj 2e·sbh. No a·s² score matrix: sdpa's flash/memory-efficient
+        kernels and flash-attn keep only a per-row logsumexp (negligible). No dropout masks. `eager`
+        attention does store the scores: the fp32 softmax output and its 16-bit copy, (4 + e)·as²b
+        (4·as²b in fp32), Korthikanti's 5as²b term in this layer's terms;
+      - SwiGLU MLP: its input e·sbh, then gate, up, silu(gate) and their product, 4e·sbi;
+    per layer (8 + 6e + 2e·k/a)·sbh + 4e·sbi, i.e. 26·sbh + 8·sbi for bf16 multi-head attention.
+    After the last layer: the final norm and the LM head input (4 + 2e)·sbh, the logits e·sbV and the
+    fp32 log-probabilities cross-entropy saves 4·sbV. With activation checkpointing (per decoder layer,
+    as transformers does it) each layer keeps only its input e·sbh, and one layer's full set is live
+    again while it is recomputed in the backward pass. The document mask (b·s² bytes) and RoPE tables
+    are left to the headroom."""
+    e = 2 if dtype == "bf16" else 4
+    s, b, h = seq_len, micro_batch, config.hidden_size
+    kv_share = config.num_key_value_heads / config.num_attention_heads
+    sbh, sbi, sbv = s * b * h, s * b * config.intermediate_size, s * b * config.vocab_size
+    per_layer = (8 + 6 * e + 2 * e * kv_share) * sbh + 4 * e * sbi
+    if attn_implementation == "eager":
+        per_layer += (4 + (e if e != 4 else 0)) * config.num_attention_heads * s * s * b
+    after_layers = (4 + 2 * e) * sbh + (e + 4) * sbv
+    layers = config.num_hidden_layers
+    kept = layers * e * sbh + per_layer if checkpointing else layers * per_layer
+    return float(kept + after_layers)
+
+
+def zero3_gathered_bytes(config: LlamaConfig, dtype: str) -> float:
+    """ZeRO-3's working set: the largest layer's full weights and gradients while it is gathered, the
+    4 bytes x largest layer (16-bit) of DeepSpeed's own estimator; 8 bytes in fp32. DeepSpeed may keep
+    more gathered (prefetched next layers, up to `stage3_max_live_parameters`); the headroom covers it."""
+    return (4 if dtype == "bf16" else 8) * largest_layer_params(config)
+
+
+def memory_plan(config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, world_size: int,
+                dtype: str, attn_implementation: str = "sdpa") -> list[StageMemory]:
+    """Per-GPU memory for ZeRO stages 0-3, each without and with activation checkpointing."""
+    rows = []
+    for stage in range(4):
+        params, grads, optimizer, step_grads = model_state_bytes(n_params, stage, world_size, dtype)
+        gathered = zero3_gathered_bytes(config, dtype) if stage == 3 else 0.0
+        for checkpointing in (False, True):
+            rows.append(StageMemory(stage, checkpointing, params, grads, optimizer, step_grads, gathered,
+                                    activation_bytes(config, micro_batch, seq_len, dtype, checkpointing,
+                                                     attn_implementation)))
+    return rows
+
+
+def plan_report(recipe: Recipe, cluster: Cluster) -> str:
+    """What `train.py RECIPE --plan` prints: size, FLOPs, memory per ZeRO stage, batch and time to budget."""
+    cluster.check()
+    dtype = training_dtype(recipe, cluster.gpu_kind)
+    world = cluster.world_size
+    try:
+        arithmetic = batch_arithmetic(recipe, world)
+    except RecipeError as exc:
+        raise UserError(f"{'; '.join(exc.problems)} (--nodes {cluster.nodes} x --gpus-per-node "
+                        f"{cluster.gpus_per_node} = {world} processes)") from None
+    config = llama_config(recipe)
+    n_params = count_parameters(config)
+    seq_len = recipe.data.seq_len
+    fpt = flops_per_token(config, seq_len)
+    peak_flops = peak_flops_for_kind(cluster.gpu_kind)
+    rows = memory_plan(config, n_params, recipe.train.micro_batch_size, seq_len, world, dtype,
+                       recipe.model.attn_implementation)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    usable = cluster.usable_bytes
+
+    lines = [
+        f"# launch plan: {cluster.nodes} node(s) x {cluster.gpus_per_node} GPU(s) = {world} x {cluster.gpu_kind} "
+        f"({cluster.gpu_memory_gb:g} GB, {peak_flops / 1e12:.0f} TFLOP/s bf16 dense peak); no weights built",
+        f"parameters: {n_params:,} ({format_count(n_params)}); largest layer {largest_layer_params(config):,}",
+        f"FLOPs per token: {fpt / 1e9:.2f} GFLOP = 6 x {matmul_parameters(config):,} (non-embedding + LM head) "
+        f"+ 12 x {config.num_hidden_layers} layers x {config.num_attention_heads} heads x {head_dim} x {seq_len} "
+        "(PaLM appendix B; recomputation not counted)",
+        arithmetic.describe(),
+        "",
+        f"memory per GPU (GiB) at micro batch {recipe.train.micro_batch_size} x seq {seq_len}, "
+        + ("bf16 mixed precision (2 + 2 + 12 bytes/param, + 4 fp32 grad at the step)" if dtype == "bf16"
+           else "fp32 (4 + 4 + 8 bytes/param)"),
+        f"usable: {usable / GIB:.1f} of {cluster.gpu_memory_gb:g} GiB "
+        f"({HEADROOM_FRACTION:.0%} for fragmentation and transients, {RESERVED_GIB:g} GiB for CUDA context and NCCL)",
+        f"{'ZeRO':>4} {'ckpt':>4} {'params':>7} {'grads':>7} {'optim':>7} {'step':>7} {'gather':>7} "
+        f"{'activ':>7} {'peak':>7}  fits",
+    ]
+    for r in rows:
+        values = (r.params, r.grads, r.optimizer, r.step_grads, r.gathered, r.activations, r.peak)
+        lines.append(f"{r.stage:>4} {'on' if r.checkpointing else 'off':>4} "
+                     + " ".join(f"{v / GIB:7.1f}" for v in values)
+                     + ("  yes" if r.peak <= usable else "  no"))
+    lines.append("(step: fp32 gradient partition at the optimizer step; gather: ZeRO-3's gathered largest layer; "
+                 "peak = params + grads + optim + max(gather + activ, step))")
+    lines.append(_recommendation(recipe, rows, usable, dtype, n_params, cluster))
+
+    total_flops = fpt * arithmetic.total_tokens
+    tokens_per_s = world * peak_flops * cluster.mfu / fpt
+    lines += [
+        "",
+        f"throughput at {cluster.mfu:.0%} MFU: {tokens_per_s / world:,.0f} tokens/s per GPU, {tokens_per_s:,.0f} in all, "
+        f"{arithmetic.tokens_per_step / tokens_per_s:.1f} s per optimizer step",
+        f"time to the token budget: {format_count(arithmetic.total_tokens)} tokens x {fpt / 1e9:.2f} GFLOP = "
+        f"{total_flops:.3g} FLOPs / ({world} x {peak_flops / 1e12:.0f} TFLOP/s x {cluster.mfu:.0%}) = "
+        f"{format_duration(total_flops / (world * peak_flops * cluster.mfu))}",
+    ]
+    if dtype == "fp32":
+        lines.append("note: fp32 training runs far below this bf16/fp16 tensor-core peak; expect several times longer")
+    return "\n".join(lines)
+
+
+def _recommendation(recipe: Recipe, rows: list[StageMemory], usable: float, dtype: str, n_params: int,
+                    cluster: Cluster) -> str:
+    """The first configuration that fits, in order of speed: no activation checkpointing before
+    checkpointing (which recomputes the forward pass, about a third more compute); then plain data
+    parallelism, ZeRO-2, ZeRO-3. ZeRO-1 is never the pick: ZeRO-2 moves the same bytes per step (a
+    reduce-scatter instead of an all-reduce, 2x the model) with less memory, while ZeRO-3 moves 3x.
+    Nothing fits: ZeRO-3 with CPU offload."""
+    preference = {0: 0, 2: 1, 3: 2}
+    candidates = sorted((r for r in rows if r.stage in preference),
+                        key=lambda r: (r.checkpointing, preference[r.stage]))
+    fitting = [r for r in candidates if r.peak <= usable]
+    if not fitting:
+        offload_gpu = min(r.gathered + r.activations for r in rows if r.stage == 3)
+        offload_cpu = sum(model_state_bytes(n_params, 3, 1, dtype)) / cluster.nodes
+        return (f"recommendation: nothing fits on {cluster.world_size} GPU(s); use more GPUs, or ZeRO-3 with CPU "
+                f"offload (ds_config/zero3_offload.json, model.gradient_checkpointing=true): about "
+                f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node")
+    best = fitting[0]
+    config_file = SHIPPED_DS_CONFIGS.get(best.stage)
+    how = config_file or "plain data parallelism, no DeepSpeed needed"
+    ckpt = f"model.gradient_checkpointing={'true' if best.checkpointing else 'false'}"
+    recipe_note = ("" if recipe.model.gradient_checkpointing == best.checkpointing
+                   else f" (the recipe says {str(recipe.model.gradient_checkpointing).lower()})")
+    return (f"recommendation: ZeRO-{best.stage} ({how}), {ckpt}{recipe_note}: peak {best.peak / GIB:.1f} of "
+            f"{usable / GIB:.1f} GiB usable")

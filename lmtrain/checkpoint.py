@@ -1,0 +1,203 @@
+"""Checkpoints that a crash cannot half-write, and the rules for resuming from them.
+
+Layout: run_dir/checkpoints/step_00001200/ holds what `Accelerator.save_state` writes (under
+DeepSpeed: one shard per rank), our `trainer_state.json` and, written last, `COMPLETE.json`, which
+lists every file with its size. A checkpoint is written under a `.tmp-` name and made visible by one
+atomic rename, so a process killed while saving leaves only a `.tmp-` directory behind, which is
+never selected and is cleared by the next save. Resolution checks the listing, so a checkpoint that
+lost a shard or was truncated later (a full disk, a bad copy) is reported and skipped.
+
+Assumes run_dir is on a filesystem every rank sees (as multi-node checkpointing with DeepSpeed does).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from lmtrain.errors import UserError
+
+STATE_FILE = "trainer_state.json"
+COMPLETE_FILE = "COMPLETE.json"
+# Fault injection for the reliability tests and benchmark: SIGKILL the main process in the middle of
+# saving the checkpoint of this step.
+KILL_DURING_SAVE_FAULT_ENV = "LMTRAIN_FAULT_KILL_DURING_SAVE_STEP"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+# Recipe keys that may change between a checkpoint and its resumption without altering the run.
+HARMLESS_CHANGES = (
+    "run_dir", "tokenizer.dir", "data.dir", "data.batch_size", "train.log_every", "train.eval_every",
+    "train.eval_batches", "train.report_to", "train.checkpoint_every", "train.keep_last", "train.keep_every",
+    "train.resume", "train.allow_resume_changes", "train.overwrite", "train.max_skipped_steps",
+    "train.spike_factor", "train.best_metric",
+)
+
+
+class CheckpointError(UserError):
+    """Saving failed in a way the user must fix (disk full, directory not writable)."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+
+    def state(self) -> dict:
+        return json.loads((self.path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, state: dict,
+                    keep_last: int, keep_every: int) -> Path:
+    """Save the training state of every rank plus `state` (JSON) as checkpoint `step`; all ranks call this.
+    Older checkpoints are pruned only after the new one is complete."""
+    root = checkpoints_dir(run_dir)
+    final = root / f"step_{step:08d}"
+    staging = root / f".tmp-step_{step:08d}"
+    try:
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # a rerun of a step already saved (e.g. a preemption right after a save)
+                shutil.rmtree(final)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if os.environ.get(KILL_DURING_SAVE_FAULT_ENV) == str(step) and accelerator.is_main_process:
+            os.kill(os.getpid(), signal.SIGKILL)  # the reliability tests' crash: shards written, nothing renamed
+        if accelerator.is_main_process:
+            _write_json(staging / STATE_FILE, state)
+            files = {str(f.relative_to(staging)): f.stat().st_size for f in sorted(staging.rglob("*")) if f.is_file()}
+            _write_json(staging / COMPLETE_FILE, {"step": step, "files": files})
+            os.replace(staging, final)
+            _fsync_dir(root)
+            _prune(root, keep_last, keep_every)
+    except OSError as exc:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+        raise CheckpointError(f"could not save checkpoint step {step} under {root}: {reason}. Earlier checkpoints "
+                              "are untouched; free space or fix permissions, then rerun to resume") from None
+    accelerator.wait_for_everyone()
+    return final
+
+
+def complete_checkpoints(run_dir: str | Path) -> tuple[list[Checkpoint], list[str]]:
+    """Checkpoints that verify, oldest first, and one warning per directory that does not."""
+    root = checkpoints_dir(run_dir)
+    good, warnings = [], []
+    if not root.is_dir():
+        return good, warnings
+    for path in sorted(root.iterdir()):
+        match = _NAME.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        problem = verify(path)
+        if problem:
+            warnings.append(f"checkpoint {path} is unusable ({problem}); skipping it")
+        else:
+            good.append(Checkpoint(path, int(match.group(1))))
+    return good, warnings
+
+
+def verify(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from, or None if every listed file is there, whole."""
+    marker = path / COMPLETE_FILE
+    if not marker.is_file():
+        return f"no {COMPLETE_FILE}: the save did not finish"
+    try:
+        listing = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError):
+        return f"{COMPLETE_FILE} is damaged"
+    for name, size in listing.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, {size:,} were written"
+    return None
+
+
+def resolve_resume(run_dir: str | Path, resume: str) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint to resume from for `train.resume` (auto, never, or a path), and warnings to print."""
+    if resume == "never":
+        return None, []
+    if resume == "auto":
+        good, warnings = complete_checkpoints(run_dir)
+        return (good[-1] if good else None), warnings
+    path = Path(resume)
+    match = _NAME.match(path.name)
+    if not path.is_dir() or not match:
+        raise UserError(f"train.resume: {resume} is not a checkpoint directory (run_dir/checkpoints/step_NNNNNNNN); "
+                        "use auto, never, or such a path")
+    problem = verify(path)
+    if problem:
+        raise UserError(f"train.resume: checkpoint {path} is unusable: {problem}. Pick another one, or use auto "
+                        "to take the newest complete checkpoint")
+    return Checkpoint(path, int(match.group(1))), []
+
+
+def recipe_differences(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) for every recipe key whose value differs."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences.extend(recipe_differences(old, new, f"{name}."))
+        elif old != new:
+            differences.append((name, old, new))
+    return differences
+
+
+def check_resume_compatible(saved_state: dict, recipe: dict, fingerprints: dict[str, str],
+                            allow_changes: bool) -> list[str]:
+    """Notes on harmless changes; raises for changes that would silently alter the run unless allowed."""
+    notes, blocking = [], []
+    for key, old, new in recipe_differences(saved_state["recipe"], recipe):
+        line = f"{key}: {old!r} → {new!r}"
+        (notes if key in HARMLESS_CHANGES else blocking).append(line)
+    for name, value in fingerprints.items():
+        if saved_state["fingerprints"].get(name) != value:
+            blocking.append(f"{name}: content changed since the checkpoint")
+    if blocking and not allow_changes:
+        listing = "\n".join(f"  - {line}" for line in blocking)
+        raise UserError("the checkpoint was made by a different run than this recipe describes:\n"
+                        f"{listing}\nrestore the recipe and inputs, start a new run_dir, or set "
+                        "train.allow_resume_changes=true to continue anyway")
+    return notes + [f"{line} (allowed by train.allow_resume_changes)" for line in blocking]
+
+
+def _prune(root: Path, keep_last: int, keep_every: int) -> None:
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := _NAME.match(p.name)))
+    keep = set(steps[-keep_last:]) | {s for s in steps if keep_every and s % keep_every == 0}
+    for step in steps:
+        if step not in keep:
+            shutil.rmtree(root / f"step_{step:08d}", ignore_errors=True)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with path.open("w", encoding="utf-8") as file:
+        json.dump(payload, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

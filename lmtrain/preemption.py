@@ -1,0 +1,51 @@
+"""Stop requests: SIGTERM (a scheduler preempting or timing out the job) and Ctrl-C.
+
+The handler only records the request; the training loop asks `should_stop()` at each step boundary,
+where all ranks agree (one all-reduce of a flag) so that they save the same checkpoint together.
+A second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import torch
+from accelerate import Accelerator
+
+
+class StopRequest:
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort without saving
+        self.signal_name = self.signal_name or name
+        print(f"\n{name} received: stopping at the end of this step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank has been asked to stop."""
+        if self.accelerator.num_processes == 1:
+            return self.signal_name is not None
+        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by this signal (128 + its number), so schedulers and
+        scripts see that the run did not finish."""
+        return 128 + int(getattr(signal, self.signal_name or "SIGTERM"))
