@@ -297,8 +297,11 @@ class Recipe:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply `key.path=value` overrides, validate, return the typed tree."""
+def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Recipe):
+    """Read a YAML recipe, apply `key.path=value` overrides, validate, return the typed tree.
+
+    `schema` is the top-level dataclass (Recipe for pretraining); another schema validates its
+    cross-field constraints in a `problems() -> list[str]` method."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(str(path), ["file not found; pass the path of a YAML recipe, e.g. recipes/smoke/pretrain.yaml"])
@@ -311,24 +314,25 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise RecipeError(str(path), ["the top level must be a mapping of keys (run_dir, tokenizer, data, model, train)"])
-    raw = _merge(recipe_to_dict(Recipe()), raw)  # overrides may target keys the file leaves at their defaults
+        names = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise RecipeError(str(path), [f"the top level must be a mapping of keys ({names})"])
+    raw = _merge(recipe_to_dict(schema()), raw)  # overrides may target keys the file leaves at their defaults
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
-    recipe = _build(Recipe, raw, "", problems)
+    recipe = _build(schema, raw, "", problems)
     if not problems:
-        problems.extend(_check_values(recipe))
+        problems.extend(_check_values(recipe) if schema is Recipe else recipe.problems())
     if problems:
         raise RecipeError(str(path), problems)
     return recipe
 
 
-def recipe_to_dict(recipe: Recipe) -> dict:
+def recipe_to_dict(recipe) -> dict:
     return dataclasses.asdict(recipe)
 
 
-def recipe_to_yaml(recipe: Recipe) -> str:
+def recipe_to_yaml(recipe) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
 
 
@@ -503,7 +507,18 @@ def _check_values(r: Recipe) -> list[str]:
              f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}")
     need(m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
          f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}")
-    t = r.train
+    p.extend(train_problems(r.train))
+    return p
+
+
+def train_problems(t: TrainConfig) -> list[str]:
+    """Checks of the `train` section, shared by every recipe schema."""
+    p = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            p.append(msg)
+
     need(t.max_steps >= 1, "train.max_steps: must be at least 1")
     need(t.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1")
     need(t.global_batch_size >= 1 and t.global_batch_size % max(t.micro_batch_size, 1) == 0,
@@ -543,7 +558,7 @@ def _filter_problems(f: QualityFilterConfig, where: str) -> list[str]:
     return problems
 
 
-def gradient_accumulation_steps(recipe: Recipe, num_processes: int) -> int:
+def gradient_accumulation_steps(recipe, num_processes: int) -> int:
     """Micro-batches per process per optimizer step, so the global batch stays what the recipe says."""
     t = recipe.train
     per_step = t.micro_batch_size * num_processes
