@@ -114,9 +114,12 @@ class Cluster:
             problems.append(f"--gpu-memory-gb {self.gpu_memory_gb:g}: too small; give the GPU's memory in GB, e.g. 80")
         if not 0 < self.mfu <= 1:
             problems.append(f"--mfu {self.mfu:g}: must be a fraction in (0, 1], e.g. 0.4 for 40%")
+        try:
+            peak_flops_for_kind(self.gpu_kind)
+        except UserError as exc:
+            problems.append(str(exc))
         if problems:
             raise UserError("; ".join(problems))
-        peak_flops_for_kind(self.gpu_kind)  # unknown kinds fail here, listing the known ones
 
 
 @dataclass(frozen=True)
