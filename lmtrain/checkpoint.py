@@ -21,6 +21,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 
 from lmtrain.errors import UserError
@@ -61,37 +62,53 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, state: dict,
                     keep_last: int, keep_every: int) -> Path:
     """Save the training state of every rank plus `state` (JSON) as checkpoint `step`; all ranks call this.
-    Older checkpoints are pruned only after the new one is complete."""
+    Older checkpoints are pruned only after the new one is complete. A failure on any rank raises
+    CheckpointError on every rank (none is left waiting for the others)."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step:08d}"
     staging = root / f".tmp-step_{step:08d}"
-    try:
-        if accelerator.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(".tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # a rerun of a step already saved (e.g. a preemption right after a save)
-                shutil.rmtree(final)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
-        if os.environ.get(KILL_DURING_SAVE_FAULT_ENV) == str(step) and accelerator.is_main_process:
+
+    def prepare() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # a rerun of a step already saved (e.g. a preemption right after a save)
+            shutil.rmtree(final)
+
+    def publish() -> None:
+        if os.environ.get(KILL_DURING_SAVE_FAULT_ENV) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)  # the reliability tests' crash: shards written, nothing renamed
-        if accelerator.is_main_process:
-            _write_json(staging / STATE_FILE, state)
-            files = {str(f.relative_to(staging)): f.stat().st_size for f in sorted(staging.rglob("*")) if f.is_file()}
-            _write_json(staging / COMPLETE_FILE, {"step": step, "files": files})
-            os.replace(staging, final)
-            _fsync_dir(root)
-            _prune(root, keep_last, keep_every)
-    except OSError as exc:
-        if accelerator.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
-        raise CheckpointError(f"could not save checkpoint step {step} under {root}: {reason}. Earlier checkpoints "
-                              "are untouched; free space or fix permissions, then rerun to resume") from None
-    accelerator.wait_for_everyone()
+        _write_json(staging / STATE_FILE, state)
+        files = {str(f.relative_to(staging)): f.stat().st_size for f in sorted(staging.rglob("*")) if f.is_file()}
+        _write_json(staging / COMPLETE_FILE, {"step": step, "files": files})
+        os.replace(staging, final)
+        _fsync_dir(root)
+        _prune(root, keep_last, keep_every)
+
+    _on_all_ranks(accelerator, prepare if accelerator.is_main_process else None, step, root)
+    _on_all_ranks(accelerator, lambda: accelerator.save_state(str(staging)), step, root)
+    _on_all_ranks(accelerator, publish if accelerator.is_main_process else None, step, root, staging)
     return final
+
+
+def _on_all_ranks(accelerator: Accelerator, action, step: int, root: Path, cleanup: Path | None = None) -> None:
+    """Run `action` (None: nothing on this rank), then agree across ranks on whether any of them failed."""
+    failure = None
+    if action is not None:
+        try:
+            action()
+        except OSError as exc:
+            failure = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+            if cleanup is not None:
+                shutil.rmtree(cleanup, ignore_errors=True)
+    failed = failure is not None
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([float(failed)], device=accelerator.device)
+        failed = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    if failed:
+        raise CheckpointError(f"could not save checkpoint step {step} under {root}: "
+                              f"{failure or 'another process failed to write its part'}. Earlier checkpoints are "
+                              "untouched; free space or fix permissions, then rerun to resume")
 
 
 def complete_checkpoints(run_dir: str | Path) -> tuple[list[Checkpoint], list[str]]:

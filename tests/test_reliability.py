@@ -1,0 +1,107 @@
+"""Runs that survive, for real: signals, SIGKILL during a save, a corrupt checkpoint, NaN losses.
+
+The scenarios live in benchmarks/reliability.py (which prints them as a table); here each one runs
+in separate processes and its details are asserted: per-step losses and final weights bitwise equal
+to an uninterrupted run, the step it resumed from, the messages the user sees.
+"""
+
+import json
+
+import pytest
+
+from benchmarks import reliability as rel
+from lmtrain.checkpoint import complete_checkpoints
+from lmtrain.sampler import GlobalBatchSampler
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return rel.Workspace(tmp_path_factory.mktemp("reliability"))
+
+
+def assert_identical_to_reference(outcome):
+    assert outcome["losses"] == outcome["reference_losses"]  # bitwise: fp32 on CPU is deterministic
+    assert sorted(outcome["losses"]) == list(range(1, rel.MAX_STEPS + 1))
+    assert outcome["weights_equal"]
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes_exactly(ws):
+    outcome = rel.ctrl_c_resume_1proc(ws)
+    assert outcome["exit_code"] == 130
+    assert "Run the same command again to resume" in outcome["stop_stderr"]
+    assert 5 <= outcome["resumed_from"] < rel.MAX_STEPS
+    assert f"resuming from" in outcome["resume_stderr"]
+    assert outcome["steps_lost"] == 0
+    assert_identical_to_reference(outcome)
+
+
+@pytest.mark.distributed
+def test_sigterm_under_accelerate_launch_zero3_stops_all_ranks_and_resumes_exactly(ws):
+    outcome = rel.sigterm_resume_zero3_2proc(ws)
+    assert outcome["exit_code"] != 0
+    assert "stopped by SIGTERM" in outcome["stop_stderr"]
+    assert 5 <= outcome["resumed_from"] < rel.MAX_STEPS
+    assert outcome["steps_lost"] == 0
+    assert_identical_to_reference(outcome)
+
+
+def test_sigkill_during_save_keeps_the_previous_checkpoint_and_resume_picks_it(ws):
+    outcome = rel.sigkill_during_save(ws)
+    assert outcome["exit_code"] == -9
+    # the interrupted save left only its staging directory, never a visible step_00000016
+    assert set(outcome["leftovers"]) == {"step_00000008", f".tmp-step_{2 * rel.CHECKPOINT_EVERY:08d}"}
+    assert outcome["resumed_from"] == rel.CHECKPOINT_EVERY
+    assert_identical_to_reference(outcome)
+
+
+def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_is_used(ws):
+    outcome = rel.corrupt_checkpoint(ws)
+    assert outcome["reported"], outcome["resume_stderr"][-2000:]
+    assert outcome["resumed_from"] == rel.MAX_STEPS - rel.CHECKPOINT_EVERY
+    assert_identical_to_reference(outcome)
+
+
+def test_nonfinite_loss_skips_the_update_everywhere_and_stops_after_the_limit(ws):
+    outcome = rel.nonfinite_loss(ws)
+    assert outcome["exit_code"] == 2
+    assert "2 steps in a row had a non-finite loss" in outcome["stderr"]
+    assert [r["step"] for r in outcome["skipped"]] == [5, 6]
+    assert outcome["weights_unchanged"]  # checkpoint after step 6 == checkpoint after step 4
+    sampler = GlobalBatchSampler(_train_blocks(ws), rel.TINY["train"]["global_batch_size"], 1234)
+    for record in outcome["skipped"]:  # the logged data indices are the batch that step trained on
+        assert record["data_indices"] == sampler.global_batch(record["step"] - 1).tolist()
+
+
+def test_resume_refuses_a_changed_recipe_but_reports_harmless_changes(ws, tmp_path):
+    run_dir = tmp_path / "run"
+    ws.train(run_dir, 1, "train.max_steps=4", "train.warmup_steps=1", "train.checkpoint_every=2")
+    changed = ws.train(run_dir, 1, "train.max_steps=4", "train.warmup_steps=1", "train.lr=1e-3", check=False)
+    assert changed.returncode == 2
+    assert "train.lr: 0.003 → 0.001" in changed.stderr and "train.allow_resume_changes=true" in changed.stderr
+    harmless = ws.train(run_dir, 1, "train.max_steps=4", "train.warmup_steps=1", "train.log_every=2")
+    assert "run already complete" in harmless.stderr and "train.log_every: 1 → 2" in harmless.stderr
+
+
+def test_a_directory_holding_another_run_is_not_overwritten_without_the_flag(ws, tmp_path):
+    run_dir = tmp_path / "run"
+    ws.train(run_dir, 1, "train.max_steps=2", "train.warmup_steps=1")
+    fresh = ws.train(run_dir, 1, "train.max_steps=2", "train.warmup_steps=1", "train.resume=never", check=False)
+    assert fresh.returncode == 2 and "train.overwrite=true" in fresh.stderr
+    assert complete_checkpoints(run_dir)[0]  # still there
+    ws.train(run_dir, 1, "train.max_steps=2", "train.warmup_steps=1", "train.resume=never", "train.overwrite=true")
+    assert len(rel.step_losses(run_dir)) == 2
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_with_a_clear_message(ws, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a directory")  # what a full or read-only disk looks like to mkdir
+    result = ws.train(run_dir, 1, "train.max_steps=2", "train.warmup_steps=1", check=False)
+    assert result.returncode == 2
+    assert "could not save checkpoint step 2" in result.stderr and "Earlier checkpoints are untouched" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _train_blocks(ws) -> int:
+    manifest = json.loads((ws.root / "data" / "manifest.json").read_text())
+    return manifest["splits"]["train"]["blocks"]
