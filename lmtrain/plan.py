@@ -198,18 +198,20 @@ def activation_bytes(config: LlamaConfig, micro_batch: int, seq_len: int, dtype:
     a heads). The same tensor-by-tensor count for transformers' Llama layer, with e bytes per element
     (2 for bf16, 4 for fp32), i the SwiGLU width and k the key/value heads:
       - two RMSNorms, each (4 + e)·sbh: the fp32 upcast input and the normalized tensor;
-      - attention: the projections' input e·sbh, Q e·sbh, K and V 2e·sbh·k/a, the sdpa/flash output
-        and its contiguous copy for o_proj 2e·sbh. No a·s² score matrix: sdpa's flash/memory-efficient
+      - attention: the projections' input e·sbh, Q e·sbh, K and V 2e·sbh·k/a, the attention output
+        e·sbh (o_proj's input is a view of it). No a·s² score matrix: sdpa's flash/memory-efficient
         kernels and flash-attn keep only a per-row logsumexp (negligible). No dropout masks. `eager`
-        attention does store the scores: the fp32 softmax output and its 16-bit copy, (4 + e)·as²b
-        (4·as²b in fp32), Korthikanti's 5as²b term in this layer's terms;
+        attention does keep the scores: the fp32 softmax output and its 16-bit copy, (4 + e)·as²b
+        (4·as²b in fp32), this layer's version of Korthikanti's 5as²b term;
       - SwiGLU MLP: its input e·sbh, then gate, up, silu(gate) and their product, 4e·sbi;
-    per layer (8 + 6e + 2e·k/a)·sbh + 4e·sbi, i.e. 26·sbh + 8·sbi for bf16 multi-head attention.
-    After the last layer: the final norm and the LM head input (4 + 2e)·sbh, the logits e·sbV and the
-    fp32 log-probabilities cross-entropy saves 4·sbV. With activation checkpointing (per decoder layer,
-    as transformers does it) each layer keeps only its input e·sbh, and one layer's full set is live
-    again while it is recomputed in the backward pass. The document mask (b·s² bytes) and RoPE tables
-    are left to the headroom."""
+    per layer (8 + 6e + 2e·k/a)·sbh + 4e·sbi, i.e. 24·sbh + 8·sbi for bf16 multi-head attention.
+    After the last layer: the final norm and the LM head input (4 + 2e)·sbh, the fp32 logits
+    cross-entropy keeps 4·sbV (V the vocabulary) and e·sbV more for the 16-bit logits, which are alive
+    at the same time around the loss. With activation checkpointing (per decoder layer, as transformers
+    does it) each layer keeps only its input e·sbh, and one layer's full set is live again while it is
+    recomputed in the backward pass. tests/test_plan.py checks the count against the tensors autograd
+    saves in a real model. The document mask (b·s² bytes), RoPE tables and activation gradients are
+    left to the headroom."""
     e = 2 if dtype == "bf16" else 4
     s, b, h = seq_len, micro_batch, config.hidden_size
     kv_share = config.num_key_value_heads / config.num_attention_heads
@@ -318,7 +320,9 @@ def _recommendation(recipe: Recipe, rows: list[StageMemory], usable: float, dtyp
     fitting = [r for r in candidates if r.peak <= usable]
     if not fitting:
         offload_gpu = min(r.gathered + r.activations for r in rows if r.stage == 3)
-        offload_cpu = sum(model_state_bytes(n_params, 3, 1, dtype)) / cluster.nodes
+        # Each node's CPU RAM holds its GPUs' shards of every model state, plus the 50% DeepSpeed's
+        # estimator adds for pinned staging buffers.
+        offload_cpu = 1.5 * sum(model_state_bytes(n_params, 3, 1, dtype)) / cluster.nodes
         return (f"recommendation: nothing fits on {cluster.world_size} GPU(s); use more GPUs, or ZeRO-3 with CPU "
                 f"offload (ds_config/zero3_offload.json, model.gradient_checkpointing=true): about "
                 f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node")
