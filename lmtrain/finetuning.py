@@ -1,0 +1,242 @@
+"""What SFT and classification share: the pretrained base, freezing, LoRA, export and merge.
+
+A fine-tuned model is exported as a plain Hugging Face directory (safetensors, config, tokenizer with
+its chat template, generation config), or, with LoRA, as a peft adapter directory (adapter_config.json,
+adapter_model.safetensors, tokenizer) that `merge_adapter` turns into a plain directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from lmtrain.config import recipe_to_yaml
+from lmtrain.errors import UserError
+from lmtrain.finetune_config import FinetuneRecipe, FreezeConfig, LoraConfig
+
+ADAPTER_CONFIG = "adapter_config.json"
+LABELS_FILE = "labels.json"
+"""Written next to a classification adapter: the head's labels, which the adapter config does not hold."""
+
+
+def say(message: str) -> None:
+    """Print once per launch (the main process), on stderr like the training log."""
+    if PartialState().is_main_process:
+        import sys
+        print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- the base model
+
+
+def check_base_model(path: str) -> AutoConfig:
+    """The base model's config, after checking that `path` is a causal LM directory we can start from."""
+    directory = Path(path)
+    if (directory / ADAPTER_CONFIG).is_file() and not (directory / "config.json").is_file():
+        raise UserError(f"base_model: {path} is a LoRA adapter, not a full model; merge it first "
+                        f"(python finetune.py merge {path} OUT_DIR) and start from OUT_DIR")
+    if not directory.is_dir():
+        raise UserError(f"base_model: {path} does not exist; pretrain first (make smoke writes runs/smoke/final) "
+                        "or point base_model at a model directory")
+    if not (directory / "config.json").is_file():
+        raise UserError(f"base_model: {path} is not a model directory (no config.json); point it at a "
+                        "pretrained export such as runs/smoke/final")
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UserError(f"base_model: {path}/config.json cannot be read by transformers: {exc}") from None
+    architectures = getattr(config, "architectures", None) or []
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+            architectures and not any(a.endswith("ForCausalLM") for a in architectures)):
+        kind = ", ".join(architectures) or config.model_type
+        raise UserError(f"base_model: {path} is a {kind} model, not a causal language model; start from a "
+                        "pretrained causal LM directory (e.g. runs/smoke/final, or a *ForCausalLM model)")
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(f"base_model: {path} has no .safetensors weights; this project loads safetensors only "
+                        "(no pickled .bin files): convert the model with save_pretrained(..., safe_serialization=True)")
+    if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+        raise UserError(f"base_model: {path} has no tokenizer; export the model with its tokenizer")
+    return config
+
+
+def load_base_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # e.g. Llama-2's tokenizer: pad with eos, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def base_fingerprint(path: str) -> str:
+    """Changes when the base model's config, tokenizer or weights files change (sizes, not contents: a 7B
+    is not hashed on every start)."""
+    digest = hashlib.sha256()
+    directory = Path(path)
+    for name in ("config.json", "tokenizer.json"):
+        if (directory / name).is_file():
+            digest.update((directory / name).read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def resolved(path: str) -> str:
+    """An absolute path for a local directory (so that an adapter finds its base from anywhere)."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+# ---------------------------------------------------------------------------- what is trained
+
+
+def apply_freezing(model: torch.nn.Module, cfg: FreezeConfig, head: torch.nn.Module) -> str:
+    """Freeze as the recipe says; return a description of what is frozen ("" for nothing)."""
+    frozen = []
+    if cfg.all_but_head:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for param in head.parameters():
+            param.requires_grad_(True)
+        frozen.append("everything but the head")
+    if cfg.embeddings:
+        embeddings = model.get_input_embeddings()
+        for param in embeddings.parameters():
+            param.requires_grad_(False)
+        tied = any(p is q for p in embeddings.parameters() for q in head.parameters())
+        frozen.append("embeddings" + (" (tied to the output layer, frozen with them)" if tied else ""))
+    if cfg.first_n_layers:
+        layers = model.base_model.layers
+        if cfg.first_n_layers > len(layers):
+            raise UserError(f"freeze.first_n_layers: {cfg.first_n_layers} but the model has {len(layers)} layers")
+        for layer in layers[:cfg.first_n_layers]:
+            for param in layer.parameters():
+                param.requires_grad_(False)
+        frozen.append(f"layers 0-{cfg.first_n_layers - 1} of {len(layers)}")
+    return ", ".join(frozen)
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig, task_type: str) -> torch.nn.Module:
+    """The model wrapped with LoRA adapters (peft); only the adapters (and a classification head) train."""
+    from peft import LoraConfig as PeftLoraConfig, TaskType, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in names]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise UserError(f"lora.target_modules: {', '.join(missing)} not found in the model; its linear layers are "
+                        f"{', '.join(linear)}")
+    peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                 target_modules=list(cfg.target_modules),
+                                 task_type=TaskType.CAUSAL_LM if task_type == "sft" else TaskType.SEQ_CLS)
+    return get_peft_model(model, peft_config)
+
+
+def describe_trainable(model: torch.nn.Module, frozen: str, lora: LoraConfig) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    how = (f"LoRA r={lora.r}, alpha={lora.alpha:g} on {', '.join(lora.target_modules)}" if lora.enabled
+           else f"frozen: {frozen}" if frozen else "full fine-tuning")
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%) | {how}"
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export_finetuned(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerBase, recipe: FinetuneRecipe,
+                     out_dir: Path, generation_config: GenerationConfig | None = None,
+                     labels: list[str] | None = None) -> None:
+    """Write the model (or, with LoRA, the adapter) with its tokenizer, generation config and the resolved
+    recipe to `out_dir`. Every process calls this: under ZeRO-3 the full weights are gathered from all ranks."""
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    main = accelerator.is_main_process
+    out_dir = Path(out_dir)
+    if main and out_dir.exists():
+        shutil.rmtree(out_dir)
+    accelerator.wait_for_everyone()
+    if generation_config is not None and not is_peft(unwrapped):
+        unwrapped.generation_config = generation_config
+    unwrapped.save_pretrained(out_dir, is_main_process=main, state_dict=state_dict,
+                              **({} if is_peft(unwrapped) else {"save_function": accelerator.save}))
+    if main:
+        tokenizer.save_pretrained(out_dir)
+        if is_peft(unwrapped) and generation_config is not None:
+            generation_config.save_pretrained(out_dir)
+        if is_peft(unwrapped) and labels is not None:
+            (out_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=1) + "\n", encoding="utf-8")
+        (out_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- adapters
+
+
+def adapter_info(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise UserError(f"{adapter_dir}: not a LoRA adapter directory (no {ADAPTER_CONFIG}); pass the final/ or best/ "
+                        "directory of a run trained with lora.enabled=true")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_adapter_model(adapter_dir: str | Path, base: str | None = None, merge: bool = False):
+    """The base model with the adapter of `adapter_dir` (peft), merged into plain weights if `merge`.
+    `base` overrides the base model path recorded in the adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    info = adapter_info(adapter_dir)
+    base = base or info.get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise UserError(f"{adapter_dir}: its base model {base!r} is not a model directory here; pass the base "
+                        "model directory with --base")
+    if info.get("task_type") == "SEQ_CLS":
+        labels_path = Path(adapter_dir) / LABELS_FILE
+        if not labels_path.is_file():
+            raise UserError(f"{adapter_dir}: a classification adapter without {LABELS_FILE}; re-export it")
+        labels = json.loads(labels_path.read_text(encoding="utf-8"))["labels"]
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+            dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None) -> Path:
+    """Merge a LoRA adapter into its base and write a plain model directory (safetensors, config, tokenizer,
+    generation config), loadable with AutoModelForCausalLM / AutoModelForSequenceClassification alone."""
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if out_dir.resolve() == adapter_dir.resolve():
+        raise UserError("merge: write the merged model to another directory than the adapter")
+    merged = load_adapter_model(adapter_dir, base, merge=True)
+    if (adapter_dir / "generation_config.json").is_file():
+        merged.generation_config = GenerationConfig.from_pretrained(adapter_dir)
+    staging = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(staging)
+    if (adapter_dir / "recipe.yaml").is_file():
+        shutil.copy(adapter_dir / "recipe.yaml", staging / "recipe.yaml")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir
