@@ -89,6 +89,8 @@ class ClassifyTask(Task):
             raise UserError(f"data: no {'training' if not self.train_ids else 'validation'} example left "
                             f"(longer than data.max_length={d.max_length} and too_long=skip); raise data.max_length")
         self.report = f"train: {train_note} | validation: {val_note}"
+        # Saved with the model: inference that truncates (truncation=True) cuts where training did.
+        self.tokenizer.model_max_length = d.max_length
         if c.class_weights:
             weights = list(c.class_weights)
         elif c.balance_classes:
