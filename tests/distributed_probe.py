@@ -9,11 +9,14 @@ from pathlib import Path
 
 from lmtrain.config import load_recipe
 from lmtrain.distributed import make_accelerator
+from lmtrain.model import build_model, llama_config
 from lmtrain.sampler import GlobalBatchSampler
 
 recipe_path, out_dir = sys.argv[1], Path(sys.argv[2])
-recipe = load_recipe(recipe_path)
+recipe = load_recipe(recipe_path, ["model.init_from="])
 accelerator = make_accelerator(recipe)
+model = build_model(recipe, llama_config(recipe))  # as the trainer does: after the Accelerator
+parameters = list(model.parameters())
 sampler = GlobalBatchSampler(1000, recipe.train.global_batch_size, recipe.train.seed)
 record = {
     "process_index": accelerator.process_index,
@@ -23,5 +26,9 @@ record = {
     "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
     "batches": [sampler.rank_batch(step, accelerator.process_index, accelerator.num_processes).tolist()
                 for step in range(5)],
+    # ZeRO-3 (zero.Init) partitions each parameter while it is built: this rank holds only its shard.
+    "partitioned": all(hasattr(p, "ds_tensor") and p.numel() == 0 for p in parameters),
+    "full_elements": sum(p.ds_numel for p in parameters if hasattr(p, "ds_numel")),
+    "local_elements": sum(p.ds_tensor.numel() for p in parameters if hasattr(p, "ds_tensor")),
 }
 (out_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))

@@ -1,6 +1,7 @@
 """Two CPU processes under `accelerate launch` + DeepSpeed ZeRO-3, for real.
 
-Checks: (a) each rank sees 2 processes and reads a disjoint slice of every global batch;
+Checks: (a) each rank sees 2 processes and reads a disjoint slice of every global batch, and
+the model is partitioned while it is built (zero.Init), never whole on one rank;
 (b) the loss curve matches a single-process run with the same global batch and the same
 initial weights; (c) the export gathers the full weights: the reloaded model reproduces the
 validation loss the ZeRO-3 model logged; (d) only the main process writes shared files.
@@ -19,7 +20,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from lmtrain.config import load_recipe
-from lmtrain.model import build_model, llama_config
+from lmtrain.model import build_model, count_parameters, llama_config
 from lmtrain.sampler import GlobalBatchSampler
 from lmtrain.tokenization import load_tokenizer
 from tests.conftest import REPO_ROOT
@@ -93,6 +94,11 @@ def test_each_rank_sees_two_processes_and_a_disjoint_slice(setup, tmp_path):
         first, second = ranks[0]["batches"][step], ranks[1]["batches"][step]
         assert len(first) == len(second) == 4 and not set(first) & set(second)
         assert first + second == sampler.global_batch(step).tolist()
+    # the model was never whole on a rank: each holds about half of every parameter's elements
+    total = count_parameters(llama_config(load_recipe(recipe_path)))
+    assert all(r["partitioned"] and r["full_elements"] == total for r in ranks)
+    assert sum(r["local_elements"] for r in ranks) >= total
+    assert all(r["local_elements"] <= total / 2 + 1024 for r in ranks)
 
 
 @pytest.fixture(scope="module")
