@@ -28,7 +28,8 @@ def run(main: Callable[[], None]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Preempted as exc:
-        print(str(exc), file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops; one says so
+            print(str(exc), file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
