@@ -148,7 +148,7 @@ def fit(recipe, task: Task) -> FitResult:
     trainable = f" ({n_trainable:,} trainable)" if n_trainable != n_params else ""
     log.print(f"model: {type(accelerator.unwrap_model(model)).__name__}, {n_params:,} parameters{trainable} | "
               f"device {accelerator.device}, {world} process(es), precision {accelerator.mixed_precision} | "
-              f"{flops_per_tok / 1e6:,.1f} MFLOP/token, peak {peak_flops / 1e12:,.1f} TFLOP/s per device ({peak_label})")
+              f"{flops_per_tok / 1e6:,.1f} MFLOP/token, peak {peak_flops / 1e12:.3g} TFLOP/s per device ({peak_label})")
     log.print(arithmetic.describe() + f" | {task.train_size:,} training examples "
               f"(≈{sampler.epoch_at(t.max_steps):.2f} epochs) | {task.describe()}")
     if resume_from is not None:
