@@ -249,6 +249,11 @@ def test_multinode_launch_config_becomes_the_intended_torchrun_rendezvous(monkey
     assert (launch_config.min_nodes, launch_config.max_nodes, launch_config.nproc_per_node) == (2, 2, 8)
     assert launch_config.rdzv_endpoint == "node-a:29500"
     assert launch_config.rdzv_configs["rank"] == 1
+    # The SLURM script's DS_CONFIG: a --deepspeed_config_file flag wins over the launch config's file.
+    override = launch_command_parser().parse_args([
+        "--config_file", path, "--deepspeed_config_file", "ds_config/zero2.json", "--num_machines", "2",
+        "--num_processes", "16", "--machine_rank", "1", "--main_process_ip", "node-a", "train.py"])
+    assert _validate_launch_command(override)[0].deepspeed_config_file == "ds_config/zero2.json"
 
 
 # ---------------------------------------------------------------------------- the SLURM script
@@ -310,15 +315,17 @@ def fake_slurm_env(tmp_path: Path, **extra: str) -> dict:
             "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_GPUS_ON_NODE": "8", **extra}
 
 
-def test_slurm_script_launches_one_accelerate_per_node(tmp_path):
-    env = fake_slurm_env(tmp_path)
+@pytest.mark.parametrize("ds_config", ["", "ds_config/zero2.json"])
+def test_slurm_script_launches_one_accelerate_per_node(tmp_path, ds_config):
+    env = fake_slurm_env(tmp_path, DS_CONFIG=ds_config)
     result = subprocess.run(["bash", str(SBATCH), "train.log_every=20"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "log").read_text().splitlines()
-    common = ("launch --config_file recipes/accelerate/zero3_multinode.yaml --num_machines 2 --num_processes 16 "
-              "--machine_rank {} --main_process_ip node-a --main_process_port 29500 "
-              "train.py recipes/llama-7b/pretrain.yaml train.log_every=20")
+    common = ("launch --config_file recipes/accelerate/zero3_multinode.yaml "
+              + (f"--deepspeed_config_file {ds_config} " if ds_config else "")
+              + "--num_machines 2 --num_processes 16 --machine_rank {} --main_process_ip node-a "
+              "--main_process_port 29500 train.py recipes/llama-7b/pretrain.yaml train.log_every=20")
     assert sorted(log) == [f"node 0: {common.format(0)}", f"node 1: {common.format(1)}"]  # no requeue
 
 
