@@ -328,7 +328,7 @@ def _recommendation(recipe: Recipe, rows: list[StageMemory], usable: float, dtyp
                 f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node")
     best = fitting[0]
     config_file = SHIPPED_DS_CONFIGS.get(best.stage)
-    how = config_file or "plain data parallelism, no DeepSpeed needed"
+    how = config_file or "plain data parallelism: accelerate launch --multi_gpu, no DeepSpeed needed"
     ckpt = f"model.gradient_checkpointing={'true' if best.checkpointing else 'false'}"
     recipe_note = ("" if recipe.model.gradient_checkpointing == best.checkpointing
                    else f" (the recipe says {str(recipe.model.gradient_checkpointing).lower()})")
