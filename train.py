@@ -22,7 +22,8 @@ def main() -> None:
                       help="print parameters, FLOPs/token, per-GPU memory for ZeRO 0-3, batch and time; build no weights")
     plan.add_argument("--nodes", type=int, default=1, help="machines in the launch (default 1)")
     plan.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per machine (default 8)")
-    plan.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU as sold, e.g. 80 for an 80 GB H100; counted as GiB (default 80)")
+    plan.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                      help="memory of one GPU as sold, e.g. 80 for an 80 GB H100; counted as GiB (default 80)")
     plan.add_argument("--gpu-kind", default="h100", help="for the peak FLOP/s: h100, h200, a100, l40s, ... (default h100)")
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilization (default 0.4)")
     args = parser.parse_args()
