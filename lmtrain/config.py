@@ -217,7 +217,7 @@ class ModelConfig:
     """flash_attention_2 needs a GPU and the flash-attn package."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: about a third more compute for a fraction of the
-    activation memory. On for the 7B at seq 4096."""
+    activation memory. `train.py RECIPE --plan` says whether a launch needs it."""
     init_from: str = ""
     """Start from the weights of this Hugging Face model directory (continued pretraining) instead of a
     random initialization. Its architecture must match this section and the tokenizer's vocabulary."""

@@ -49,7 +49,7 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation,
                                                  dtype=torch.float32)
     if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
