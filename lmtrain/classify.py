@@ -80,6 +80,8 @@ class ClassifyTask(Task):
                 bad.add(where, f"label {label!r} is not in the label set")
         bad.raise_if_any()
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
+        self.names = list(c.label_names) or self.labels
+        """What the exported model calls its outputs (config.id2label)."""
         self.train_counts = [counts.get(label, 0) for label in self.labels]
         self.val_counts = Counter(label for _, _, label in validation)
 
@@ -133,13 +135,13 @@ class ClassifyTask(Task):
         hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point; we say it ourselves
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved(r.base_model), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-                label2id=dict(self.label_ids), pad_token_id=self.pad_id, dtype=torch.float32,
+                resolved(r.base_model), num_labels=len(self.labels), id2label=dict(enumerate(self.names)),
+                label2id={name: i for i, name in enumerate(self.names)}, pad_token_id=self.pad_id, dtype=torch.float32,
                 attn_implementation=r.model.attn_implementation)
         finally:
             hf_logging.set_verbosity(verbosity)
         say(f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
-            f"({', '.join(self.labels)}) on the last token; decoder weights from {r.base_model}")
+            f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}")
         if r.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         frozen = apply_freezing(model, r.freeze, model.score)
@@ -206,7 +208,7 @@ class ClassifyTask(Task):
         return self._metrics
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_finetuned(accelerator, model, self.tokenizer, self.recipe, out_dir, labels=self.labels)
+        export_finetuned(accelerator, model, self.tokenizer, self.recipe, out_dir, labels=self.names)
 
     def fingerprints(self) -> dict[str, str]:
         digest = hashlib.sha256()

@@ -124,6 +124,9 @@ class ClassifyConfig:
     labels: list[str] = field(default_factory=list)
     """The label set, in the order of the head's outputs (empty = the sorted labels of the training data).
     A record with a label outside it is an error."""
+    label_names: list[str] = field(default_factory=list)
+    """Readable names of the labels, in the order of `labels` (which must then be given), for the exported
+    model's id2label, e.g. labels ["0", "1"] with label_names [negative, positive]; empty = the labels."""
     class_weights: list[float] = field(default_factory=list)
     """Cross-entropy weight per label, in the order of `labels` (which must then be given); empty = 1 each."""
     balance_classes: bool = False
@@ -197,6 +200,10 @@ class FinetuneRecipe:
         c = self.classify
         need(len(set(c.labels)) == len(c.labels), f"classify.labels: {c.labels} lists a label twice")
         need(len(c.labels) != 1, "classify.labels: give at least two labels (or none, to infer them from the data)")
+        if c.label_names:
+            need(len(c.label_names) == len(c.labels) and len(set(c.label_names)) == len(c.label_names),
+                 f"classify.label_names: {len(c.label_names)} name(s) for {len(c.labels)} label(s); give classify.labels "
+                 "too, in the same order, one distinct name each")
         if c.class_weights:
             need(len(c.labels) == len(c.class_weights),
                  f"classify.class_weights: {len(c.class_weights)} weight(s) for {len(c.labels)} label(s); give "
