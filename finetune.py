@@ -37,10 +37,7 @@ def main() -> None:
         print(task.describe())
         return
     from lmtrain.trainer import fit
-    result = fit(recipe, task)
-    if result.best_step is not None:
-        print(f"best {recipe.train.best_metric}: {result.best_value:.4f} at step {result.best_step} → "
-              f"{recipe.run_dir}/best", file=sys.stderr)
+    fit(recipe, task)  # its last line names the best step when train.best_metric is set
 
 
 def merge(argv: list[str]) -> None:

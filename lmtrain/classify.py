@@ -108,7 +108,7 @@ class ClassifyTask(Task):
 
     def _tokenize(self, examples: list[tuple[str, str, str]]) -> tuple[list[np.ndarray], np.ndarray, str]:
         d = self.recipe.data
-        encoded = self.tokenizer([text for _, text, _ in examples])["input_ids"]
+        encoded = self.tokenizer([text for _, text, _ in examples], verbose=False)["input_ids"]  # too long: below
         ids, labels, truncated, skipped = [], [], 0, 0
         for (_, _, label), tokens in zip(examples, encoded):
             if len(tokens) > d.max_length:

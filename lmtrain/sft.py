@@ -212,7 +212,8 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, records: list[Rec
 
     ids_parts, trained_parts, lengths = [], [], []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start:start + batch_size], add_special_tokens=False, return_offsets_mapping=True)
+        encoded = tokenizer(texts[start:start + batch_size], add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)  # long examples are handled below, not warned about
         for ids, offsets, example_spans in zip(encoded["input_ids"], encoded["offset_mapping"],
                                                spans[start:start + batch_size]):
             ids = np.asarray(ids, dtype=np.int32)

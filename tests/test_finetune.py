@@ -25,6 +25,7 @@ from lmtrain.finetune_data import Record
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import EOS_TOKEN, PAD_TOKEN, RESERVED_TOKEN, bpe_trainer, new_tokenizer
 from tests.conftest import REPO_ROOT
+from generate import main as generate_main  # the entry point, run in-process
 
 VOCAB = ["cat", "dog", "horse", "cow", "apple", "pear", "banana", "grape", "hammer", "saw", "drill", "wrench"]
 CLASSES = {"animal": VOCAB[0:4], "fruit": VOCAB[4:8], "tool": VOCAB[8:12]}
@@ -198,7 +199,8 @@ def test_padded_and_packed_batches_label_the_same_tokens_and_give_the_same_loss(
         assert model(**model_inputs(packed)).loss.item() == pytest.approx(per_example, rel=1e-4)
 
 
-def test_sft_cli_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(base, tmp_path):
+def test_sft_cli_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(base, tmp_path,
+                                                                                              monkeypatch):
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(120))
     r = recipe(tmp_path, base, "sft", [train], train__max_steps=40, train__eval_every=20)
     result = run_cli("finetune.py", tmp_path / "recipe.yaml")
@@ -221,8 +223,10 @@ def test_sft_cli_run_lowers_validation_loss_and_the_export_answers_through_its_c
     assert "assistant> " in chat.stdout and "<|im_end|>" not in chat.stdout
     write_jsonl(tmp_path / "in.jsonl", [{"id": 7, "prompt": "What is 1 plus 1?"},
                                         {"messages": [{"role": "user", "content": "Repeat the word red."}]}])
-    run_cli("generate.py", final, "--chat", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out.jsonl",
-            "--temperature", "0.7", "--top-k", "5", "--seed", "3", "--max-new-tokens", "8")
+    argv = ["generate.py", str(final), "--chat", "--input", str(tmp_path / "in.jsonl"), "--output",
+            str(tmp_path / "out.jsonl"), "--temperature", "0.7", "--top-k", "5", "--seed", "3", "--max-new-tokens", "8"]
+    monkeypatch.setattr(sys, "argv", argv)
+    generate_main()
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert out[0]["id"] == 7 and isinstance(out[1]["completion"], str)
     assert out[0]["settings"] == {"max_new_tokens": 8, "temperature": 0.7, "top_k": 5, "top_p": 1.0, "seed": 3,

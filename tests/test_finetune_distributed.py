@@ -1,0 +1,58 @@
+"""Classification fine-tuning on two CPU processes under accelerate launch + DeepSpeed ZeRO-3.
+
+The evaluation gathers both ranks' predictions: the exported model, reloaded in one process, must
+reproduce the accuracy and loss that the two-process run logged over the whole validation split."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tests.conftest import REPO_ROOT
+from tests.test_finetune import classify_rows, make_base_model, write_jsonl
+
+pytestmark = pytest.mark.distributed
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+          str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml")]
+
+
+def test_two_process_classification_evaluates_every_validation_example(tmp_path):
+    base = make_base_model(tmp_path / "base")
+    rows = classify_rows(130, seed=5)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:80])
+    val = write_jsonl(tmp_path / "val.jsonl", rows[80:])  # 50 examples: 25 per rank
+    recipe = {"run_dir": str(tmp_path / "run"), "base_model": str(base), "task": "classify",
+              "data": {"source": "files", "train_files": [str(train)], "validation_files": [str(val)],
+                       "max_length": 32},
+              "train": {"max_steps": 4, "global_batch_size": 8, "micro_batch_size": 4, "lr": 3.0e-3,
+                        "warmup_steps": 1, "eval_every": 2, "eval_batches": 0, "log_every": 2,
+                        "checkpoint_every": 0, "best_metric": "accuracy"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([*LAUNCH, "finetune.py", str(path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "2 process(es)" in result.stderr
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in line]
+    assert [e["step"] for e in evals] == [0, 2, 4]
+
+    final = tmp_path / "run" / "final"
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    labels = [model.config.label2id[row["label"]] for row in rows[80:]]
+    with torch.no_grad():
+        logits = torch.cat([model(**tokenizer([row["text"]], return_tensors="pt")).logits for row in rows[80:]])
+    accuracy = float(np.mean(logits.argmax(-1).numpy() == np.array(labels)))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
+    assert evals[-1]["accuracy"] == pytest.approx(accuracy)
+    assert evals[-1]["eval_loss"] == pytest.approx(loss, rel=1e-4)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
