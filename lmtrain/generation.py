@@ -180,9 +180,10 @@ def stream_reply(model, tokenizer, messages: list[dict], settings: SamplingSetti
     return "".join(pieces)
 
 
-def chat_loop(model, tokenizer, settings: SamplingSettings, system: str = "", stdin: TextIO = sys.stdin,
-              stdout: TextIO = sys.stdout) -> None:
+def chat_loop(model, tokenizer, settings: SamplingSettings, system: str = "", stdin: TextIO | None = None,
+              stdout: TextIO | None = None) -> None:
     """Interactive chat: one user message per line; /reset forgets the conversation, /exit (or end of input) quits."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     def write(text: str) -> None:
         stdout.write(text)
         stdout.flush()

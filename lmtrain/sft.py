@@ -285,7 +285,8 @@ class SftTask(Task):
                                 f"({(train_report if name == 'training' else val_report).describe(d.max_length)}); "
                                 "raise data.max_length or check the data")
         self.report = f"train: {train_report.describe(d.max_length)} | validation: {val_report.describe(d.max_length)}"
-        self.rows = pack(self.train_data.lengths(), d.max_length) if d.packing else None
+        self.train_lengths = self.train_data.lengths()
+        self.rows = pack(self.train_lengths, d.max_length) if d.packing else None
         self.seq_len = d.max_length
         self.train_size = len(self.rows) if d.packing else len(self.train_data)
         self.pad_id = self.tokenizer.pad_token_id
@@ -331,7 +332,7 @@ class SftTask(Task):
                 REAL_TOKENS: torch.tensor(int(attention.sum()))}
 
     def _packed(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        width = max(int(self.train_data.lengths()[row].sum()) for row in rows)
+        width = max(int(self.train_lengths[row].sum()) for row in rows)
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
         positions = np.zeros((len(rows), width), dtype=np.int64)

@@ -199,12 +199,18 @@ def test_padded_and_packed_batches_label_the_same_tokens_and_give_the_same_loss(
         assert model(**model_inputs(packed)).loss.item() == pytest.approx(per_example, rel=1e-4)
 
 
-def test_sft_cli_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(base, tmp_path,
-                                                                                              monkeypatch):
+def run_generate(monkeypatch, *args) -> None:
+    """generate.py's entry point, in-process (the CLI wrapper is exercised by test_cli_reports_bad_input...)."""
+    monkeypatch.setattr(sys, "argv", ["generate.py", *map(str, args)])
+    generate_main()
+
+
+def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(base, tmp_path, capfd,
+                                                                                         monkeypatch):
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(120))
     r = recipe(tmp_path, base, "sft", [train], train__max_steps=40, train__eval_every=20)
-    result = run_cli("finetune.py", tmp_path / "recipe.yaml")
-    assert "trainable parameters: 164,672 of 164,672 (100.00%) | full fine-tuning" in result.stderr
+    fit_task(r)
+    assert "trainable parameters: 164,672 of 164,672 (100.00%) | full fine-tuning" in capfd.readouterr().err
     losses = [e["eval_loss"] for e in evals(r.run_dir)]
     assert len(losses) == 3 and losses[-1] < losses[0] - 1.5
     final = Path(r.run_dir) / "final"
@@ -219,24 +225,26 @@ def test_sft_cli_run_lowers_validation_loss_and_the_export_answers_through_its_c
     assert tokenizer.decode(output, skip_special_tokens=True).startswith("The sum is")
 
     # generate.py: chat mode streams the reply; batch mode writes JSONL with the sampling settings.
-    chat = run_cli("generate.py", final, "--chat", "--prompt", "Repeat the word blue.", "--max-new-tokens", "8")
-    assert "assistant> " in chat.stdout and "<|im_end|>" not in chat.stdout
+    run_generate(monkeypatch, final, "--chat", "--prompt", "What is 2 plus 5?", "--max-new-tokens", "24")
+    chat = capfd.readouterr().out
+    assert "user> What is 2 plus 5?\nassistant> The sum is" in chat and "<|im_end|>" not in chat
     write_jsonl(tmp_path / "in.jsonl", [{"id": 7, "prompt": "What is 1 plus 1?"},
                                         {"messages": [{"role": "user", "content": "Repeat the word red."}]}])
-    argv = ["generate.py", str(final), "--chat", "--input", str(tmp_path / "in.jsonl"), "--output",
-            str(tmp_path / "out.jsonl"), "--temperature", "0.7", "--top-k", "5", "--seed", "3", "--max-new-tokens", "8"]
-    monkeypatch.setattr(sys, "argv", argv)
-    generate_main()
+    run_generate(monkeypatch, final, "--chat", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out.jsonl",
+                 "--temperature", "0.7", "--top-k", "5", "--seed", "3", "--max-new-tokens", "8")
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert out[0]["id"] == 7 and isinstance(out[1]["completion"], str)
     assert out[0]["settings"] == {"max_new_tokens": 8, "temperature": 0.7, "top_k": 5, "top_p": 1.0, "seed": 3,
                                   "do_sample": True}
+    # Interactive chat: one message per line, /reset, end of input quits.
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("What is 4 plus 4?\n/reset\n"))
+    run_generate(monkeypatch, final, "--chat", "--max-new-tokens", "12")
+    assert "assistant> The sum is" in capfd.readouterr().out
 
 
-def test_chat_needs_a_chat_template(base):
-    result = run_cli("generate.py", base, "--chat", "--prompt", "hi", check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "has no chat template" in result.stderr and "task: sft" in result.stderr
+def test_chat_needs_a_chat_template(base, monkeypatch):
+    with pytest.raises(UserError, match=r"has no chat template, so it cannot chat.*task: sft"):
+        run_generate(monkeypatch, base, "--chat", "--prompt", "hi")
 
 
 # ---------------------------------------------------------------------------- classification
@@ -466,3 +474,15 @@ def test_stdlib_classification_data_is_real_code_with_package_labels():
     assert labels == {"json", "email"} and len(records) > 100
     assert all(r.where.startswith(("python_stdlib:json/", "python_stdlib:email/")) for r in records)
     assert all("def " in r.row["text"] for r in records)
+
+
+def test_stdlib_sft_examples_pair_code_without_its_docstring_with_the_docstring_summary():
+    import ast
+    from lmtrain.finetune_data import stdlib_functions
+    documented = [f for f in stdlib_functions(["json"]) if f.summary]
+    assert len(documented) >= 5
+    for f in documented:
+        node = ast.parse(f.source).body[0]
+        docstring = ast.get_docstring(node)
+        assert f.summary == " ".join(docstring.split("\n\n")[0].split())
+        assert docstring.splitlines()[0] not in f.code and f.code.lstrip().startswith(("def ", "async def ", "@"))
