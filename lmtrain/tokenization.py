@@ -10,20 +10,34 @@ Design (GPT-2/GPT-4 family):
 - Special tokens get fixed ids 0-3 (see SPECIAL_TOKENS); the vocabulary is then padded with
   `<|reserved_N|>` tokens to exactly `tokenizer.vocab_size`, the model's embedding size.
 
+Training (`train_bpe`) learns the merges on characters and writes them as byte-level BPE, about
+3× faster than training on bytes (benchmarks/README.md): on bytes, every CJK character first
+costs two merges of its UTF-8 bytes, and `tokenizers`' trainer pays for each merge with a pass
+over every word that holds it (in Chinese, nearly every word). So the alphabet is chosen first (ASCII, then the most frequent other characters, to
+ALPHABET_COVERAGE of the text, as sentencepiece's character_coverage), BPE is trained on those
+characters, and the byte-level model gets, first, the merges that build each alphabet character
+from its bytes, then the learned merges spelled in bytes. Text made of alphabet characters is
+encoded exactly as the character-level model would encode it; any other character is left to its
+bytes, so nothing is ever unknown and the round trip stays exact.
+
 The tokenizer trains on the cleaned documents of the train split only (the same hash split
 as the data pipeline), so validation text is held out and gives an honest bytes/token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
+import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -58,8 +72,22 @@ TRAINING_RECORD = "lmtrain_training.json"
 """Written next to tokenizer.json: the settings and corpus the tokenizer was trained on, and stats."""
 HELD_OUT_SAMPLE_CHARS = 1_000_000
 """Validation-split characters kept aside to measure bytes/token after training."""
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 """Bump when the tokenizer design above changes, so that existing tokenizers are retrained."""
+ALPHABET_COVERAGE = 0.999
+"""Share of the training text's characters that are covered by characters with a token of their
+own (sentencepiece's character_coverage; its default for CJK is 0.9995). Measured on 8 MB of
+English and Chinese with 8,192 tokens (benchmarks/README.md): 0.995 gives 3.69/4.09 bytes/token
+(en/zh), 0.999 3.62/4.21, 0.9995 3.58/4.18."""
+ALPHABET_MAX_SHARE = 0.5
+"""At most this share of the learnable vocabulary (beyond special tokens and the 256 bytes) goes to
+whole characters and the byte prefixes that build them; the rest is left to merges."""
+ALPHABET_SAMPLE_CHARS = 20_000_000
+"""Characters counted, from the start of the training stream, to choose the alphabet."""
+SERIAL_TRAINING_MAX_CORES = 2
+"""On a machine with at most this many cores, training runs on one thread: `tokenizers`' threads
+hand work over at every merge, which costs more than it gains there (measured on 2 shared cores:
+about 1.5× slower). With more cores, `tokenizers` parallelizes as usual."""
 
 
 def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None = None,
@@ -83,8 +111,7 @@ def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None 
 
     start = time.perf_counter()
     corpus = _TrainingCorpus(recipe)
-    backend = new_tokenizer()
-    backend.train_from_iterator(corpus.batches(), bpe_trainer(recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency))
+    backend = train_bpe(corpus.batches(), recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency)
     if corpus.chars == 0:
         raise UserError(f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
                         "none is left after cleaning and holding out the validation split; add data to data.sources")
@@ -147,7 +174,43 @@ def training_record(directory: str | Path) -> dict:
     return json.loads((Path(directory) / TRAINING_RECORD).read_text(encoding="utf-8"))
 
 
+def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """This project's byte-level BPE trained on `batches` of texts, with at most `vocab_size` tokens
+    (special tokens included, no reserved padding). See the module docstring for the method."""
+    return _byte_level(*_train_characters(batches, vocab_size, min_frequency))
+
+
+def _train_characters(batches: Iterable[list[str]], vocab_size: int,
+                      min_frequency: int) -> tuple[Tokenizer, list[str]]:
+    """The character-level BPE that `train_bpe` converts, and its non-ASCII alphabet."""
+    batches = iter(batches)
+    counts = np.zeros(0x110000, dtype=np.int64)
+    head, sampled = [], 0
+    for batch in batches:
+        head.append(batch)
+        sampled += _count_chars(batch, counts)
+        if sampled >= ALPHABET_SAMPLE_CHARS:
+            break
+    alphabet = _choose_alphabet(counts, vocab_size, max(2, min_frequency))
+    initial = [chr(i) for i in range(128)] + alphabet
+    # The byte-level model adds the 128 non-ASCII bytes, the byte prefixes of the alphabet and the special tokens.
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS) - 128 - len(_utf8_prefixes(alphabet)),
+        min_frequency=min_frequency,
+        initial_alphabet=initial,
+        limit_alphabet=len(initial),  # exactly these characters: the others are left out of the words
+        show_progress=False,
+    )
+    char_level = Tokenizer(models.BPE())
+    char_level.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
+    with _training_parallelism():
+        char_level.train_from_iterator(itertools.chain(head, batches), trainer)
+    return char_level, alphabet
+
+
 def bpe_trainer(vocab_size: int, min_frequency: int) -> trainers.BpeTrainer:
+    """A plain byte-level trainer for `new_tokenizer()`: the same design, trained on bytes (slower
+    than `train_bpe`; enough for a small tokenizer in a test)."""
     return trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -157,9 +220,9 @@ def bpe_trainer(vocab_size: int, min_frequency: int) -> trainers.BpeTrainer:
     )
 
 
-def new_tokenizer() -> Tokenizer:
-    """An untrained tokenizer with this project's pre-tokenization and decoder."""
-    tokenizer = Tokenizer(models.BPE())
+def new_tokenizer(model: models.BPE | None = None) -> Tokenizer:
+    """A tokenizer with this project's pre-tokenization and decoder (untrained without `model`)."""
+    tokenizer = Tokenizer(model or models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
         # use_regex=False: the Split above already did the splitting; this only maps bytes to symbols.
@@ -174,6 +237,8 @@ def _training_settings(recipe: Recipe) -> dict:
     return {
         "format_version": _FORMAT_VERSION,
         "split_pattern": SPLIT_PATTERN,
+        "alphabet": {"coverage": ALPHABET_COVERAGE, "max_share": ALPHABET_MAX_SHARE,
+                     "sample_chars": ALPHABET_SAMPLE_CHARS},
         "special_tokens": list(SPECIAL_TOKENS),
         "vocab_size": recipe.tokenizer.vocab_size,
         "min_frequency": recipe.tokenizer.min_frequency,
@@ -183,6 +248,98 @@ def _training_settings(recipe: Recipe) -> dict:
         "filters": dataclasses.asdict(recipe.data.filters),
         "validation_fraction": recipe.data.validation_fraction,
     }
+
+
+def _count_chars(texts: list[str], counts: np.ndarray) -> int:
+    """Add the code points of `texts` to `counts`; returns how many there were."""
+    code_points = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    found = np.bincount(code_points)
+    counts[:len(found)] += found
+    return len(code_points)
+
+
+def _choose_alphabet(counts: np.ndarray, vocab_size: int, min_count: int) -> list[str]:
+    """The non-ASCII characters that get a token: the most frequent first, until ALPHABET_COVERAGE
+    of all characters is covered, each seen at least `min_count` times, within ALPHABET_MAX_SHARE
+    of the learnable vocabulary (a character costs its token and any byte prefix not yet built)."""
+    budget = int((vocab_size - len(SPECIAL_TOKENS) - 256) * ALPHABET_MAX_SHARE)
+    code_points = np.flatnonzero(counts[128:]) + 128
+    order = np.argsort(-counts[code_points], kind="stable")
+    covered, needed = int(counts[:128].sum()), ALPHABET_COVERAGE * int(counts.sum())
+    alphabet: list[str] = []
+    prefixes: set[bytes] = set()
+    for code_point in code_points[order].tolist():
+        count = int(counts[code_point])
+        if covered >= needed or count < min_count:
+            break
+        if 0xD800 <= code_point < 0xE000:  # a lone surrogate: not encodable, never a token
+            continue
+        encoded = chr(code_point).encode("utf-8")
+        new_prefixes = {encoded[:k] for k in range(2, len(encoded))} - prefixes
+        budget -= 1 + len(new_prefixes)
+        if budget < 0:
+            break
+        alphabet.append(chr(code_point))
+        prefixes |= new_prefixes
+        covered += count
+    return alphabet
+
+
+def _utf8_prefixes(alphabet: list[str]) -> set[bytes]:
+    """The proper prefixes, of two bytes or more, of the alphabet's UTF-8 encodings: the
+    intermediate tokens that byte-level merges build a character through."""
+    return {c.encode("utf-8")[:k] for c in alphabet for k in range(2, len(c.encode("utf-8")))}
+
+
+def _byte_level(char_level: Tokenizer, alphabet: list[str]) -> Tokenizer:
+    """The byte-level BPE equivalent to a character-level one trained on ASCII + `alphabet`:
+    merges that build each alphabet character from its bytes (shared prefixes once), then the
+    learned merges spelled in bytes; special tokens 0-3, the 256 bytes next, as the plain trainer."""
+    symbol = _byte_symbols()
+    spell = lambda text: "".join(symbol[b] for b in text.encode("utf-8"))  # noqa: E731
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *sorted(symbol)])}
+    merges: list[tuple[str, str]] = []
+
+    def merge(left: str, right: str) -> None:
+        merges.append((left, right))
+        vocab.setdefault(left + right, len(vocab))
+
+    for char in sorted(alphabet, key=lambda c: c.encode("utf-8")):
+        spelled = spell(char)  # one symbol per byte
+        for k in range(2, len(spelled) + 1):
+            if spelled[:k] not in vocab:
+                merge(spelled[:k - 1], spelled[k - 1])
+    for left, right in json.loads(char_level.to_str())["model"]["merges"]:
+        merge(spell(left), spell(right))
+    tokenizer = new_tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def _byte_symbols() -> list[str]:
+    """The symbol byte-level BPE uses for each byte value 0..255 (GPT-2's mapping), in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    mapping = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return [mapping[b] for b in range(256)]
+
+
+@contextlib.contextmanager
+def _training_parallelism() -> Iterator[None]:
+    """One thread for training on a machine with at most SERIAL_TRAINING_MAX_CORES cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > SERIAL_TRAINING_MAX_CORES:
+        yield
+        return
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by `tokenizers` each time it could go parallel
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 class _TrainingCorpus:

@@ -12,8 +12,9 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from lmtrain.config import load_recipe  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
+from lmtrain import tokenization  # noqa: E402
 from lmtrain.tokenization import (  # noqa: E402
-    corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_tokenizer, training_record)
+    SPECIAL_TOKENS, corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_bpe, train_tokenizer, training_record)
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. It's 2024; numbers like 3.14159 and 1,000,000 appear.\n"
 CHINESE = "机器学习是人工智能的一个分支。我们用大量文本训练语言模型，然后评估它的表现。\n"
@@ -215,3 +216,73 @@ def test_quality_report_on_given_samples_matches_an_independent_count(trained, t
     assert report["bytes_per_token"]["zh"] == pytest.approx(expected, abs=1e-3)
     assert report["samples"]["zh"]["source"] == str(zh_file)
     assert report["bytes_per_token"]["zh"] > 2.0  # trained on this text: several characters per token
+
+
+def synthetic_corpus(documents: int = 400, seed: int = 0) -> list[str]:
+    """English-like words, runs of 300 different Han characters, digits, punctuation: many pairs."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "re", "mi", "sun", "the", "ing", "pro", "al", "ex", "qu", "ze"]
+    han = [chr(0x4E00 + i * 37) for i in range(300)]
+    docs = []
+    for _ in range(documents):
+        parts = []
+        for _ in range(40):
+            if rng.random() < 0.5:
+                parts.append(" " + "".join(rng.choices(syllables, k=rng.randint(1, 3))))
+            else:
+                parts.append("".join(rng.choices(han[:rng.choice([30, 300])], k=rng.randint(2, 12))) + "，")
+            if rng.random() < 0.1:
+                parts.append(f" {rng.randint(0, 9999)}.\n")
+        docs.append("".join(parts))
+    return docs
+
+
+def test_train_bpe_fills_the_vocabulary_exactly():
+    tokenizer = train_bpe([synthetic_corpus()], vocab_size=1024, min_frequency=2)
+    vocab = tokenizer.get_vocab()
+    assert len(vocab) == tokenizer.get_vocab_size() == 1024
+    assert sorted(vocab.values()) == list(range(1024))
+    assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+
+
+def test_byte_level_model_encodes_as_the_character_level_one():
+    """Trained on characters and written as byte-level BPE: the same tokens, spelled in bytes, for
+    text of alphabet characters; any other character falls back to bytes, and decoding is exact."""
+    docs = synthetic_corpus()
+    char_level, alphabet = tokenization._train_characters([docs], vocab_size=1024, min_frequency=2)
+    byte_level = tokenization._byte_level(char_level, alphabet)
+    symbol = tokenization._byte_symbols()
+    known = {chr(i) for i in range(128)} | set(alphabet)
+    assert 0 < len(alphabet) < 300  # the rarest Han characters are left to bytes
+    texts = synthetic_corpus(documents=50, seed=1)
+    checked = 0
+    for text in texts:
+        for piece in text.split("，"):
+            if set(piece) <= known:
+                expected = ["".join(symbol[b] for b in t.encode("utf-8")) for t in char_level.encode(piece).tokens]
+                assert byte_level.encode(piece).tokens == expected
+                checked += 1
+        assert byte_level.decode(byte_level.encode(text).ids) == text
+    assert checked > 100
+    rare = next(c for c in (chr(0x4E00 + i * 37) for i in range(300)) if c not in known)
+    assert len(byte_level.encode(rare).ids) > 1  # not in the alphabet: bytes
+    assert byte_level.decode(byte_level.encode(rare + "丘").ids) == rare + "丘"
+
+
+def test_frequent_characters_are_single_tokens(trained):
+    """In a 384-token vocabulary, half of the 124 learnable tokens may go to whole characters (and the
+    byte prefixes that build them): most of the corpus's Chinese characters, the most frequent first."""
+    tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
+    single = [c for c in sorted(set(CHINESE.strip())) if len(tokenizer.encode(c, add_special_tokens=False)) == 1]
+    assert "的" in single and len(single) >= 25
+
+
+def test_training_runs_on_one_thread_on_two_cores_and_restores_the_setting(monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with tokenization._training_parallelism():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    with tokenization._training_parallelism():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
