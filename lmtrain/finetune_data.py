@@ -37,7 +37,7 @@ MAX_LISTED_PROBLEMS = 20
 
 SFT_INSTRUCTION = "Explain what this Python function does."
 """The user turn of the smoke SFT examples, followed by the function's code."""
-STDLIB_MAX_CODE_CHARS = 700
+STDLIB_MAX_CODE_CHARS = 400
 STDLIB_MAX_ANSWER_CHARS = 300
 
 

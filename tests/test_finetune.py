@@ -459,7 +459,15 @@ def test_recipe_problems_are_reported_before_any_work(tmp_path, override, expect
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["smoke/sft", "smoke/classify", "llama-7b/sft", "llama-7b/classify"])
+FINETUNE_RECIPES = sorted(str(p.relative_to(REPO_ROOT / "recipes"))[:-len(".yaml")]
+                          for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.stem in ("sft", "classify"))
+
+
+def test_every_model_ships_both_finetune_recipes():
+    assert {"smoke/sft", "smoke/classify", "llama-7b/sft", "llama-7b/classify"} <= set(FINETUNE_RECIPES)
+
+
+@pytest.mark.parametrize("name", FINETUNE_RECIPES)
 def test_shipped_recipes_load(name):
     r = load_recipe(REPO_ROOT / "recipes" / f"{name}.yaml", [], schema=FinetuneRecipe)
     assert r.task == name.split("/")[1]

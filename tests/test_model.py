@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from lmtrain.config import load_recipe
 from lmtrain.model import count_parameters, llama_config
@@ -42,8 +43,13 @@ def test_grouped_query_attention_and_tied_embeddings_follow_the_recipe():
     assert count_parameters(config) == llama_parameter_formula(8192, 256, 4, 688, 8, 2, tied=True)
 
 
+# Pretraining recipes; the fine-tuning ones (they name a task) are checked in tests/test_finetune.py.
 SHIPPED_RECIPES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").rglob("*.yaml")
-                         if p.parent.name != "accelerate")
+                         if p.parent.name != "accelerate" and "task" not in yaml.safe_load(p.read_text()))
+
+
+def test_shipped_pretraining_recipes_are_found():
+    assert {"recipes/smoke/pretrain.yaml", "recipes/llama-7b/pretrain.yaml"} <= set(SHIPPED_RECIPES)
 
 
 @pytest.mark.parametrize("recipe", SHIPPED_RECIPES)

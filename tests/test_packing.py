@@ -195,3 +195,26 @@ def test_document_masking_needs_use_cache_false(packed_blocks):
                         use_cache=False).logits[0]
     assert not torch.allclose(with_cache[start:end], alone, atol=1e-3)
     torch.testing.assert_close(without[start:end], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_block_rows_reads_the_same_rows_as_the_dataset():
+    import datasets
+    from lmtrain.pretraining import BlockRows
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=8),
+                                  "position_ids": datasets.Sequence(datasets.Value("int32"), length=8)})
+    parts = [datasets.Dataset.from_dict({"input_ids": [[start + i] * 8 for i in range(n)],
+                                         "position_ids": [list(range(8))] * n}, features=features)
+             for start, n in ((0, 5), (100, 3), (200, 7))]
+    blocks = datasets.concatenate_datasets(parts)  # three Arrow chunks
+    rows = BlockRows(blocks)
+    assert rows.views is not None  # the fast path is the one under test
+    indices = np.array([14, 0, 5, 7, 8, 4, 14, 9])
+    fast = rows[indices]
+    assert [r[0] for r in fast["input_ids"]] == [206, 0, 100, 102, 200, 4, 206, 201]
+    expected = blocks[indices.tolist()]
+    for name in ("input_ids", "position_ids"):
+        assert np.array_equal(fast[name], np.asarray(expected[name]))
+    selected = BlockRows(blocks.select([3, 1]))  # an indices mapping: read through the Dataset
+    assert selected.views is None and selected[np.array([0])]["input_ids"] == [[3] * 8]
+    with pytest.raises(IndexError):
+        rows[np.array([15])]
