@@ -25,6 +25,7 @@ from lmtrain.finetune_data import Record, RecordProblems, load_splits
 from lmtrain.finetuning import (apply_freezing, apply_lora, base_fingerprint, check_base_model, describe_trainable,
                                 export_finetuned, load_base_tokenizer, resolved, say)
 from lmtrain.metrics import load_metric
+from lmtrain.model import enable_activation_checkpointing
 from lmtrain.trainer import Task, eval_shard, to_device
 
 
@@ -143,7 +144,7 @@ class ClassifyTask(Task):
         say(f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
             f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}")
         if r.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         frozen = apply_freezing(model, r.freeze, model.score)
         if r.lora.enabled:
             if r.model.gradient_checkpointing:

@@ -49,8 +49,13 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation,
                                                  dtype=torch.float32)
     if m.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     return model
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant: works with frozen inputs and LoRA)."""
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 _ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

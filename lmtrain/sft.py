@@ -29,6 +29,7 @@ from lmtrain.finetune_config import FinetuneDataConfig, FinetuneRecipe
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
 from lmtrain.finetuning import (apply_freezing, apply_lora, base_fingerprint, check_base_model, describe_trainable,
                                 export_finetuned, load_base_tokenizer, resolved, say)
+from lmtrain.model import enable_activation_checkpointing
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import CHAT_TOKENS
 from lmtrain.trainer import Task, eval_shard, to_device
@@ -301,7 +302,7 @@ class SftTask(Task):
             model.resize_token_embeddings(len(self.tokenizer))
             say(f"chat template: added {', '.join(CHAT_TOKENS)} to the vocabulary ({len(self.tokenizer):,} tokens)")
         if r.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         frozen = apply_freezing(model, r.freeze, model.get_output_embeddings())
         if r.lora.enabled:
             if r.model.gradient_checkpointing:
