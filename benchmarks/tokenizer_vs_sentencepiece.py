@@ -39,7 +39,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noq
 
 from lmtrain.corpus import is_validation_document, python_stdlib_files  # noqa: E402
 from lmtrain.tokenization import (  # noqa: E402
-    SPLIT_PATTERN, _training_parallelism, bpe_trainer, new_tokenizer, train_bpe)
+    SPLIT_PATTERN, bpe_trainer, new_tokenizer, train_bpe)
 from lmtrain.tokenizer_report import BUILT_IN_CHINESE, python_prose, read_sample  # noqa: E402
 
 VOCAB_SIZE = 8192
@@ -158,14 +158,14 @@ def train_bytes(texts: list[str]):
 
 
 def train_input_stage(texts: list[str]):
-    """`tokenizers`' BPE trainer as `train_bpe` runs it (on characters, same pre-tokenizer and threads),
-    with a vocabulary smaller than the alphabet: it reads the text, counts words and pairs, merges nothing."""
+    """`tokenizers`' BPE trainer as `train_bpe` runs it (on characters, same pre-tokenizer; its input stage
+    uses every core), with a vocabulary smaller than the alphabet: it reads the text, counts words and
+    pairs, merges nothing."""
     start = time.perf_counter()
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
-    with _training_parallelism():
-        tokenizer.train_from_iterator((texts[i:i + 1000] for i in range(0, len(texts), 1000)),
-                                      trainers.BpeTrainer(vocab_size=1, show_progress=False))
+    tokenizer.train_from_iterator((texts[i:i + 1000] for i in range(0, len(texts), 1000)),
+                                  trainers.BpeTrainer(vocab_size=1, show_progress=False))
     return tokenizer, time.perf_counter() - start
 
 

@@ -277,12 +277,20 @@ def test_frequent_characters_are_single_tokens(trained):
     assert "的" in single and len(single) >= 25
 
 
-def test_training_runs_on_one_thread_on_two_cores_and_restores_the_setting(monkeypatch):
+def test_merges_run_on_one_thread_on_two_cores_after_the_corpus_is_read(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    with tokenization._training_parallelism():
-        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
-    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    with tokenization._training_parallelism():
+    seen = []
+
+    def corpus():
+        for batch in (["a"], ["b"]):
+            seen.append(os.environ["TOKENIZERS_PARALLELISM"])
+            yield batch
+
+    for cores, after_reading in ((2, "false"), (8, "true")):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        seen.clear()
+        with tokenization._serial_merges() as switch:
+            assert list(switch(corpus())) == [["a"], ["b"]]
+            assert seen == ["true", "true"]  # the text is read in parallel
+            assert os.environ["TOKENIZERS_PARALLELISM"] == after_reading
         assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
