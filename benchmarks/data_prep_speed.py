@@ -37,7 +37,7 @@ import datasets  # noqa: E402
 import yaml  # noqa: E402
 
 from lmtrain.cleaning import clean_text  # noqa: E402
-from lmtrain.config import CleanConfig, load_recipe  # noqa: E402
+from lmtrain.config import load_recipe  # noqa: E402
 from lmtrain.corpus import python_stdlib_files  # noqa: E402
 from lmtrain.data import SPLITS, SplitWriter, tokenized_documents  # noqa: E402
 from lmtrain.tokenization import corpus_encoder, load_tokenizer, train_tokenizer  # noqa: E402

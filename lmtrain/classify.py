@@ -22,10 +22,9 @@ from transformers import AutoModelForSequenceClassification
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (apply_freezing, apply_lora, base_fingerprint, check_base_model, describe_trainable,
-                                export_finetuned, load_base_tokenizer, resolved, say)
+from lmtrain.finetuning import (base_fingerprint, check_base_model, export_finetuned, load_base_tokenizer,
+                                make_trainable, resolved, say)
 from lmtrain.metrics import load_metric
-from lmtrain.model import enable_activation_checkpointing
 from lmtrain.trainer import Task, eval_shard, to_device
 
 
@@ -143,15 +142,7 @@ class ClassifyTask(Task):
             hf_logging.set_verbosity(verbosity)
         say(f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
             f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}")
-        if r.model.gradient_checkpointing:
-            enable_activation_checkpointing(model)
-        frozen = apply_freezing(model, r.freeze, model.score)
-        if r.lora.enabled:
-            if r.model.gradient_checkpointing:
-                model.enable_input_require_grads()
-            model = apply_lora(model, r.lora, "classify")
-        say(describe_trainable(model, frozen, r.lora))
-        return model
+        return make_trainable(model, r, model.score)
 
     # -- batches and loss
 

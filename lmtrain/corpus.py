@@ -152,31 +152,46 @@ def _decode_file(path: Path, stats: CorpusStats) -> str | None:
         return None
 
 
-def _read_jsonl(path: Path, text_column: str, stats: CorpusStats) -> Iterator[str]:
+@dataclass
+class JsonlLine:
+    """One non-blank line of a JSONL file: the parsed value, or why it could not be parsed."""
+    where: str  # path:line
+    value: object = None
+    problem: str = ""  # "not_utf8" or "bad_json"
+    detail: str = ""
+
+
+def jsonl_lines(path: Path, remedy: str) -> Iterator[JsonlLine]:
+    """The lines of a .jsonl or .jsonl.gz file, parsed; an unreadable gzip file is a UserError ending in `remedy`."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            for line_number, line in enumerate(f, start=1):
+            for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                where = f"{path}:{line_number}"
-                try:
-                    record = json.loads(line.decode("utf-8-sig" if line_number == 1 else "utf-8"))
-                except UnicodeDecodeError:
-                    stats.skip("not_utf8", where)
-                    continue
-                except json.JSONDecodeError:
-                    stats.skip("bad_json", where)
-                    continue
-                text = record.get(text_column) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    stats.skip("missing_text_field", f"{where}: no string field {text_column!r}")
-                elif not _encodable(text):
-                    stats.skip("not_utf8", f"{where}: a \\u escape encodes half a surrogate pair")
-                else:
-                    yield text
+                where = f"{path}:{number}"
+                try:  # -sig on the first line: a leading byte-order mark is not text
+                    yield JsonlLine(where, json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8")))
+                except UnicodeDecodeError as exc:
+                    yield JsonlLine(where, problem="not_utf8", detail=f"byte {exc.start}")
+                except json.JSONDecodeError as exc:
+                    yield JsonlLine(where, problem="bad_json", detail=f"{exc.msg} at column {exc.colno}")
     except (gzip.BadGzipFile, EOFError) as exc:
-        raise UserError(f"{path}: not a readable gzip file ({exc}); re-create it or remove it from data.sources") from None
+        raise UserError(f"{path}: not a readable gzip file ({exc}); {remedy}") from None
+
+
+def _read_jsonl(path: Path, text_column: str, stats: CorpusStats) -> Iterator[str]:
+    for line in jsonl_lines(path, "re-create it or remove it from data.sources"):
+        if line.problem:
+            stats.skip(line.problem, line.where)
+            continue
+        text = line.value.get(text_column) if isinstance(line.value, dict) else None
+        if not isinstance(text, str):
+            stats.skip("missing_text_field", f"{line.where}: no string field {text_column!r}")
+        elif not _encodable(text):
+            stats.skip("not_utf8", f"{line.where}: a \\u escape encodes half a surrogate pair")
+        else:
+            yield text
 
 
 def _encodable(text: str) -> bool:

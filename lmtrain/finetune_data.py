@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import csv
 import glob
-import gzip
 import hashlib
 import inspect
 import io
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.corpus import is_validation_document
+from lmtrain.corpus import is_validation_document, jsonl_lines
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe
 
@@ -156,27 +155,15 @@ def read_files(patterns: list[str], key: str) -> Iterator[Record]:
 
 
 def _read_jsonl(path: Path, problems: RecordProblems) -> Iterator[Record]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
-                except UnicodeDecodeError as exc:
-                    problems.add(where, f"not UTF-8 (byte {exc.start}); save the file as UTF-8")
-                    continue
-                except json.JSONDecodeError as exc:
-                    problems.add(where, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                if not isinstance(row, dict):
-                    problems.add(where, f"a JSON {type(row).__name__}, not an object with named fields")
-                    continue
-                yield Record(where, row)
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise UserError(f"{path}: not a readable gzip file ({exc}); re-create it") from None
+    for line in jsonl_lines(path, "re-create it"):
+        if line.problem == "not_utf8":
+            problems.add(line.where, f"not UTF-8 ({line.detail}); save the file as UTF-8")
+        elif line.problem:
+            problems.add(line.where, f"not valid JSON ({line.detail})")
+        elif not isinstance(line.value, dict):
+            problems.add(line.where, f"a JSON {type(line.value).__name__}, not an object with named fields")
+        else:
+            yield Record(line.where, line.value)
 
 
 def _read_json(path: Path) -> Iterator[Record]:

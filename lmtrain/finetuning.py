@@ -20,6 +20,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from lmtrain.config import recipe_to_yaml
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe, FreezeConfig, LoraConfig
+from lmtrain.model import enable_activation_checkpointing
 
 ADAPTER_CONFIG = "adapter_config.json"
 LABELS_FILE = "labels.json"
@@ -92,6 +93,19 @@ def resolved(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------- what is trained
+
+
+def make_trainable(model: torch.nn.Module, recipe: FinetuneRecipe, head: torch.nn.Module) -> torch.nn.Module:
+    """The loaded model as the recipe trains it: activation checkpointing, freezing, LoRA; says what trains."""
+    if recipe.model.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    frozen = apply_freezing(model, recipe.freeze, head)
+    if recipe.lora.enabled:
+        if recipe.model.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
+        model = apply_lora(model, recipe.lora, recipe.task)
+    say(describe_trainable(model, frozen, recipe.lora))
+    return model
 
 
 def apply_freezing(model: torch.nn.Module, cfg: FreezeConfig, head: torch.nn.Module) -> str:

@@ -27,9 +27,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedToken
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneDataConfig, FinetuneRecipe
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (apply_freezing, apply_lora, base_fingerprint, check_base_model, describe_trainable,
-                                export_finetuned, load_base_tokenizer, resolved, say)
-from lmtrain.model import enable_activation_checkpointing
+from lmtrain.finetuning import (base_fingerprint, check_base_model, export_finetuned, load_base_tokenizer,
+                                make_trainable, resolved, say)
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import CHAT_TOKENS
 from lmtrain.trainer import Task, eval_shard, to_device
@@ -301,15 +300,7 @@ class SftTask(Task):
         if self.added_tokens:
             model.resize_token_embeddings(len(self.tokenizer))
             say(f"chat template: added {', '.join(CHAT_TOKENS)} to the vocabulary ({len(self.tokenizer):,} tokens)")
-        if r.model.gradient_checkpointing:
-            enable_activation_checkpointing(model)
-        frozen = apply_freezing(model, r.freeze, model.get_output_embeddings())
-        if r.lora.enabled:
-            if r.model.gradient_checkpointing:
-                model.enable_input_require_grads()
-            model = apply_lora(model, r.lora, "sft")
-        say(describe_trainable(model, frozen, r.lora))
-        return model
+        return make_trainable(model, r, model.get_output_embeddings())
 
     # -- batches
 

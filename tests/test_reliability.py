@@ -30,7 +30,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes_exactly(ws):
     assert outcome["exit_code"] == 130
     assert "Run the same command again to resume" in outcome["stop_stderr"]
     assert 5 <= outcome["resumed_from"] < rel.MAX_STEPS
-    assert f"resuming from" in outcome["resume_stderr"]
+    assert "resuming from" in outcome["resume_stderr"]
     assert outcome["steps_lost"] == 0
     assert_identical_to_reference(outcome)
 
