@@ -48,9 +48,10 @@ def merge(argv: list[str]) -> None:
     parser.add_argument("adapter_dir", help="the adapter: final/ or best/ of a run with lora.enabled=true")
     parser.add_argument("out_dir", help="where to write the merged model")
     parser.add_argument("--base", help="the base model directory (default: the one recorded in the adapter)")
+    parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists and is not empty")
     args = parser.parse_args(argv)
     from lmtrain.finetuning import merge_adapter
-    out = merge_adapter(args.adapter_dir, args.out_dir, args.base)
+    out = merge_adapter(args.adapter_dir, args.out_dir, args.base, args.overwrite)
     print(f"merged {args.adapter_dir} into its base model → {out} (load it with AutoModelForCausalLM / "
           "AutoModelForSequenceClassification)")
 

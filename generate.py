@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling")
+    parser.add_argument("--base", help="for a LoRA adapter: its base model directory (default: the one recorded in "
+                                       "the adapter)")
     args = parser.parse_args()
 
     from lmtrain.errors import UserError
@@ -45,6 +47,10 @@ def main() -> None:
         raise UserError("--batch-size must be at least 1")
     if args.input and (args.prompt or args.prompts_file):
         raise UserError("--input (batch mode) and --prompt/--prompts-file are alternatives; pass one of them")
+    if args.output and not args.input:
+        raise UserError("--output is batch mode's file out: pass the JSONL file in with --input")
+    if args.system and not args.chat:
+        raise UserError("--system is a chat setting: add --chat")
     settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     if model_kind(args.model_dir) == "classifier":
         return classify(args)
@@ -54,14 +60,14 @@ def main() -> None:
         return chat(args, settings)
     from lmtrain.generation import generate_texts, load_model, read_prompts
     prompts = read_prompts(args.prompt, args.prompts_file)
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.base)
     for prompt, completion in zip(prompts, generate_texts(model, tokenizer, prompts, settings)):
         print(f"--- {settings.describe()}\n{prompt}{completion}\n")
 
 
 def chat(args, settings) -> None:
     from lmtrain.generation import chat_loop, load_model, read_prompts, require_chat_template, stream_reply
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.base)
     require_chat_template(tokenizer, args.model_dir)
     if not (args.prompt or args.prompts_file):
         chat_loop(model, tokenizer, settings, system=args.system)
@@ -81,7 +87,7 @@ def chat(args, settings) -> None:
 def batch(args, settings) -> None:
     from lmtrain.generation import generate_batch, load_model, read_jsonl, write_jsonl
     records = read_jsonl(args.input, ("prompt", "messages"))
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.base)
     rows = generate_batch(model, tokenizer, records, settings, args.model_dir, args.chat, args.batch_size)
     write_jsonl(args.output, rows)
     if args.output:
@@ -103,7 +109,7 @@ def classify(args) -> None:
     else:
         records = None
         texts = read_prompts(args.prompt, args.prompts_file)
-    model, tokenizer = load_classifier(args.model_dir)
+    model, tokenizer = load_classifier(args.model_dir, args.base)
     results = classify_texts(model, tokenizer, texts, args.batch_size)
     if records is not None:
         write_jsonl(args.output, [{**record, **result} for (_, record), result in zip(records, results)])

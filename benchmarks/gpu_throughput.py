@@ -9,7 +9,7 @@ step. bf16 autocast over fp32 weights with torch's AdamW (Accelerate's mixed pre
 DeepSpeed), sdpa attention with a plain causal mask (document masking would select the memory-efficient
 kernel instead of flash), random tokens. The 7B's layer shape (hidden 4096, SwiGLU 11008, 32 heads
 of 128, seq 4096, the recipe's 64,000 vocabulary) with fewer than its 32 layers where one GPU cannot
-hold the weights, gradients and AdamW states of all of them (16 bytes/parameter): the output says
+hold the weights, gradients and AdamW states of all of them (18 bytes/parameter): the output says
 how many. Per-layer throughput is what carries over to the full model sharded over GPUs, less
 ZeRO-3's communication; with fewer layers the LM head is a larger share of the work.
 

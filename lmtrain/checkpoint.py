@@ -86,19 +86,22 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, st
         _prune(root, keep_last, keep_every)
 
     _on_all_ranks(accelerator, prepare if accelerator.is_main_process else None, step, root)
-    _on_all_ranks(accelerator, lambda: accelerator.save_state(str(staging)), step, root)
+    _on_all_ranks(accelerator, lambda: accelerator.save_state(str(staging)), step, root, staging)
     _on_all_ranks(accelerator, publish if accelerator.is_main_process else None, step, root, staging)
     return final
 
 
 def _on_all_ranks(accelerator: Accelerator, action, step: int, root: Path, cleanup: Path | None = None) -> None:
-    """Run `action` (None: nothing on this rank), then agree across ranks on whether any of them failed."""
+    """Run `action` (None: nothing on this rank), then agree across ranks on whether any of them failed.
+    Any exception counts: writers report a full disk as OSError, RuntimeError (torch.save, DeepSpeed's
+    shards) or safetensors' own error, and a rank that raised alone would leave the others waiting."""
     failure = None
     if action is not None:
         try:
             action()
-        except OSError as exc:
-            failure = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported on every rank just below
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+            failure = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
             if cleanup is not None:
                 shutil.rmtree(cleanup, ignore_errors=True)
     failed = failure is not None

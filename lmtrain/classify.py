@@ -21,10 +21,12 @@ from transformers import AutoModelForSequenceClassification
 
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe
+from lmtrain.export import export_model
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (base_fingerprint, check_base_model, export_finetuned, load_base_tokenizer,
-                                make_trainable, resolved, say)
+from lmtrain.finetuning import (base_fingerprint, check_base_model, load_base_tokenizer, make_trainable, resolved,
+                                say)
 from lmtrain.metrics import load_metric
+from lmtrain.model import check_attn_implementation
 from lmtrain.trainer import Task, eval_shard, to_device
 
 
@@ -83,7 +85,6 @@ class ClassifyTask(Task):
         self.names = list(c.label_names) or self.labels
         """What the exported model calls its outputs (config.id2label)."""
         self.train_counts = [counts.get(label, 0) for label in self.labels]
-        self.val_counts = Counter(label for _, _, label in validation)
 
         self.train_ids, self.train_y, train_note = self._tokenize(train)
         self.val_ids, self.val_y, val_note = self._tokenize(validation)
@@ -102,6 +103,7 @@ class ClassifyTask(Task):
             weights = None
         self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
         self.seq_len = d.max_length
+        self.head_width = len(self.labels)
         self.train_size = len(self.train_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self._metrics = None
@@ -130,6 +132,7 @@ class ClassifyTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
+        check_attn_implementation(r.model.attn_implementation)
         from transformers.utils import logging as hf_logging
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point; we say it ourselves
@@ -200,7 +203,7 @@ class ClassifyTask(Task):
         return self._metrics
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_finetuned(accelerator, model, self.tokenizer, self.recipe, out_dir, labels=self.names)
+        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, labels=self.names)
 
     def fingerprints(self) -> dict[str, str]:
         digest = hashlib.sha256()

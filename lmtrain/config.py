@@ -507,12 +507,16 @@ def _check_values(r: Recipe) -> list[str]:
              f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}")
     need(m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
          f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}")
-    p.extend(train_problems(r.train))
+    p.extend(train_problems(r.train, PRETRAINING_METRICS, "pretraining"))
     return p
 
 
-def train_problems(t: TrainConfig) -> list[str]:
-    """Checks of the `train` section, shared by every recipe schema."""
+PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
+"""What pretraining's evaluation reports; train.best_metric must be one of them."""
+
+
+def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[str]:
+    """Checks of the `train` section, shared by every recipe schema; `metrics` are those `what` evaluates."""
     p = []
 
     def need(cond: bool, msg: str) -> None:
@@ -537,6 +541,9 @@ def train_problems(t: TrainConfig) -> list[str]:
     need(t.keep_every >= 0, "train.keep_every: must be >= 0 (0 = keep only the last ones)")
     need(t.max_skipped_steps >= 1, "train.max_skipped_steps: must be at least 1")
     need(t.spike_factor == 0 or t.spike_factor > 1, "train.spike_factor: must be above 1 (or 0 = off)")
+    need(not t.best_metric or t.best_metric in metrics,
+         f"train.best_metric: {t.best_metric!r} is not a metric of {what}; choose one of {', '.join(metrics)} "
+         "(or leave it empty)")
     return p
 
 

@@ -30,7 +30,7 @@ class FinetuneDataConfig:
     """Labelled examples: where they come from, which columns hold what, and how long they may be."""
 
     source: Literal["files", "hub", "python_stdlib"] = "files"
-    """files: local .jsonl / .jsonl.gz / .csv / .parquet files (train_files, validation_files); hub: a
+    """files: local .jsonl / .jsonl.gz / .json / .csv / .parquet files (train_files, validation_files); hub: a
     Hugging Face Hub dataset (dataset, dataset_config, train_split, validation_split); python_stdlib: examples
     made from the running interpreter's standard library, offline on any machine (sft: a function's code →
     its docstring; classify: a function's code → the package it comes from, one of data.stdlib_packages)."""
@@ -210,9 +210,5 @@ class FinetuneRecipe:
                  "classify.labels too, in the same order, one weight each")
             need(all(w > 0 for w in c.class_weights), "classify.class_weights: weights must be positive")
             need(not c.balance_classes, "classify.class_weights and classify.balance_classes: choose one")
-        metrics = TASK_METRICS[self.task]
-        need(not self.train.best_metric or self.train.best_metric in metrics,
-             f"train.best_metric: {self.train.best_metric!r} is not a metric of task {self.task}; "
-             f"choose one of {', '.join(metrics)} (or leave it empty)")
-        p.extend(train_problems(self.train))
+        p.extend(train_problems(self.train, TASK_METRICS[self.task], f"task {self.task}"))
         return p

@@ -147,7 +147,7 @@ def read_files(patterns: list[str], key: str) -> Iterator[Record]:
         elif path.suffix == ".json":
             records.extend(_read_json(path))
         elif path.suffix == ".csv":
-            records.extend(_read_csv(path))
+            records.extend(_read_csv(path, problems))
         else:
             records.extend(_read_parquet(path))
     problems.raise_if_any()
@@ -178,7 +178,7 @@ def _read_json(path: Path) -> Iterator[Record]:
         yield Record(f"{path} item {i}", row)
 
 
-def _read_csv(path: Path) -> Iterator[Record]:
+def _read_csv(path: Path, problems: RecordProblems) -> Iterator[Record]:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -187,8 +187,14 @@ def _read_csv(path: Path) -> Iterator[Record]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     start = 2
     for row in reader:
-        yield Record(f"{path}:{start}", dict(row))
+        where = f"{path}:{start}"
         start = reader.line_num + 1
+        extra = row.pop(None, [])  # DictReader files extra fields under None, and gives missing ones None
+        if extra or None in row.values():
+            fields = sum(value is not None for value in row.values()) + len(extra)
+            problems.add(where, f"{fields} field(s) where the header has {len(row)}; quote fields that hold commas")
+            continue
+        yield Record(where, dict(row))
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:

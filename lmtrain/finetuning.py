@@ -13,16 +13,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from lmtrain.config import recipe_to_yaml
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe, FreezeConfig, LoraConfig
-from lmtrain.model import enable_activation_checkpointing
+from lmtrain.generation import ADAPTER_CONFIG, is_adapter_dir
+from lmtrain.model import enable_activation_checkpointing, parameter_count
 
-ADAPTER_CONFIG = "adapter_config.json"
 LABELS_FILE = "labels.json"
 """Written next to a classification adapter: the head's labels, which the adapter config does not hold."""
 
@@ -40,7 +39,7 @@ def say(message: str) -> None:
 def check_base_model(path: str) -> AutoConfig:
     """The base model's config, after checking that `path` is a causal LM directory we can start from."""
     directory = Path(path)
-    if (directory / ADAPTER_CONFIG).is_file() and not (directory / "config.json").is_file():
+    if is_adapter_dir(directory):
         raise UserError(f"base_model: {path} is a LoRA adapter, not a full model; merge it first "
                         f"(python finetune.py merge {path} OUT_DIR) and start from OUT_DIR")
     if not directory.is_dir():
@@ -152,8 +151,7 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, task_type: str) -> torch
 
 
 def describe_trainable(model: torch.nn.Module, frozen: str, lora: LoraConfig) -> str:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total, trainable = parameter_count(model), parameter_count(model, trainable_only=True)
     how = (f"LoRA r={lora.r}, alpha={lora.alpha:g} on {', '.join(lora.target_modules)}" if lora.enabled
            else f"frozen: {frozen}" if frozen else "full fine-tuning")
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%) | {how}"
@@ -165,35 +163,6 @@ def is_peft(model) -> bool:
     except ImportError:
         return False
     return isinstance(model, PeftModel)
-
-
-# ---------------------------------------------------------------------------- export
-
-
-def export_finetuned(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerBase, recipe: FinetuneRecipe,
-                     out_dir: Path, generation_config: GenerationConfig | None = None,
-                     labels: list[str] | None = None) -> None:
-    """Write the model (or, with LoRA, the adapter) with its tokenizer, generation config and the resolved
-    recipe to `out_dir`. Every process calls this: under ZeRO-3 the full weights are gathered from all ranks."""
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
-    main = accelerator.is_main_process
-    out_dir = Path(out_dir)
-    if main and out_dir.exists():
-        shutil.rmtree(out_dir)
-    accelerator.wait_for_everyone()
-    if generation_config is not None and not is_peft(unwrapped):
-        unwrapped.generation_config = generation_config
-    unwrapped.save_pretrained(out_dir, is_main_process=main, state_dict=state_dict,
-                              **({} if is_peft(unwrapped) else {"save_function": accelerator.save}))
-    if main:
-        tokenizer.save_pretrained(out_dir)
-        if is_peft(unwrapped) and generation_config is not None:
-            generation_config.save_pretrained(out_dir)
-        if is_peft(unwrapped) and labels is not None:
-            (out_dir / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=1) + "\n", encoding="utf-8")
-        (out_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------- adapters
@@ -217,7 +186,7 @@ def load_adapter_model(adapter_dir: str | Path, base: str | None = None, merge: 
     base = base or info.get("base_model_name_or_path")
     if not base or not (Path(base) / "config.json").is_file():
         raise UserError(f"{adapter_dir}: its base model {base!r} is not a model directory here; pass the base "
-                        "model directory with --base")
+                        "model directory with --base (generate.py, finetune.py merge)")
     if info.get("task_type") == "SEQ_CLS":
         labels_path = Path(adapter_dir) / LABELS_FILE
         if not labels_path.is_file():
@@ -236,13 +205,22 @@ def load_adapter_model(adapter_dir: str | Path, base: str | None = None, merge: 
     return model.eval()
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None) -> Path:
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
+                  overwrite: bool = False) -> Path:
     """Merge a LoRA adapter into its base and write a plain model directory (safetensors, config, tokenizer,
-    generation config), loadable with AutoModelForCausalLM / AutoModelForSequenceClassification alone."""
+    generation config) in the base model's dtype, loadable with AutoModelForCausalLM /
+    AutoModelForSequenceClassification alone."""
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if out_dir.resolve() == adapter_dir.resolve():
-        raise UserError("merge: write the merged model to another directory than the adapter")
+    base = base or adapter_info(adapter_dir).get("base_model_name_or_path")
+    target = out_dir.resolve()
+    for kept, what in ((adapter_dir, "the adapter"), (Path(base or adapter_dir), "the base model")):
+        if target == kept.resolve() or target in kept.resolve().parents:
+            raise UserError(f"merge: {out_dir} holds {what} ({kept}); write the merged model to a new directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"merge: {out_dir} exists and is not empty; choose a new directory, or pass --overwrite to "
+                        "replace it")
     merged = load_adapter_model(adapter_dir, base, merge=True)
+    merged.to(AutoConfig.from_pretrained(base).dtype or torch.float32)  # loaded in fp32 for the merge
     if (adapter_dir / "generation_config.json").is_file():
         merged.generation_config = GenerationConfig.from_pretrained(adapter_dir)
     staging = out_dir.with_name(f".tmp-{out_dir.name}")

@@ -15,11 +15,12 @@ from transformers import LlamaConfig
 from lmtrain.errors import UserError
 
 
-def matmul_parameters(config: LlamaConfig) -> int:
+def matmul_parameters(config: LlamaConfig, head_width: int | None = None) -> int:
     """Parameters that take part in a matrix multiply for every token: the attention projections and
     SwiGLU MLP of every layer (with their biases, if any) plus the LM head. The input embedding is
     left out (a table lookup, no FLOPs) and so are the RMSNorm weights (elementwise, 0.004% of a 7B).
-    A tied LM head is still counted: the output matmul happens whether or not its weight is shared."""
+    A tied LM head is still counted: the output matmul happens whether or not its weight is shared.
+    `head_width` replaces the vocabulary as the output width (a classification head: its labels)."""
     h, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     q_width, kv_width = heads * head_dim, config.num_key_value_heads * head_dim
@@ -27,10 +28,10 @@ def matmul_parameters(config: LlamaConfig) -> int:
     if getattr(config, "attention_bias", False):
         attention += q_width + 2 * kv_width + h
     mlp = 3 * h * inter + (2 * inter + h if getattr(config, "mlp_bias", False) else 0)
-    return config.num_hidden_layers * (attention + mlp) + h * config.vocab_size
+    return config.num_hidden_layers * (attention + mlp) + h * (head_width or config.vocab_size)
 
 
-def flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+def flops_per_token(config: LlamaConfig, seq_len: int, head_width: int | None = None) -> float:
     """Model FLOPs per trained token, forward + backward, as in PaLM (Chowdhery et al. 2022), appendix B:
 
         6·N + 12·L·H·Q·T
@@ -42,7 +43,7 @@ def flops_per_token(config: LlamaConfig, seq_len: int) -> float:
     makes MFU figures comparable) and recomputation is not."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
-    return float(6 * matmul_parameters(config) + attention)
+    return float(6 * matmul_parameters(config, head_width) + attention)
 
 
 # Peak dense (no 2:4 sparsity) bf16 tensor-core FLOP/s with fp32 accumulation, from the vendors'

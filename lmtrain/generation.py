@@ -20,6 +20,11 @@ from lmtrain.errors import UserError
 ADAPTER_CONFIG = "adapter_config.json"
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """A LoRA adapter directory (peft's export): an adapter config and no model config of its own."""
+    return (Path(path) / ADAPTER_CONFIG).is_file() and not (Path(path) / "config.json").is_file()
+
+
 @dataclass
 class SamplingSettings:
     max_new_tokens: int = 64
@@ -61,7 +66,7 @@ def _device() -> str:
 def model_kind(model_dir: str | Path) -> str:
     """'causal_lm' or 'classifier', from the directory's config (or, for a LoRA adapter, its task type)."""
     model_dir = Path(model_dir)
-    if (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
+    if is_adapter_dir(model_dir):
         task_type = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("task_type")
         return "classifier" if task_type == "SEQ_CLS" else "causal_lm"
     if not (model_dir / "config.json").is_file():
@@ -71,7 +76,7 @@ def model_kind(model_dir: str | Path) -> str:
     return "classifier" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal_lm"
 
 
-def load_model(model_dir: str | Path):
+def load_model(model_dir: str | Path, base: str | None = None):
     """Causal LM and tokenizer from a directory (or a LoRA adapter directory); safetensors weights, no remote
     code. The generation config of the directory (e.g. stopping at <|im_end|>) is used."""
     model_dir = Path(model_dir)
@@ -80,9 +85,9 @@ def load_model(model_dir: str | Path):
                         "with --prompt/--prompts-file/--input (chat needs a causal LM)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"  # batched prompts end where generation starts
-    if (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
+    if is_adapter_dir(model_dir):
         from lmtrain.finetuning import load_adapter_model
-        model = load_adapter_model(model_dir)
+        model = load_adapter_model(model_dir, base)
         if (model_dir / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(model_dir)
     else:
@@ -92,14 +97,14 @@ def load_model(model_dir: str | Path):
     return model.to(_device()).eval(), tokenizer
 
 
-def load_classifier(model_dir: str | Path):
+def load_classifier(model_dir: str | Path, base: str | None = None):
     """Sequence classifier and tokenizer from a directory (or a classification LoRA adapter directory)."""
     model_dir = Path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "right"  # as in training; the head reads the last non-padding token either way
-    if (model_dir / ADAPTER_CONFIG).is_file() and not (model_dir / "config.json").is_file():
+    if is_adapter_dir(model_dir):
         from lmtrain.finetuning import load_adapter_model
-        model = load_adapter_model(model_dir)
+        model = load_adapter_model(model_dir, base)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype="auto")
     return model.to(_device()).eval(), tokenizer

@@ -40,9 +40,7 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
     Accelerate's job. Under DeepSpeed ZeRO-3 (Accelerator created first) transformers builds it
     partitioned across ranks with zero.Init, so no host ever holds the whole model."""
     m = recipe.model
-    if m.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
-        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
-                        "install it or use sdpa")
+    check_attn_implementation(m.attn_implementation)
     if m.init_from:
         model = _load_matching(m.init_from, config, m.attn_implementation)
     else:
@@ -51,6 +49,13 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
     if m.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def check_attn_implementation(name: str) -> None:
+    """A clear error for an attention implementation this machine cannot run (before transformers' own)."""
+    if name == "flash_attention_2" and not is_flash_attn_2_available():
+        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+                        "install it or use sdpa")
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:

@@ -1,7 +1,8 @@
 """Stop requests: SIGTERM (a scheduler preempting or timing out the job) and Ctrl-C.
 
-The handler only records the request; the training loop asks `should_stop()` at each step boundary,
-where all ranks agree (one all-reduce of a flag) so that they save the same checkpoint together.
+The handler only records the request (`signal_name`); at each step boundary the training loop makes
+all ranks agree on it (one all-reduce, shared with the non-finite check: trainer._agree) so that they
+save the same checkpoint together.
 A second Ctrl-C aborts at once.
 """
 
@@ -10,13 +11,10 @@ from __future__ import annotations
 import signal
 import sys
 
-import torch
-from accelerate import Accelerator
 
 
 class StopRequest:
-    def __init__(self, accelerator: Accelerator):
-        self.accelerator = accelerator
+    def __init__(self):
         self.signal_name: str | None = None
         self._previous = {}
 
@@ -36,13 +34,6 @@ class StopRequest:
         self.signal_name = self.signal_name or name
         print(f"\n{name} received: stopping at the end of this step and saving a checkpoint "
               "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
-
-    def should_stop(self) -> bool:
-        """True on every rank once any rank has been asked to stop."""
-        if self.accelerator.num_processes == 1:
-            return self.signal_name is not None
-        flag = torch.tensor([1.0 if self.signal_name else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     @property
     def exit_code(self) -> int:

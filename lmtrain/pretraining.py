@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
+from transformers import GenerationConfig
 
 from lmtrain.config import Recipe
 from lmtrain.data import read_manifest
@@ -60,7 +61,10 @@ class PretrainTask(Task):
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir)
+        t = self.tokenizer
+        generation = GenerationConfig(bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                                      pad_token_id=t.pad_token_id)
+        export_model(accelerator, model, t, self.recipe, out_dir, generation)
 
     def fingerprints(self) -> dict[str, str]:
         return {"tokenizer": self.manifest["inputs"]["tokenizer_fingerprint"],

@@ -26,9 +26,11 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedToken
 
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneDataConfig, FinetuneRecipe
+from lmtrain.export import export_model
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (base_fingerprint, check_base_model, export_finetuned, load_base_tokenizer,
-                                make_trainable, resolved, say)
+from lmtrain.finetuning import (base_fingerprint, check_base_model, load_base_tokenizer, make_trainable, resolved,
+                                say)
+from lmtrain.model import check_attn_implementation
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import CHAT_TOKENS
 from lmtrain.trainer import Task, eval_shard, to_device
@@ -295,6 +297,7 @@ class SftTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
+        check_attn_implementation(r.model.attn_implementation)
         model = AutoModelForCausalLM.from_pretrained(resolved(r.base_model), dtype=torch.float32,
                                                      attn_implementation=r.model.attn_implementation)
         if self.added_tokens:
@@ -375,7 +378,7 @@ class SftTask(Task):
                                 pad_token_id=tok.pad_token_id)
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_finetuned(accelerator, model, self.tokenizer, self.recipe, out_dir, self.generation_config())
+        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, self.generation_config())
 
     def fingerprints(self) -> dict[str, str]:
         import hashlib

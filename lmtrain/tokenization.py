@@ -53,7 +53,8 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 """Padding for batched generation and fine-tuning; never appears in packed pretraining data."""
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
-"""Reserved now for a ChatML-style chat template later, so fine-tuning needs no new embeddings."""
+"""Reserved from the start for the ChatML template that SFT stores (lmtrain.sft), so fine-tuning
+needs no new embeddings."""
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, *CHAT_TOKENS)
 """In id order: <|endoftext|>=0, <|pad|>=1, <|im_start|>=2, <|im_end|>=3."""
 RESERVED_TOKEN = "<|reserved_{}|>"

@@ -47,6 +47,8 @@ class Task:
 
     seq_len: int
     train_size: int
+    head_width: int | None = None
+    """The output layer's width for MFU, when it is not the vocabulary (a classification head's labels)."""
 
     def build_model(self) -> torch.nn.Module:
         """The model, built after the Accelerator (so that ZeRO-3 partitions it while it is built)."""
@@ -141,7 +143,7 @@ def fit(recipe, task: Task) -> FitResult:
     sampler = GlobalBatchSampler(task.train_size, t.global_batch_size, t.seed)
     accum = accelerator.gradient_accumulation_steps
     arithmetic = BatchArithmetic(world, t.micro_batch_size, accum, t.global_batch_size, task.seq_len, t.max_steps)
-    flops_per_tok = flops_per_token(accelerator.unwrap_model(model).config, task.seq_len)
+    flops_per_tok = flops_per_token(accelerator.unwrap_model(model).config, task.seq_len, task.head_width)
     peak_flops, peak_label = peak_flops_per_device(accelerator.device)
     for line in warnings:
         log.print(f"warning: {line}")
@@ -159,8 +161,8 @@ def fit(recipe, task: Task) -> FitResult:
 
     final_dir = run_dir / "final"
     if state["step"] >= t.max_steps:
-        if not (final_dir / "config.json").is_file():
-            task.export(accelerator, model, final_dir)
+        if not any((final_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+            task.export(accelerator, model, final_dir)  # stopped after the last checkpoint, before the export
         log.print(f"run already complete: {state['step']:,} of {t.max_steps:,} steps; final model in {final_dir}")
         accelerator.end_training()
         return _result(state, t.max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])
@@ -192,7 +194,7 @@ def fit(recipe, task: Task) -> FitResult:
     recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
     first_step = state["step"] + 1
     model.train()
-    with StopRequest(accelerator) as stop:
+    with StopRequest() as stop:
         for step in range(first_step, t.max_steps + 1):
             indices = sampler.rank_batch(step - 1, rank, world)
             step_loss = torch.zeros((), device=accelerator.device)
@@ -324,6 +326,8 @@ def _update_best(state: dict, metrics: dict, step: int, metric: str, export) -> 
     value = metrics[metric]
     lower_is_better = metric.endswith(("loss", "ppl"))
     best = state["best"]
+    if best is not None and best["metric"] != metric:  # train.best_metric changed on resume: start over
+        best = None
     if best is None or (value < best["value"] if lower_is_better else value > best["value"]):
         export()
         state["best"] = {"metric": metric, "value": value, "step": step}

@@ -77,6 +77,8 @@ def test_unknown_key_in_a_list_item(tmp_path):
     ("train=5", "train: expected a section of keys"),
     ("tokenizer.vocab_size=1000", "tokenizer.vocab_size: 1000 must be a multiple of 64"),
     ("train.global_batch_size=12", "train.global_batch_size: 12 must be a multiple of train.micro_batch_size 8"),
+    ("train.best_metric=eval_los",
+     "train.best_metric: 'eval_los' is not a metric of pretraining; choose one of eval_loss, eval_ppl"),
     ("model.num_heads=7", "model.hidden_size: 256 is not divisible by model.num_heads 7"),
     ("model.num_kv_heads=3", "model.num_kv_heads: 3 must divide model.num_heads 8"),
     ("data.sources.0.kind=files", "data.sources.0.paths: kind 'files' needs at least one glob pattern"),

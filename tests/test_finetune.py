@@ -358,6 +358,15 @@ def test_lora_train_merge_export_reload_gives_the_adapter_logits(base, tmp_path)
     assert AutoTokenizer.from_pretrained(merged_dir).chat_template
     assert not any(k for k in load_file(merged_dir / "model.safetensors") if "lora" in k)
 
+    # merge never replaces what it reads, nor an existing directory unless told to
+    for out in (Path(r.run_dir), adapter, base):
+        with pytest.raises(UserError, match="write the merged model to a new directory"):
+            merge_adapter(adapter, out, overwrite=True)
+    with pytest.raises(UserError, match="exists and is not empty.*--overwrite"):
+        merge_adapter(adapter, merged_dir)
+    assert (Path(r.run_dir) / "metrics.jsonl").is_file() and (merged_dir / "model.safetensors").is_file()
+    assert merge_adapter(adapter, merged_dir, overwrite=True) == merged_dir
+
 
 # ---------------------------------------------------------------------------- bad input
 
@@ -419,6 +428,13 @@ def test_bad_classification_data(base, tmp_path):
     r = recipe(tmp_path, base, "classify", [missing])
     with pytest.raises(UserError, match=r"missing.jsonl:6: no text in column 'text' \(fields: 'review', 'label'\)"):
         ClassifyTask(r)
+    table = tmp_path / "reviews.csv"  # an unquoted comma on line 3, a short row on line 5
+    table.write_text("text,label\na cat,animal\nan apple, a pear,fruit\na dog,animal\na kiwi\n", encoding="utf-8")
+    r = recipe(tmp_path, base, "classify", [table])
+    with pytest.raises(UserError) as error:
+        ClassifyTask(r)
+    assert re.search(r"reviews.csv:3: 3 field\(s\) where the header has 2; quote fields that hold commas", str(error.value))
+    assert re.search(r"reviews.csv:5: 1 field\(s\) where the header has 2", str(error.value))
 
 
 def test_base_model_must_be_a_causal_lm_directory(base, tmp_path):
@@ -494,3 +510,12 @@ def test_stdlib_sft_examples_pair_code_without_its_docstring_with_the_docstring_
         docstring = ast.get_docstring(node)
         assert f.summary == " ".join(docstring.split("\n\n")[0].split())
         assert docstring.splitlines()[0] not in f.code and f.code.lstrip().startswith(("def ", "async def ", "@"))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--prompt", "hi", "--output", "out.jsonl"], "--output is batch mode's file out: pass the JSONL file in with --input"),
+    (["--prompt", "hi", "--system", "Be brief."], "--system is a chat setting: add --chat"),
+])
+def test_generate_refuses_flags_that_would_be_ignored(tmp_path, args, expected):
+    result = run_cli("generate.py", tmp_path / "model", *args, check=False)
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr

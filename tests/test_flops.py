@@ -70,3 +70,10 @@ def test_gpu_kind_for_the_planner():
     assert peak_flops_for_kind("H100") == 989e12
     with pytest.raises(UserError, match=r"--gpu-kind: unknown GPU kind 'x100'; known kinds: .*h100"):
         peak_flops_for_kind("x100")
+
+
+def test_a_classification_head_counts_its_labels_not_the_vocabulary():
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4)
+    lm, classifier = flops_per_token(config, 32), flops_per_token(config, 32, head_width=3)
+    assert lm - classifier == 6 * 64 * (1000 - 3)
