@@ -110,18 +110,20 @@ def python_stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if installed.isdisjoint(p.relative_to(root).parts))
 
 
-def resolve_files(patterns: list[str]) -> list[Path]:
-    """Expand glob patterns (sorted, deduplicated); a pattern that matches no file is an error."""
+def resolve_files(patterns: list[str], key: str = "data.sources",
+                  suffixes: tuple[str, ...] = FILE_SUFFIXES) -> list[Path]:
+    """Expand glob patterns (sorted, deduplicated); a pattern that matches no file, or a file whose type is
+    not one of `suffixes`, is an error naming the recipe `key`."""
     files: dict[Path, None] = {}
     for pattern in patterns:
         matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if os.path.isfile(m)]
         if not matches:
             what = "matches no files" if glob.has_magic(pattern) else "does not exist"
-            raise UserError(f"data.sources: path {pattern!r} {what} (relative paths start at {Path.cwd()})")
+            raise UserError(f"{key}: path {pattern!r} {what} (relative paths start at {Path.cwd()})")
         for path in matches:
-            if not path.name.endswith(FILE_SUFFIXES):
-                raise UserError(f"data.sources: {path} has an unsupported file type; "
-                                f"use one of {', '.join(FILE_SUFFIXES)} or narrow the pattern {pattern!r}")
+            if not path.name.endswith(suffixes):
+                raise UserError(f"{key}: {path} has an unsupported file type; "
+                                f"use one of {', '.join(suffixes)} or narrow the pattern {pattern!r}")
             files[path] = None
     return list(files)
 

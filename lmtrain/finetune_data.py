@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import ast
 import csv
-import glob
 import hashlib
 import inspect
 import io
 import json
-import os
 import re
 import sysconfig
 import textwrap
@@ -27,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.corpus import is_validation_document, jsonl_lines
+from lmtrain.corpus import is_validation_document, jsonl_lines, resolve_files
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe
 
@@ -122,26 +120,12 @@ def _hash_split(records: list[Record], fraction: float) -> tuple[list[Record], l
 # ---------------------------------------------------------------------------- local files and the Hub
 
 
-def resolve_paths(patterns: list[str], key: str) -> list[Path]:
-    files: dict[Path, None] = {}
-    for pattern in patterns:
-        matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)) if os.path.isfile(m)]
-        if not matches:
-            what = "matches no files" if glob.has_magic(pattern) else "does not exist"
-            raise UserError(f"{key}: {pattern!r} {what} (relative paths start at {Path.cwd()})")
-        for path in matches:
-            if not path.name.endswith(SUFFIXES):
-                raise UserError(f"{key}: {path} has an unsupported file type; use one of {', '.join(SUFFIXES)}")
-            files[path] = None
-    return list(files)
-
-
 def read_files(patterns: list[str], key: str) -> Iterator[Record]:
     """Records of .jsonl(.gz) (one JSON object per line), .json (a list of objects), .csv (a header row)
     and .parquet files. A line that is not a JSON object is an error naming the file and line."""
     problems = RecordProblems("Fix or remove these lines; every line of a .jsonl file must be one JSON object.")
     records = []
-    for path in resolve_paths(patterns, key):
+    for path in resolve_files(patterns, key, SUFFIXES):
         if path.name.endswith((".jsonl", ".jsonl.gz")):
             records.extend(_read_jsonl(path, problems))
         elif path.suffix == ".json":

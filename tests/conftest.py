@@ -1,6 +1,7 @@
 """Shared test setup: everything offline, nothing written outside tmp_path."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,3 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+
+def run_cli(*args, check=True) -> subprocess.CompletedProcess:
+    """Run one of the repository's entry points (e.g. "train.py", recipe, "key=value") as a user would."""
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result

@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import datasets
 import pytest
@@ -11,7 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_cli
 
 TINY = """
 tokenizer: {vocab_size: 512, min_frequency: 2}
@@ -26,14 +24,6 @@ train: {max_steps: 40, global_batch_size: 8, micro_batch_size: 4, warmup_steps: 
 """
 
 
-def run(*args, check=True):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny recipe whose tokenizer and data are prepared once for the tests of this module."""
@@ -44,15 +34,15 @@ def prepared(tmp_path_factory):
     text["tokenizer"]["dir"] = str(root / "tokenizer")
     text["data"]["dir"] = str(root / "data")
     recipe.write_text(yaml.safe_dump(text), encoding="utf-8")
-    run("tokenizer/train_tokenizer.py", recipe)
-    run("data_prep/prepare.py", recipe)
+    run_cli("tokenizer/train_tokenizer.py", recipe)
+    run_cli("data_prep/prepare.py", recipe)
     return root, recipe
 
 
 @pytest.fixture(scope="module")
 def trained(prepared):
     root, recipe = prepared
-    result = run("train.py", recipe)
+    result = run_cli("train.py", recipe)
     return root, recipe, result
 
 
@@ -100,12 +90,12 @@ def test_generate_greedy_is_deterministic_and_sampling_runs(trained):
     final = root / "run" / "final"
     prompts_file = root / "prompts.txt"
     prompts_file.write_text("def main(\nimport sys\n", encoding="utf-8")
-    greedy = [run("generate.py", final, "--prompts-file", prompts_file, "--max-new-tokens", "12").stdout
+    greedy = [run_cli("generate.py", final, "--prompts-file", prompts_file, "--max-new-tokens", "12").stdout
               for _ in range(2)]
     assert greedy[0] == greedy[1]
     assert greedy[0].count("--- greedy, 12 new tokens") == 2
     assert "\ndef main(" in greedy[0] and "\nimport sys" in greedy[0]
-    sampled = run("generate.py", final, "--prompt", "class ", "--temperature", "0.9", "--top-k", "20",
+    sampled = run_cli("generate.py", final, "--prompt", "class ", "--temperature", "0.9", "--top-k", "20",
                   "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "12").stdout
     assert "sampling: temperature 0.9, top-k 20, top-p 0.9, seed 3" in sampled
 
@@ -113,7 +103,7 @@ def test_generate_greedy_is_deterministic_and_sampling_runs(trained):
 def test_trackers_write_tensorboard_and_offline_wandb_runs(prepared):
     root, recipe = prepared
     run_dir = root / "tracked"
-    run("train.py", recipe, f"run_dir={run_dir}", "train.max_steps=4", "train.eval_every=4", "train.log_every=2",
+    run_cli("train.py", recipe, f"run_dir={run_dir}", "train.max_steps=4", "train.eval_every=4", "train.log_every=2",
         "train.report_to=[tensorboard, wandb]")
     assert list(run_dir.rglob("events.out.tfevents.*")), "no tensorboard event file"
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline wandb run"
@@ -121,12 +111,12 @@ def test_trackers_write_tensorboard_and_offline_wandb_runs(prepared):
 
 def test_train_refuses_data_prepared_for_another_seq_len(prepared):
     _, recipe = prepared
-    result = run("train.py", recipe, "data.seq_len=32", check=False)
+    result = run_cli("train.py", recipe, "data.seq_len=32", check=False)
     assert result.returncode == 2
     assert "data was packed with seq_len 64 but the recipe says data.seq_len=32" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_generate_rejects_a_directory_without_a_model(tmp_path):
-    result = run("generate.py", tmp_path, "--prompt", "x", check=False)
+    result = run_cli("generate.py", tmp_path, "--prompt", "x", check=False)
     assert result.returncode == 2 and "not a model directory" in result.stderr

@@ -5,7 +5,6 @@ bad input the issue lists. The base "pretrained" model is built here (hidden 64,
 import json
 import random
 import re
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -24,7 +23,7 @@ from lmtrain.finetune_config import FinetuneRecipe
 from lmtrain.finetune_data import Record
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import EOS_TOKEN, PAD_TOKEN, RESERVED_TOKEN, bpe_trainer, new_tokenizer
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_cli
 from generate import main as generate_main  # the entry point, run in-process
 
 VOCAB = ["cat", "dog", "horse", "cow", "apple", "pear", "banana", "grape", "hammer", "saw", "drill", "wrench"]
@@ -125,14 +124,6 @@ def fit_task(r: FinetuneRecipe):
 def evals(run_dir: Path) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if "eval_loss" in line]
-
-
-def run_cli(*args, check=True):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 # ---------------------------------------------------------------------------- SFT
