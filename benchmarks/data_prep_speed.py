@@ -5,14 +5,17 @@
 Same corpus, same tokenizer (byte-level BPE, 8,192 tokens, trained on the corpus first), same
 cores, documents already cleaned and in memory; each way runs ROUNDS times in turn and its
 fastest run counts (shared machines are noisy):
-- raw limit: the tokenizer's own batch encoding (`encode_batch_fast`), no I/O, nothing kept;
+- raw limit: the tokenizer's own batch encoding (`tokenizers`' `encode_batch_fast`), no I/O, nothing kept;
+- tiktoken limit: the same, with the encoder this pipeline uses (tiktoken's BPE, checked to give the
+  same ids; lmtrain.tokenization.CorpusEncoder), the limit of this pipeline;
 - run_clm: a faithful reimplementation of transformers' examples/pytorch/language-modeling/run_clm.py
   data path: `Dataset.map(tokenize, batched=True)` then `Dataset.map(group_texts, batched=True)`;
 - this pipeline: lmtrain.data's tokenize and pack stage (tokenized_documents -> SplitWriter),
   writing packed Arrow blocks to disk.
 Then memory: peak RSS of the whole `prepare_data` (read, clean, tokenize, pack, save; dedup off,
 since the larger corpus is the same text 4 times) on the corpus and on 4 copies of it, each in a
-fresh process. Prints a table, then one JSON line: tokens_per_s, vs_run_clm, vs_raw_limit, rss_growth_4x.
+fresh process. Prints a table, then one JSON line: tokens_per_s, vs_run_clm, vs_raw_limit, rss_growth_4x,
+and vs_tiktoken_limit.
 
 The default corpus is the running interpreter's standard library (offline on every machine).
 """
@@ -74,26 +77,34 @@ def main() -> None:
         train_tokenizer(recipe)
         texts = [clean_text(t, recipe.data.clean) for t in read_sample([str(corpus)], max_chars=sys.maxsize)]
         encoder = corpus_encoder(recipe.tokenizer.dir)
+        if encoder.fast is None:
+            sys.exit(f"the tokenizer in {recipe.tokenizer.dir} is not one tiktoken can encode")
         eos_id = load_tokenizer(recipe.tokenizer.dir).eos_token_id
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
         print(f"corpus: {len(texts):,} documents, {mb:.1f} MB; {os.cpu_count()} CPU cores; seq_len {SEQ_LEN}")
 
         runs = []
         for round_ in range(ROUNDS):
-            runs.append((raw_limit(texts, encoder, args.batch_size),
-                         run_clm_way(texts, recipe.tokenizer.dir, args.batch_size, tmp / f"clm_{round_}"),
-                         this_pipeline(texts, encoder, eos_id, args.batch_size, tmp / f"ours_{round_}")))
-        (raw_tokens, raw_s), (clm_tokens, clm_s), (ours_tokens, ours_s) = (
-            min((run[way] for run in runs), key=lambda r: r[1]) for way in range(3))
-        assert raw_tokens == clm_tokens == ours_tokens, (raw_tokens, clm_tokens, ours_tokens)
+            runs.append((
+                raw_limit(texts, args.batch_size, lambda batch: [
+                    e.ids for e in encoder.reference.encode_batch_fast(batch, add_special_tokens=False)]),
+                raw_limit(texts, args.batch_size,
+                          lambda batch: encoder.fast.encode_ordinary_batch(batch, num_threads=encoder.threads)),
+                run_clm_way(texts, recipe.tokenizer.dir, args.batch_size, tmp / f"clm_{round_}"),
+                this_pipeline(texts, recipe.tokenizer.dir, eos_id, args.batch_size, tmp / f"ours_{round_}")))
+        (raw_tokens, raw_s), (tk_tokens, tk_s), (clm_tokens, clm_s), (ours_tokens, ours_s) = (
+            min((run[way] for run in runs), key=lambda r: r[1]) for way in range(4))
+        assert raw_tokens == tk_tokens == clm_tokens == ours_tokens, (raw_tokens, tk_tokens, clm_tokens, ours_tokens)
 
         rss_1x = peak_rss(recipe_path)
         rss_4x = peak_rss(write_recipe(tmp, corpus_4x, "4x"))
 
-    rates = {"raw limit (encode_batch_fast)": raw_tokens / raw_s, "run_clm way (map tokenize + group_texts)":
-             clm_tokens / clm_s, "this pipeline (tokenize + pack + write)": ours_tokens / ours_s}
+    rates = {"raw limit (tokenizers encode_batch_fast)": raw_tokens / raw_s,
+             "tiktoken limit (encode_ordinary_batch)": tk_tokens / tk_s,
+             "run_clm way (map tokenize + group_texts)": clm_tokens / clm_s,
+             "this pipeline (tokenize + pack + write)": ours_tokens / ours_s}
     print(f"\n{'tokenize + pack (fastest of ' + str(ROUNDS) + ')':<44}{'seconds':>10}{'tokens/s':>14}")
-    for (name, rate), seconds in zip(rates.items(), (raw_s, clm_s, ours_s)):
+    for (name, rate), seconds in zip(rates.items(), (raw_s, tk_s, clm_s, ours_s)):
         print(f"{name:<44}{seconds:>10.2f}{rate:>14,.0f}")
     print(f"\n{'prepare_data, whole (fresh process)':<44}{'peak RSS MB':>12}{'seconds':>10}{'tokens':>14}")
     for name, r in (("corpus", rss_1x), ("corpus x 4", rss_4x)):
@@ -101,7 +112,8 @@ def main() -> None:
     ours = ours_tokens / ours_s
     print(json.dumps({"tokens_per_s": round(ours), "vs_run_clm": round(ours / (clm_tokens / clm_s), 2),
                       "vs_raw_limit": round(ours / (raw_tokens / raw_s), 3),
-                      "rss_growth_4x": round(rss_4x["peak_rss_mb"] / rss_1x["peak_rss_mb"] - 1, 3)}))
+                      "rss_growth_4x": round(rss_4x["peak_rss_mb"] / rss_1x["peak_rss_mb"] - 1, 3),
+                      "vs_tiktoken_limit": round(ours / (tk_tokens / tk_s), 3)}))
 
 
 def write_corpus(tmp: Path, paths: list[str], text_column: str, copies: int) -> Path:
@@ -137,11 +149,11 @@ def write_recipe(tmp: Path, corpus: Path, name: str) -> Path:
     return path
 
 
-def raw_limit(texts: list[str], encoder, batch_size: int) -> tuple[int, float]:
+def raw_limit(texts: list[str], batch_size: int, encode_batch) -> tuple[int, float]:
     start = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), batch_size):
-        tokens += sum(len(e.ids) for e in encoder.encode_batch_fast(texts[i:i + batch_size], add_special_tokens=False))
+        tokens += sum(map(len, encode_batch(texts[i:i + batch_size])))
     return tokens, time.perf_counter() - start
 
 
@@ -172,9 +184,10 @@ def run_clm_way(texts: list[str], tokenizer_dir: str, batch_size: int, cache: Pa
     return sum(len(ids) for ids in tokenized["input_ids"]), seconds
 
 
-def this_pipeline(texts: list[str], encoder, eos_id: int, batch_size: int, out: Path) -> tuple[int, float]:
+def this_pipeline(texts: list[str], tokenizer_dir: str, eos_id: int, batch_size: int, out: Path) -> tuple[int, float]:
     out.mkdir()
     start = time.perf_counter()
+    encoder = corpus_encoder(tokenizer_dir)
     writers = {split: SplitWriter(out / f"{split}.arrow", SEQ_LEN, eos_id, False, batch_size) for split in SPLITS}
     tokens = 0
     for validation, ids in tokenized_documents(iter(texts), encoder, batch_size, 0.02):

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
-from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from lmtrain.config import DataConfig, Recipe
@@ -41,7 +40,7 @@ from lmtrain.dedup import Deduplicator
 from lmtrain.errors import UserError
 from lmtrain.mixture import SourceStats, WeightedMixture, open_sources
 from lmtrain.packing import Packer
-from lmtrain.tokenization import corpus_encoder, load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenization import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
@@ -117,17 +116,22 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     for split, writer in writers.items():
         writer.check_enough(split, data.seq_len)
     DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
-    return _report(data, source_stats, mixture, writers, dedup)
+    return _report(data, source_stats, mixture, writers, dedup, encoder)
 
 
-def tokenized_documents(documents: Iterator[str], encoder: Tokenizer, batch_size: int,
+def tokenized_documents(documents: Iterator[str], encoder: CorpusEncoder, batch_size: int,
                         validation_fraction: float) -> Iterator[tuple[bool, list[int]]]:
-    """(is validation, token ids) per document, encoded a batch at a time on all cores."""
-    while batch := list(islice(documents, batch_size)):
-        # encode_batch_fast runs on all cores and skips computing character offsets.
-        encodings = encoder.encode_batch_fast(batch, add_special_tokens=False)
-        for text, encoding in zip(batch, encodings):
-            yield is_validation_document(text, validation_fraction), encoding.ids
+    """(is validation, token ids) per document. The encoder works on a batch in the background
+    (on all cores, without the GIL) while the next batch is read and cleaned and the previous one packed."""
+    batch = list(islice(documents, batch_size))
+    encoding = encoder.submit(batch)
+    while batch:
+        next_batch = list(islice(documents, batch_size))
+        ids = encoding.result()
+        encoding = encoder.submit(next_batch)
+        for text, doc_ids in zip(batch, ids):
+            yield is_validation_document(text, validation_fraction), doc_ids
+        batch = next_batch
 
 
 class SplitWriter:
@@ -217,7 +221,7 @@ def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture:
 
 
 def _report(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture,
-            writers: dict[str, SplitWriter], dedup: Deduplicator | None) -> dict:
+            writers: dict[str, SplitWriter], dedup: Deduplicator | None, encoder: CorpusEncoder) -> dict:
     total_weight = sum(s.weight for s in data.sources)
     shares = mixture.shares()
     sources = []
@@ -251,6 +255,7 @@ def _report(data: DataConfig, source_stats: list[SourceStats], mixture: Weighted
         "dedup": (dedup.describe() if dedup else {"exact": False, "near": False}) | {
             "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
             "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats)},
+        "encoder": encoder.stats(),
         "columns": list(split_features(data.seq_len, data.document_masking)),
         "splits": {split: writer.stats() for split, writer in writers.items()},
         "content_fingerprint": digest.hexdigest(),

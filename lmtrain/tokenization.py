@@ -32,12 +32,15 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import tiktoken
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -90,6 +93,8 @@ SERIAL_TRAINING_MAX_CORES = 2
 hand work over at every merge, which costs more than it gains there (measured on 2 cores: 0.41 s
 against 0.76 s for the benchmark's 8.4 MB), while reading the text gains from both (0.87 s against
 1.32 s). With more cores, `tokenizers` parallelizes everything as usual."""
+SPOT_CHECK_EVERY = 64
+"""CorpusEncoder also encodes one document in this many with `tokenizers`, to compare."""
 
 
 def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None = None,
@@ -162,13 +167,92 @@ def tokenizer_fingerprint(directory: str | Path) -> str:
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()
 
 
-def corpus_encoder(directory: str | Path) -> Tokenizer:
-    """The raw `tokenizers` backend, set up for encoding corpus text: a special-token string that
-    occurs in the text (say, a web page quoting "<|endoftext|>") is encoded as plain text, so
-    only the pipeline itself places eos between documents."""
-    encoder = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
-    encoder.encode_special_tokens = True
-    return encoder
+def corpus_encoder(directory: str | Path) -> CorpusEncoder:
+    """The encoder the data pipeline tokenizes corpus text with (see CorpusEncoder)."""
+    return CorpusEncoder(Path(directory) / "tokenizer.json")
+
+
+class CorpusEncoder:
+    """Token ids for corpus text exactly as the saved tokenizer gives them, except that special-token
+    strings in the text (say, a web page quoting "<|endoftext|>") are encoded as plain text, so only
+    the pipeline itself places eos between documents.
+
+    For a tokenizer of this project's design the ids come from tiktoken's BPE, 3-4× faster than
+    `tokenizers` on 2 cores (benchmarks/README.md): both split with the same regex and apply the
+    lowest-ranked merge first, and `_tiktoken_encoding` accepts only a merge list in which each token
+    is made by exactly one merge, in id order, so ranks and merge order agree. As a guard against any
+    difference between the libraries (regex engines, Unicode tables), one document in SPOT_CHECK_EVERY
+    is also encoded by `tokenizers` and compared; at the first difference that batch and every later
+    one are encoded by `tokenizers`, and `stats()` (in the data manifest) says so."""
+
+    def __init__(self, tokenizer_json: Path):
+        self.reference = Tokenizer.from_file(str(tokenizer_json))
+        self.reference.encode_special_tokens = True
+        self.fast = _tiktoken_encoding(json.loads(tokenizer_json.read_text(encoding="utf-8")))
+        self.library = "tiktoken" if self.fast else "tokenizers"
+        self.threads = _cores()
+        self.spot_checked = 0
+        self.first_difference: str | None = None
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-encoder")
+
+    def submit(self, texts: list[str]) -> Future[list[list[int]]]:
+        """encode_batch in a background thread; one batch at a time, in the order submitted."""
+        return self._background.submit(self.encode_batch, texts)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self.fast is not None:
+            ids = self.fast.encode_ordinary_batch(texts, num_threads=self.threads)
+            checked = texts[::SPOT_CHECK_EVERY]
+            self.spot_checked += len(checked)
+            for text, fast, reference in zip(checked, ids[::SPOT_CHECK_EVERY], self._reference(checked)):
+                if fast != reference:
+                    self.first_difference = text[:200]
+                    self.fast = None
+                    print(f"data: tiktoken and tokenizers encode a document differently ({text[:80]!r}...); "
+                          "encoding this batch and the rest with tokenizers", file=sys.stderr)
+                    break
+            else:
+                return ids
+        return self._reference(texts)
+
+    def stats(self) -> dict:
+        return {"library": self.library, "spot_checked_documents": self.spot_checked,
+                "fell_back_to_tokenizers_at": self.first_difference}
+
+    def _reference(self, texts: list[str]) -> list[list[int]]:
+        # encode_batch_fast runs on all cores and skips computing character offsets.
+        return [e.ids for e in self.reference.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def _tiktoken_encoding(spec: dict) -> tiktoken.Encoding | None:
+    """tiktoken's BPE for a saved tokenizer.json of this project's design, or None for any other:
+    no normalizer, the split regex then the byte-level mapping, plain BPE whose merges each make a
+    new token in id order (so that tiktoken's ranks are the merge order), only special added tokens."""
+    model, pre = spec["model"], spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("byte_fallback")
+            or model.get("ignore_merges") or len(steps) != 2 or any(not t["special"] for t in spec["added_tokens"])):
+        return None
+    split, byte_level = steps
+    if not (split["type"] == "Split" and "Regex" in split["pattern"] and split["behavior"] == "Isolated"
+            and not split["invert"] and byte_level["type"] == "ByteLevel" and not byte_level["use_regex"]
+            and not byte_level["add_prefix_space"]):
+        return None
+    byte_of = {symbol: b for b, symbol in enumerate(_byte_symbols())}
+    special = {t["content"] for t in spec["added_tokens"]}
+    vocab = {token: i for token, i in model["vocab"].items() if token not in special}
+    if any(c not in byte_of for token in vocab for c in token):
+        return None
+    made = [vocab.get("".join(m) if isinstance(m, list) else m.replace(" ", "", 1)) for m in model["merges"]]
+    singles = sum(len(token) == 1 for token in vocab)
+    if None in made or any(a >= b for a, b in zip(made, made[1:])) or singles != 256 or len(vocab) != 256 + len(made):
+        return None
+    try:
+        return tiktoken.Encoding("lmtrain", pat_str=split["pattern"]["Regex"], special_tokens={},
+                                 mergeable_ranks={bytes(byte_of[c] for c in token): i for token, i in vocab.items()})
+    except ValueError:  # a pattern tiktoken's regex engine does not take
+        return None
 
 
 def training_record(directory: str | Path) -> dict:
@@ -332,7 +416,7 @@ def _serial_merges() -> Iterator[Callable[[Iterator[list[str]]], Iterator[list[s
     the trainer reads the text (pre-tokenizes and counts words) in parallel, and once the corpus
     iterator is exhausted, before the merges begin, parallelism is turned off (`tokenizers` reads
     TOKENIZERS_PARALLELISM each time it could go parallel). Yields a wrapper for the corpus iterator."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     before = os.environ.get("TOKENIZERS_PARALLELISM")
 
     def switch(batches: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -403,9 +487,12 @@ def _reuse(directory: Path, model_max_length: int) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _bytes_per_token(encoder: Tokenizer, texts: list[str]) -> float | None:
+def _bytes_per_token(encoder: CorpusEncoder, texts: list[str]) -> float | None:
     if not texts:
         return None
-    encodings = encoder.encode_batch_fast(texts, add_special_tokens=False)
-    num_tokens = sum(len(e.ids) for e in encodings)
+    num_tokens = sum(map(len, encoder.encode_batch(texts)))
     return round(sum(len(t.encode("utf-8")) for t in texts) / num_tokens, 3)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

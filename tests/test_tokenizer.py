@@ -2,19 +2,21 @@ import hashlib
 import json
 import os
 import random
+import sysconfig
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from lmtrain.config import load_recipe  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
 from lmtrain import tokenization  # noqa: E402
 from lmtrain.tokenization import (  # noqa: E402
-    SPECIAL_TOKENS, corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_bpe, train_tokenizer, training_record)
+    SPECIAL_TOKENS, SPOT_CHECK_EVERY, CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_bpe, train_tokenizer, training_record)
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. It's 2024; numbers like 3.14159 and 1,000,000 appear.\n"
 CHINESE = "机器学习是人工智能的一个分支。我们用大量文本训练语言模型，然后评估它的表现。\n"
@@ -130,9 +132,77 @@ def test_digits_are_split_one_by_one(trained):
 
 def test_corpus_encoder_treats_special_token_strings_as_text(trained):
     encoder = corpus_encoder(trained.tokenizer.dir)
-    ids = encoder.encode("a <|endoftext|> b", add_special_tokens=False).ids
+    [ids] = encoder.encode_batch(["a <|endoftext|> b"])
     assert 0 not in ids and len(ids) > 3
-    assert encoder.decode(ids) == "a <|endoftext|> b"
+    assert encoder.reference.decode(ids) == "a <|endoftext|> b"
+
+
+def reference_ids(tokenizer_json: Path, texts: list[str]) -> list[list[int]]:
+    """What `tokenizers` itself gives, special-token strings encoded as text."""
+    reference = Tokenizer.from_file(str(tokenizer_json))
+    reference.encode_special_tokens = True
+    return [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)]
+
+
+def stdlib_and_cjk_texts() -> list[str]:
+    """Real text every machine has: standard-library sources, and its CJK codec test texts where installed."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(root.glob("*.py"))[:150] + sorted((root / "test" / "cjkencodings").glob("*-utf8.txt"))
+    return [p.read_text(encoding="utf-8", errors="replace") for p in paths]
+
+
+@pytest.fixture(scope="module")
+def larger_tokenizer(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A 4,096-token tokenizer trained on half of stdlib_and_cjk_texts(), and the other half."""
+    texts = stdlib_and_cjk_texts()
+    path = tmp_path_factory.mktemp("tok4k") / "tokenizer.json"
+    train_bpe([texts[::2]], vocab_size=4096, min_frequency=2).save(str(path))
+    return path, texts[1::2]
+
+
+def test_corpus_encoder_gives_exactly_the_ids_of_tokenizers(larger_tokenizer):
+    """tiktoken's BPE, used for speed, must encode as `tokenizers` does: on held-out real text, the
+    round-trip cases and random Unicode, with and without the spot check noticing anything."""
+    path, held_out = larger_tokenizer
+    rng = random.Random(0)
+    planes = [(0x0, 0x2FF), (0x3000, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF)]
+    random_texts = ["".join(chr(rng.randint(*rng.choice(planes))) for _ in range(300)) for _ in range(50)]
+    texts = held_out + list(ROUND_TRIP_CASES.values()) + random_texts
+    encoder = CorpusEncoder(path)
+    assert encoder.library == "tiktoken"
+    assert encoder.encode_batch(texts) == reference_ids(path, texts)
+    assert encoder.stats() == {"library": "tiktoken", "spot_checked_documents": len(texts[::SPOT_CHECK_EVERY]),
+                               "fell_back_to_tokenizers_at": None}
+    assert sum(map(len, reference_ids(path, held_out))) > 100_000
+
+
+def test_corpus_encoder_falls_back_to_tokenizers_at_the_first_difference(larger_tokenizer, capsys):
+    path, held_out = larger_tokenizer
+    encoder = CorpusEncoder(path)
+    fast = encoder.fast
+
+    class Differing:  # a tiktoken that disagrees on the first document of every batch
+        def encode_ordinary_batch(self, texts, num_threads):
+            ids = fast.encode_ordinary_batch(texts, num_threads=num_threads)
+            return [ids[0][::-1], *ids[1:]]
+
+    encoder.fast = Differing()
+    first, second = held_out[:10], held_out[10:20]
+    assert encoder.encode_batch(first) == reference_ids(path, first)
+    assert encoder.encode_batch(second) == reference_ids(path, second)
+    assert encoder.fast is None and encoder.stats()["fell_back_to_tokenizers_at"] == first[0][:200]
+    assert "encoding this batch and the rest with tokenizers" in capsys.readouterr().err
+
+
+def test_tiktoken_is_used_only_for_this_projects_design(larger_tokenizer):
+    path, _ = larger_tokenizer
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    assert tokenization._tiktoken_encoding(spec) is not None
+    with_normalizer = spec | {"normalizer": {"type": "NFC"}}
+    merges = spec["model"]["merges"]
+    second_merge = spec | {"model": spec["model"] | {"merges": [*merges, merges[-1]]}}  # two merges make one token
+    for other in (with_normalizer, second_merge, spec | {"model": spec["model"] | {"byte_fallback": True}}):
+        assert tokenization._tiktoken_encoding(other) is None
 
 
 def test_fingerprint_is_sha256_of_tokenizer_json(trained):
