@@ -26,6 +26,7 @@ as the data pipeline), so validation text is held out and gives an honest bytes/
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -93,7 +94,7 @@ SERIAL_TRAINING_MAX_CORES = 2
 hand work over at every merge, which costs more than it gains there (measured on 2 cores: 0.41 s
 against 0.76 s for the benchmark's 8.4 MB), while reading the text gains from both (0.87 s against
 1.32 s). With more cores, `tokenizers` parallelizes everything as usual."""
-SPOT_CHECK_EVERY = 64
+SPOT_CHECK_EVERY = 256
 """CorpusEncoder also encodes one document in this many with `tokenizers`, to compare."""
 
 
@@ -194,6 +195,7 @@ class CorpusEncoder:
         self.spot_checked = 0
         self.first_difference: str | None = None
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-encoder")
+        self._workers = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tiktoken")
 
     def submit(self, texts: list[str]) -> Future[list[list[int]]]:
         """encode_batch in a background thread; one batch at a time, in the order submitted."""
@@ -201,7 +203,7 @@ class CorpusEncoder:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self.fast is not None:
-            ids = self.fast.encode_ordinary_batch(texts, num_threads=self.threads)
+            ids = self._fast_ids(texts)
             checked = texts[::SPOT_CHECK_EVERY]
             self.spot_checked += len(checked)
             for text, fast, reference in zip(checked, ids[::SPOT_CHECK_EVERY], self._reference(checked)):
@@ -219,9 +221,29 @@ class CorpusEncoder:
         return {"library": self.library, "spot_checked_documents": self.spot_checked,
                 "fell_back_to_tokenizers_at": self.first_difference}
 
+    def _fast_ids(self, texts: list[str]) -> list[list[int]]:
+        # Contiguous slices of about equal size, a few per thread for balance, each encoded text by text:
+        # tiktoken's own encode_ordinary_batch hands each text to a thread pool, which costs more than
+        # encoding a short one (measured on 7,766 Chinese reviews: 0.53 s against 0.16 s this way).
+        encode = self.fast.encode_ordinary
+        slices = _slices_of_equal_size(texts, self.threads * 4)
+        return list(itertools.chain.from_iterable(self._workers.map(lambda part: [encode(t) for t in part], slices)))
+
     def _reference(self, texts: list[str]) -> list[list[int]]:
         # encode_batch_fast runs on all cores and skips computing character offsets.
         return [e.ids for e in self.reference.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def _slices_of_equal_size(texts: list[str], count: int) -> list[list[str]]:
+    """`texts` cut into `count` contiguous slices of about equal total length (some may be empty): each
+    text goes to the slice in which its middle character falls."""
+    if not texts:
+        return []
+    lengths = list(map(len, texts))
+    middles = [end - length / 2 for end, length in zip(itertools.accumulate(lengths), lengths)]
+    total = sum(lengths)
+    cuts = [0, *(bisect.bisect_left(middles, total * k / count) for k in range(1, count)), len(texts)]
+    return [texts[start:end] for start, end in zip(cuts, cuts[1:])]
 
 
 def _tiktoken_encoding(spec: dict) -> tiktoken.Encoding | None:

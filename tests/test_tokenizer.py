@@ -181,17 +181,27 @@ def test_corpus_encoder_falls_back_to_tokenizers_at_the_first_difference(larger_
     encoder = CorpusEncoder(path)
     fast = encoder.fast
 
-    class Differing:  # a tiktoken that disagrees on the first document of every batch
-        def encode_ordinary_batch(self, texts, num_threads):
-            ids = fast.encode_ordinary_batch(texts, num_threads=num_threads)
-            return [ids[0][::-1], *ids[1:]]
+    first, second = held_out[:10], held_out[10:20]
+
+    class Differing:  # a tiktoken that disagrees on the first document, which the spot check sees
+        def encode_ordinary(self, text):
+            return fast.encode_ordinary(text)[::-1] if text == first[0] else fast.encode_ordinary(text)
 
     encoder.fast = Differing()
-    first, second = held_out[:10], held_out[10:20]
     assert encoder.encode_batch(first) == reference_ids(path, first)
     assert encoder.encode_batch(second) == reference_ids(path, second)
     assert encoder.fast is None and encoder.stats()["fell_back_to_tokenizers_at"] == first[0][:200]
     assert "encoding this batch and the rest with tokenizers" in capsys.readouterr().err
+
+
+def test_texts_are_cut_into_contiguous_slices_of_about_equal_size():
+    texts = [chr(ord("a") + i) * n for i, n in enumerate([5, 1, 1, 1, 10, 1, 1, 0, 1, 3, 2, 8])]
+    slices = tokenization._slices_of_equal_size(texts, 4)
+    assert len(slices) == 4 and [t for part in slices for t in part] == texts
+    # 34 characters, 8.5 a slice: the 10-character text gets a slice of its own.
+    assert [sum(map(len, part)) for part in slices] == [8, 10, 8, 8]
+    assert tokenization._slices_of_equal_size([], 4) == []
+    assert [t for part in tokenization._slices_of_equal_size(["", ""], 3) for t in part] == ["", ""]
 
 
 def test_tiktoken_is_used_only_for_this_projects_design(larger_tokenizer):
