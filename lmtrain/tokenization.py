@@ -36,8 +36,8 @@ import os
 import sys
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,7 @@ class CorpusEncoder:
     strings in the text (say, a web page quoting "<|endoftext|>") are encoded as plain text, so only
     the pipeline itself places eos between documents.
 
-    For a tokenizer of this project's design the ids come from tiktoken's BPE, 3-4× faster than
+    For a tokenizer of this project's design the ids come from tiktoken's BPE, 2-4× faster than
     `tokenizers` on 2 cores (benchmarks/README.md): both split with the same regex and apply the
     lowest-ranked merge first, and `_tiktoken_encoding` accepts only a merge list in which each token
     is made by exactly one merge, in id order, so ranks and merge order agree. As a guard against any
