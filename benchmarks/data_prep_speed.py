@@ -6,8 +6,8 @@ Same corpus, same tokenizer (byte-level BPE, 8,192 tokens, trained on the corpus
 cores, documents already cleaned and in memory; each way runs ROUNDS times in turn and its
 fastest run counts (shared machines are noisy):
 - raw limit: the tokenizer's own batch encoding (`tokenizers`' `encode_batch_fast`), no I/O, nothing kept;
-- tiktoken limit: the same, with the encoder this pipeline uses (tiktoken's BPE, checked to give the
-  same ids; lmtrain.tokenization.CorpusEncoder), the limit of this pipeline;
+- tiktoken limit: the encoder this pipeline uses (lmtrain.tokenization.CorpusEncoder: tiktoken's BPE on
+  the same merges, giving the same ids) alone, without its spot check: the limit of this pipeline;
 - run_clm: a faithful reimplementation of transformers' examples/pytorch/language-modeling/run_clm.py
   data path: `Dataset.map(tokenize, batched=True)` then `Dataset.map(group_texts, batched=True)`;
 - this pipeline: lmtrain.data's tokenize and pack stage (tokenized_documents -> SplitWriter),
@@ -88,8 +88,7 @@ def main() -> None:
             runs.append((
                 raw_limit(texts, args.batch_size, lambda batch: [
                     e.ids for e in encoder.reference.encode_batch_fast(batch, add_special_tokens=False)]),
-                raw_limit(texts, args.batch_size,
-                          lambda batch: encoder.fast.encode_ordinary_batch(batch, num_threads=encoder.threads)),
+                raw_limit(texts, args.batch_size, encoder.fast_ids),
                 run_clm_way(texts, recipe.tokenizer.dir, args.batch_size, tmp / f"clm_{round_}"),
                 this_pipeline(texts, recipe.tokenizer.dir, eos_id, args.batch_size, tmp / f"ours_{round_}")))
         (raw_tokens, raw_s), (tk_tokens, tk_s), (clm_tokens, clm_s), (ours_tokens, ours_s) = (
@@ -100,7 +99,7 @@ def main() -> None:
         rss_4x = peak_rss(write_recipe(tmp, corpus_4x, "4x"))
 
     rates = {"raw limit (tokenizers encode_batch_fast)": raw_tokens / raw_s,
-             "tiktoken limit (encode_ordinary_batch)": tk_tokens / tk_s,
+             "tiktoken limit (CorpusEncoder.fast_ids)": tk_tokens / tk_s,
              "run_clm way (map tokenize + group_texts)": clm_tokens / clm_s,
              "this pipeline (tokenize + pack + write)": ours_tokens / ours_s}
     print(f"\n{'tokenize + pack (fastest of ' + str(ROUNDS) + ')':<44}{'seconds':>10}{'tokens/s':>14}")
@@ -186,8 +185,8 @@ def run_clm_way(texts: list[str], tokenizer_dir: str, batch_size: int, cache: Pa
 
 def this_pipeline(texts: list[str], tokenizer_dir: str, eos_id: int, batch_size: int, out: Path) -> tuple[int, float]:
     out.mkdir()
+    encoder = corpus_encoder(tokenizer_dir)  # loaded before the clock starts, as run_clm_way's tokenizer
     start = time.perf_counter()
-    encoder = corpus_encoder(tokenizer_dir)
     writers = {split: SplitWriter(out / f"{split}.arrow", SEQ_LEN, eos_id, False, batch_size) for split in SPLITS}
     tokens = 0
     for validation, ids in tokenized_documents(iter(texts), encoder, batch_size, 0.02):

@@ -121,17 +121,12 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
 
 def tokenized_documents(documents: Iterator[str], encoder: CorpusEncoder, batch_size: int,
                         validation_fraction: float) -> Iterator[tuple[bool, list[int]]]:
-    """(is validation, token ids) per document. The encoder works on a batch in the background
-    (on all cores, without the GIL) while the next batch is read and cleaned and the previous one packed."""
-    batch = list(islice(documents, batch_size))
-    encoding = encoder.submit(batch)
-    while batch:
-        next_batch = list(islice(documents, batch_size))
-        ids = encoding.result()
-        encoding = encoder.submit(next_batch)
-        for text, doc_ids in zip(batch, ids):
-            yield is_validation_document(text, validation_fraction), doc_ids
-        batch = next_batch
+    """(is validation, token ids) per document, encoded a batch at a time on all cores. No batch is
+    read ahead: with several sources, which copy of a cross-source duplicate is kept, and the
+    documents each source reports read, follow the order the mixture takes documents in."""
+    while batch := list(islice(documents, batch_size)):
+        for text, ids in zip(batch, encoder.encode_batch(batch)):
+            yield is_validation_document(text, validation_fraction), ids
 
 
 class SplitWriter:

@@ -37,7 +37,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -178,32 +178,29 @@ class CorpusEncoder:
     strings in the text (say, a web page quoting "<|endoftext|>") are encoded as plain text, so only
     the pipeline itself places eos between documents.
 
-    For a tokenizer of this project's design the ids come from tiktoken's BPE, 2-4× faster than
-    `tokenizers` on 2 cores (benchmarks/README.md): both split with the same regex and apply the
-    lowest-ranked merge first, and `_tiktoken_encoding` accepts only a merge list in which each token
-    is made by exactly one merge, in id order, so ranks and merge order agree. As a guard against any
-    difference between the libraries (regex engines, Unicode tables), one document in SPOT_CHECK_EVERY
-    is also encoded by `tokenizers` and compared; at the first difference that batch and every later
-    one are encoded by `tokenizers`, and `stats()` (in the data manifest) says so."""
+    For a tokenizer of this project's design the ids come from tiktoken's BPE on the same merges, 3-4×
+    faster than `tokenizers` on 2 cores (benchmarks/README.md). The two agree when the split regex
+    is the same (SPLIT_PATTERN: checked code point by code point between the two regex engines) and
+    applying the lowest-ranked adjacent pair first gives what applying the merge list in order gives.
+    That holds for merge lists the BPE trainer learns, but it is not implied by their shape, so it is
+    checked, not assumed: `_tiktoken_encoding` accepts only a merge list in which each token is made by
+    one merge, in id order, and on which both encode every vocabulary token's text alike; during a run,
+    one document in SPOT_CHECK_EVERY is also encoded by `tokenizers`, and at the first difference that
+    batch and all later ones are encoded by `tokenizers` (the data manifest counts both)."""
 
     def __init__(self, tokenizer_json: Path):
         self.reference = Tokenizer.from_file(str(tokenizer_json))
         self.reference.encode_special_tokens = True
-        self.fast = _tiktoken_encoding(json.loads(tokenizer_json.read_text(encoding="utf-8")))
-        self.library = "tiktoken" if self.fast else "tokenizers"
+        self.fast = _tiktoken_encoding(json.loads(tokenizer_json.read_text(encoding="utf-8")), self.reference)
         self.threads = _cores()
+        self._workers = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tiktoken")
+        self.documents = Counter()
         self.spot_checked = 0
         self.first_difference: str | None = None
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-encoder")
-        self._workers = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tiktoken")
-
-    def submit(self, texts: list[str]) -> Future[list[list[int]]]:
-        """encode_batch in a background thread; one batch at a time, in the order submitted."""
-        return self._background.submit(self.encode_batch, texts)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self.fast is not None:
-            ids = self._fast_ids(texts)
+            ids = self.fast_ids(texts)
             checked = texts[::SPOT_CHECK_EVERY]
             self.spot_checked += len(checked)
             for text, fast, reference in zip(checked, ids[::SPOT_CHECK_EVERY], self._reference(checked)):
@@ -214,20 +211,25 @@ class CorpusEncoder:
                           "encoding this batch and the rest with tokenizers", file=sys.stderr)
                     break
             else:
+                self.documents["tiktoken"] += len(texts)
                 return ids
+        self.documents["tokenizers"] += len(texts)
         return self._reference(texts)
 
-    def stats(self) -> dict:
-        return {"library": self.library, "spot_checked_documents": self.spot_checked,
-                "fell_back_to_tokenizers_at": self.first_difference}
-
-    def _fast_ids(self, texts: list[str]) -> list[list[int]]:
+    def fast_ids(self, texts: list[str]) -> list[list[int]]:
+        """tiktoken's ids with no spot check (encode_batch checks them)."""
         # Contiguous slices of about equal size, a few per thread for balance, each encoded text by text:
         # tiktoken's own encode_ordinary_batch hands each text to a thread pool, which costs more than
         # encoding a short one (measured on 7,766 Chinese reviews: 0.53 s against 0.16 s this way).
         encode = self.fast.encode_ordinary
         slices = _slices_of_equal_size(texts, self.threads * 4)
         return list(itertools.chain.from_iterable(self._workers.map(lambda part: [encode(t) for t in part], slices)))
+
+    def stats(self) -> dict:
+        """Documents encoded by each library, how many were spot-checked, and the start of the document
+        that first differed (None if none did)."""
+        return {"documents": dict(self.documents), "spot_checked_documents": self.spot_checked,
+                "fell_back_to_tokenizers_at": self.first_difference}
 
     def _reference(self, texts: list[str]) -> list[list[int]]:
         # encode_batch_fast runs on all cores and skips computing character offsets.
@@ -246,10 +248,12 @@ def _slices_of_equal_size(texts: list[str], count: int) -> list[list[str]]:
     return [texts[start:end] for start, end in zip(cuts, cuts[1:])]
 
 
-def _tiktoken_encoding(spec: dict) -> tiktoken.Encoding | None:
+def _tiktoken_encoding(spec: dict, reference: Tokenizer) -> tiktoken.Encoding | None:
     """tiktoken's BPE for a saved tokenizer.json of this project's design, or None for any other:
-    no normalizer, the split regex then the byte-level mapping, plain BPE whose merges each make a
-    new token in id order (so that tiktoken's ranks are the merge order), only special added tokens."""
+    no normalizer, SPLIT_PATTERN then the byte-level mapping, plain BPE whose merges each make a new
+    token in id order (so that tiktoken's ranks are the merge order), only special added tokens, and
+    every vocabulary token's text encoded alike by tiktoken and `reference` (tiktoken takes a piece
+    that is a whole token as that token; `tokenizers` only if its merges build it)."""
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
     if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
@@ -257,9 +261,9 @@ def _tiktoken_encoding(spec: dict) -> tiktoken.Encoding | None:
             or model.get("ignore_merges") or len(steps) != 2 or any(not t["special"] for t in spec["added_tokens"])):
         return None
     split, byte_level = steps
-    if not (split["type"] == "Split" and "Regex" in split["pattern"] and split["behavior"] == "Isolated"
-            and not split["invert"] and byte_level["type"] == "ByteLevel" and not byte_level["use_regex"]
-            and not byte_level["add_prefix_space"]):
+    if not (split["type"] == "Split" and split["pattern"].get("Regex") == SPLIT_PATTERN
+            and split["behavior"] == "Isolated" and not split["invert"] and byte_level["type"] == "ByteLevel"
+            and not byte_level["use_regex"] and not byte_level["add_prefix_space"]):
         return None
     byte_of = {symbol: b for b, symbol in enumerate(_byte_symbols())}
     special = {t["content"] for t in spec["added_tokens"]}
@@ -270,11 +274,14 @@ def _tiktoken_encoding(spec: dict) -> tiktoken.Encoding | None:
     singles = sum(len(token) == 1 for token in vocab)
     if None in made or any(a >= b for a, b in zip(made, made[1:])) or singles != 256 or len(vocab) != 256 + len(made):
         return None
-    try:
-        return tiktoken.Encoding("lmtrain", pat_str=split["pattern"]["Regex"], special_tokens={},
-                                 mergeable_ranks={bytes(byte_of[c] for c in token): i for token, i in vocab.items()})
-    except ValueError:  # a pattern tiktoken's regex engine does not take
-        return None
+    ranks = {bytes(byte_of[c] for c in token): i for token, i in vocab.items()}
+    encoding = tiktoken.Encoding("lmtrain", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    texts = []
+    for token in ranks:
+        with contextlib.suppress(UnicodeDecodeError):  # a token holding part of a character has no text
+            texts.append(token.decode("utf-8"))
+    expected = [e.ids for e in reference.encode_batch_fast(texts, add_special_tokens=False)]
+    return encoding if [encoding.encode_ordinary(text) for text in texts] == expected else None
 
 
 def training_record(directory: str | Path) -> dict:
