@@ -23,8 +23,8 @@ from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe
 from lmtrain.export import export_model
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (base_fingerprint, check_base_model, load_base_tokenizer, make_trainable, resolved,
-                                say)
+from lmtrain.finetuning import (base_dtype, base_fingerprint, check_base_model, load_base_tokenizer, make_trainable,
+                                resolved, say)
 from lmtrain.metrics import load_metric
 from lmtrain.model import check_attn_implementation
 from lmtrain.trainer import Task, eval_shard, to_device
@@ -139,7 +139,7 @@ class ClassifyTask(Task):
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolved(r.base_model), num_labels=len(self.labels), id2label=dict(enumerate(self.names)),
-                label2id={name: i for i, name in enumerate(self.names)}, pad_token_id=self.pad_id, dtype=torch.float32,
+                label2id={name: i for i, name in enumerate(self.names)}, pad_token_id=self.pad_id, dtype=base_dtype(r),
                 attn_implementation=r.model.attn_implementation)
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -17,6 +17,7 @@ from accelerate import PartialState
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from lmtrain.distributed import resolve_precision
 from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneRecipe, FreezeConfig, LoraConfig
 from lmtrain.generation import ADAPTER_CONFIG, is_adapter_dir
@@ -94,6 +95,16 @@ def resolved(path: str) -> str:
 # ---------------------------------------------------------------------------- what is trained
 
 
+def base_dtype(recipe: FinetuneRecipe) -> torch.dtype:
+    """The dtype to load the base model in. With LoRA in bf16 training, bf16: the frozen base is computed
+    in bf16 under autocast either way, and holding it in bf16 halves its memory (a 7B base: 14 GB instead
+    of 28); make_trainable keeps what trains (adapters, a classification head) in fp32. Otherwise fp32,
+    the master copy of weights that train (DeepSpeed keeps its own)."""
+    if recipe.lora.enabled and resolve_precision(recipe.train.precision) == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
 def make_trainable(model: torch.nn.Module, recipe: FinetuneRecipe, head: torch.nn.Module) -> torch.nn.Module:
     """The loaded model as the recipe trains it: activation checkpointing, freezing, LoRA; says what trains."""
     if recipe.model.gradient_checkpointing:
@@ -103,7 +114,10 @@ def make_trainable(model: torch.nn.Module, recipe: FinetuneRecipe, head: torch.n
         if recipe.model.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
         model = apply_lora(model, recipe.lora, recipe.task)
-    say(describe_trainable(model, frozen, recipe.lora))
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()  # over a bf16 base (base_dtype), what trains stays fp32
+    say(describe_trainable(model, frozen, recipe.lora) + f" | base weights {str(base_dtype(recipe)).split('.')[-1]}")
     return model
 
 

@@ -28,8 +28,8 @@ from lmtrain.errors import UserError
 from lmtrain.finetune_config import FinetuneDataConfig, FinetuneRecipe
 from lmtrain.export import export_model
 from lmtrain.finetune_data import Record, RecordProblems, load_splits
-from lmtrain.finetuning import (base_fingerprint, check_base_model, load_base_tokenizer, make_trainable, resolved,
-                                say)
+from lmtrain.finetuning import (base_dtype, base_fingerprint, check_base_model, load_base_tokenizer, make_trainable,
+                                resolved, say)
 from lmtrain.model import check_attn_implementation
 from lmtrain.packing import IGNORE_INDEX
 from lmtrain.tokenization import CHAT_TOKENS
@@ -298,7 +298,7 @@ class SftTask(Task):
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
         check_attn_implementation(r.model.attn_implementation)
-        model = AutoModelForCausalLM.from_pretrained(resolved(r.base_model), dtype=torch.float32,
+        model = AutoModelForCausalLM.from_pretrained(resolved(r.base_model), dtype=base_dtype(r),
                                                      attn_implementation=r.model.attn_implementation)
         if self.added_tokens:
             model.resize_token_embeddings(len(self.tokenizer))

@@ -359,6 +359,31 @@ def test_lora_train_merge_export_reload_gives_the_adapter_logits(base, tmp_path)
     assert merge_adapter(adapter, merged_dir, overwrite=True) == merged_dir
 
 
+@pytest.mark.parametrize("task", ["sft", "classify"])
+def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(base, tmp_path, monkeypatch, task):
+    from lmtrain import finetuning
+    from lmtrain.classify import ClassifyTask
+    from lmtrain.sft import SftTask
+    rows = sft_rows(24) if task == "sft" else classify_rows(24)
+    r = recipe(tmp_path, base, task, [write_jsonl(tmp_path / "train.jsonl", rows)], lora={"enabled": True, "r": 4})
+    assert finetuning.base_dtype(r) == torch.float32  # fp32 training here: nothing changes
+    monkeypatch.setattr(finetuning, "resolve_precision", lambda setting: "bf16")  # bf16 training, as on a GPU
+    assert finetuning.base_dtype(recipe(tmp_path, base, task, [tmp_path / "train.jsonl"])) == torch.float32  # no LoRA
+    model = (SftTask if task == "sft" else ClassifyTask)(r).build_model()
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert any("lora_A" in name for name in trainable)
+    assert task == "sft" or any("score" in name for name in trainable)  # the new head trains, in fp32
+    x = torch.randint(4, 500, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=x, labels=x if task == "sft" else torch.tensor([0, 1])).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable.values())
+    assert all(p.grad is None for p in frozen)
+
+
 # ---------------------------------------------------------------------------- bad input
 
 
