@@ -175,14 +175,17 @@ def largest_layer_params(config: LlamaConfig) -> int:
 def model_state_bytes(n_params: int, stage: int, world_size: int, dtype: str) -> tuple[float, float, float, float]:
     """(params, grads, optimizer states, fp32 step gradients) per GPU, for AdamW under ZeRO `stage`.
 
-    bf16 mixed precision, the ZeRO paper's (Rajbhandari et al. 2020) 2 + 2 + 12 bytes per parameter:
-    bf16 weights, bf16 gradients, fp32 master weights + Adam m + Adam v. Stage 1 partitions the 12 over
-    the world, stage 2 also the gradients, stage 3 also the weights. On top, DeepSpeed casts the
-    gradient partition to fp32 for the update (4 bytes per parameter of the optimizer partition, e.g.
-    `_prepare_fp32_grad_for_sub_group` in deepspeed/runtime/zero/stage3.py), which the paper leaves out.
+    bf16 mixed precision, 2 + 4 + 12 bytes per parameter: bf16 weights, gradients accumulated over the
+    micro-steps in fp32 (the shipped DeepSpeed configs set `data_types.grad_accum_dtype: fp32`; the
+    ZeRO paper's (Rajbhandari et al. 2020) 2 + 2 + 12 and DeepSpeed's default accumulate in bf16), fp32
+    master weights + Adam m + Adam v: the 18 bytes per parameter of DeepSpeed's own ZeRO-3 estimator.
+    Stage 1 partitions the 12 over the world, stage 2 also the gradients, stage 3 also the weights. On
+    top, DeepSpeed flattens the gradient partition into a new fp32 tensor for the update (4 bytes per
+    parameter of the optimizer partition, e.g. `_prepare_fp32_grad_for_sub_group` in
+    deepspeed/runtime/zero/stage3.py), which the paper and the estimator leave out.
     fp32 training: 4 + 4 + 8 (weights, gradients, m + v) and no cast."""
     shard = float(world_size)
-    params_b, grads_b, optim_b, step_b = (2, 2, 12, 4) if dtype == "bf16" else (4, 4, 8, 0)
+    params_b, grads_b, optim_b, step_b = (2, 4, 12, 4) if dtype == "bf16" else (4, 4, 8, 0)
     return (n_params * params_b / (shard if stage >= 3 else 1),
             n_params * grads_b / (shard if stage >= 2 else 1),
             n_params * optim_b / (shard if stage >= 1 else 1),
@@ -276,8 +279,8 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
         arithmetic.describe(),
         "",
         f"memory per GPU (GiB) at micro batch {recipe.train.micro_batch_size} x seq {seq_len}, "
-        + ("bf16 mixed precision (2 + 2 + 12 bytes/param, + 4 fp32 grad at the step)" if dtype == "bf16"
-           else "fp32 (4 + 4 + 8 bytes/param)"),
+        + ("bf16 mixed precision (2 + 4 + 12 bytes/param, gradients accumulated in fp32; + 4 fp32 grad at the step)"
+           if dtype == "bf16" else "fp32 (4 + 4 + 8 bytes/param)"),
         f"usable: {usable / GIB:.1f} of {cluster.gpu_memory_gb:g} GiB "
         f"({HEADROOM_FRACTION:.0%} for fragmentation and transients, {RESERVED_GIB:g} GiB for CUDA context and NCCL)",
         f"{'ZeRO':>4} {'ckpt':>4} {'params':>7} {'grads':>7} {'optim':>7} {'step':>7} {'gather':>7} "
