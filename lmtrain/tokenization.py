@@ -180,7 +180,7 @@ class CorpusEncoder:
 
     For a tokenizer of this project's design the ids come from tiktoken's BPE on the same merges, 3-4×
     faster than `tokenizers` on 2 cores (benchmarks/README.md). The two agree when the split regex
-    is the same (SPLIT_PATTERN: checked code point by code point between the two regex engines) and
+    is the same (SPLIT_PATTERN, which both regex engines split alike on every code point: benchmarks/README.md) and
     applying the lowest-ranked adjacent pair first gives what applying the merge list in order gives.
     That holds for merge lists the BPE trainer learns, but it is not implied by their shape, so it is
     checked, not assumed: `_tiktoken_encoding` accepts only a merge list in which each token is made by
