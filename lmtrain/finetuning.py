@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from lmtrain.distributed import resolve_precision
@@ -96,10 +97,11 @@ def resolved(path: str) -> str:
 
 
 def base_dtype(recipe: FinetuneRecipe) -> torch.dtype:
-    """The dtype to load the base model in. With LoRA in bf16 training, bf16: the frozen base is computed
-    in bf16 under autocast either way, and holding it in bf16 halves its memory (a 7B base: 14 GB instead
-    of 28); make_trainable keeps what trains (adapters, a classification head) in fp32. Otherwise fp32,
-    the master copy of weights that train (DeepSpeed keeps its own)."""
+    """The dtype to load the base model in. With LoRA in bf16 training, bf16: its matmuls run in bf16
+    under autocast either way, and holding it in bf16 halves its memory (a 7B base: 14 GB instead of
+    28), at the price of a bf16 residual stream and norms (fp32 with an fp32 base under autocast), the
+    usual trade-off of bf16 LoRA. make_trainable keeps what trains (adapters, a classification head)
+    in fp32. Otherwise fp32, the master copy of weights that train (DeepSpeed keeps its own)."""
     if recipe.lora.enabled and resolve_precision(recipe.train.precision) == "bf16":
         return torch.bfloat16
     return torch.float32
@@ -114,9 +116,12 @@ def make_trainable(model: torch.nn.Module, recipe: FinetuneRecipe, head: torch.n
         if recipe.model.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
         model = apply_lora(model, recipe.lora, recipe.task)
+        # Over a bf16 base (base_dtype) what trains stays fp32, under autocast. ZeRO-3 neither autocasts nor
+        # recasts a model built under zero.Init, so there it must match the base (DeepSpeed keeps fp32 masters).
+        trainable_dtype = base_dtype(recipe) if is_deepspeed_zero3_enabled() else torch.float32
         for param in model.parameters():
             if param.requires_grad:
-                param.data = param.data.float()  # over a bf16 base (base_dtype), what trains stays fp32
+                param.data = param.data.to(trainable_dtype)
     say(describe_trainable(model, frozen, recipe.lora) + f" | base weights {str(base_dtype(recipe)).split('.')[-1]}")
     return model
 

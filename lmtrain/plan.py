@@ -183,9 +183,10 @@ def model_state_bytes(n_params: int, stage: int, world_size: int, dtype: str) ->
     top, DeepSpeed flattens the gradient partition into a new fp32 tensor for the update (4 bytes per
     parameter of the optimizer partition, e.g. `_prepare_fp32_grad_for_sub_group` in
     deepspeed/runtime/zero/stage3.py), which the paper and the estimator leave out.
-    fp32 training: 4 + 4 + 8 (weights, gradients, m + v) and no cast."""
+    fp32 training, and stage 0 (plain DDP, no DeepSpeed: fp32 weights under autocast): 4 + 4 + 8
+    (weights, gradients, m + v) and no cast."""
     shard = float(world_size)
-    params_b, grads_b, optim_b, step_b = (2, 4, 12, 4) if dtype == "bf16" else (4, 4, 8, 0)
+    params_b, grads_b, optim_b, step_b = (2, 4, 12, 4) if dtype == "bf16" and stage > 0 else (4, 4, 8, 0)
     return (n_params * params_b / (shard if stage >= 3 else 1),
             n_params * grads_b / (shard if stage >= 2 else 1),
             n_params * optim_b / (shard if stage >= 1 else 1),

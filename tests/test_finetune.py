@@ -382,6 +382,10 @@ def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable.values())
     assert all(p.grad is None for p in frozen)
+    # ZeRO-3 does not autocast: there what trains matches the bf16 base, DeepSpeed holding the fp32 masters.
+    monkeypatch.setattr(finetuning, "is_deepspeed_zero3_enabled", lambda: True)
+    model = (SftTask if task == "sft" else ClassifyTask)(r).build_model()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------- bad input
