@@ -23,20 +23,20 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the recipe, base model and data; print what would be trained; train nothing")
     args = parser.parse_args()
-    from lmtrain.config import load_recipe
-    from lmtrain.finetune_config import FinetuneRecipe
+    from lmtrain.config.finetune import FinetuneRecipe
+    from lmtrain.config.recipe import load_recipe
     recipe = load_recipe(args.recipe, args.overrides, schema=FinetuneRecipe)
     if recipe.task == "sft":
-        from lmtrain.sft import SftTask as TaskClass
+        from lmtrain.finetune.sft import SftTask as TaskClass
     else:
-        from lmtrain.classify import ClassifyTask as TaskClass
+        from lmtrain.finetune.classify import ClassifyTask as TaskClass
     task = TaskClass(recipe)
     if args.dry_run:
-        from lmtrain.config import recipe_to_yaml
+        from lmtrain.config.recipe import recipe_to_yaml
         print(recipe_to_yaml(recipe))
         print(task.describe())
         return
-    from lmtrain.trainer import fit
+    from lmtrain.training.loop import fit
     fit(recipe, task)  # its last line names the best step when train.best_metric is set
 
 
@@ -50,7 +50,7 @@ def merge(argv: list[str]) -> None:
     parser.add_argument("--base", help="the base model directory (default: the one recorded in the adapter)")
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists and is not empty")
     args = parser.parse_args(argv)
-    from lmtrain.finetuning import merge_adapter
+    from lmtrain.finetune.base import merge_adapter
     out = merge_adapter(args.adapter_dir, args.out_dir, args.base, args.overwrite)
     print(f"merged {args.adapter_dir} into its base model → {out} (load it with AutoModelForCausalLM / "
           "AutoModelForSequenceClassification)")

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lmtrain.errors import UserError
-    from lmtrain.generation import SamplingSettings, model_kind
+    from lmtrain.inference.generation import SamplingSettings, model_kind
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.input and (args.prompt or args.prompts_file):
@@ -58,7 +58,7 @@ def main() -> None:
         return batch(args, settings)
     if args.chat:
         return chat(args, settings)
-    from lmtrain.generation import generate_texts, load_model, read_prompts
+    from lmtrain.inference.generation import generate_texts, load_model, read_prompts
     prompts = read_prompts(args.prompt, args.prompts_file)
     model, tokenizer = load_model(args.model_dir, args.base)
     for prompt, completion in zip(prompts, generate_texts(model, tokenizer, prompts, settings)):
@@ -66,7 +66,7 @@ def main() -> None:
 
 
 def chat(args, settings) -> None:
-    from lmtrain.generation import chat_loop, load_model, read_prompts, require_chat_template, stream_reply
+    from lmtrain.inference.generation import chat_loop, load_model, read_prompts, require_chat_template, stream_reply
     model, tokenizer = load_model(args.model_dir, args.base)
     require_chat_template(tokenizer, args.model_dir)
     if not (args.prompt or args.prompts_file):
@@ -85,7 +85,7 @@ def chat(args, settings) -> None:
 
 
 def batch(args, settings) -> None:
-    from lmtrain.generation import generate_batch, load_model, read_jsonl, write_jsonl
+    from lmtrain.inference.generation import generate_batch, load_model, read_jsonl, write_jsonl
     records = read_jsonl(args.input, ("prompt", "messages"))
     model, tokenizer = load_model(args.model_dir, args.base)
     rows = generate_batch(model, tokenizer, records, settings, args.model_dir, args.chat, args.batch_size)
@@ -96,7 +96,7 @@ def batch(args, settings) -> None:
 
 def classify(args) -> None:
     from lmtrain.errors import UserError
-    from lmtrain.generation import classify_texts, load_classifier, read_jsonl, read_prompts, write_jsonl
+    from lmtrain.inference.generation import classify_texts, load_classifier, read_jsonl, read_prompts, write_jsonl
     if args.chat:
         raise UserError(f"{args.model_dir}: a classification model cannot chat; pass texts with "
                         "--prompt/--prompts-file/--input to get labels")

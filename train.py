@@ -10,7 +10,7 @@ The tokenizer and the packed data come first (same recipe):
 """
 
 from lmtrain.cli import recipe_parser, run
-from lmtrain.config import load_recipe
+from lmtrain.config.recipe import load_recipe
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
         from lmtrain.plan import Cluster, plan_report
         print(plan_report(recipe, Cluster(args.nodes, args.gpus_per_node, args.gpu_memory_gb, args.gpu_kind, args.mfu)))
         return
-    from lmtrain.distributed import launch_world_size
+    from lmtrain.training.distributed import launch_world_size
     if args.dry_run:
         from lmtrain.plan import dry_run_report
         print(dry_run_report(recipe, launch_world_size()))
         return
-    from lmtrain.pretraining import PretrainTask
-    from lmtrain.trainer import fit
+    from lmtrain.training.loop import fit
+    from lmtrain.training.pretrain import PretrainTask
     fit(recipe, PretrainTask(recipe))
 
 

@@ -10,7 +10,7 @@ fastest run counts (shared machines are noisy):
   the same merges, giving the same ids) alone, without its spot check: the limit of this pipeline;
 - run_clm: a faithful reimplementation of transformers' examples/pytorch/language-modeling/run_clm.py
   data path: `Dataset.map(tokenize, batched=True)` then `Dataset.map(group_texts, batched=True)`;
-- this pipeline: lmtrain.data's tokenize and pack stage (tokenized_documents -> SplitWriter),
+- this pipeline: lmtrain.data.prepare's tokenize and pack stage (tokenized_documents -> SplitWriter),
   writing packed Arrow blocks to disk.
 Then memory: peak RSS of the whole `prepare_data` (read, clean, tokenize, pack, save; dedup off,
 since the larger corpus is the same text 4 times) on the corpus and on 4 copies of it, each in a
@@ -32,28 +32,26 @@ import time
 from itertools import chain
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import yaml  # noqa: E402
 
-from lmtrain.cleaning import clean_text  # noqa: E402
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.corpus import python_stdlib_files  # noqa: E402
-from lmtrain.data import SPLITS, SplitWriter, tokenized_documents  # noqa: E402
-from lmtrain.tokenization import corpus_encoder, load_tokenizer, train_tokenizer  # noqa: E402
-from lmtrain.tokenizer_report import read_sample  # noqa: E402
+from lmtrain.config.recipe import load_recipe  # noqa: E402
+from lmtrain.corpus.cleaning import clean_text  # noqa: E402
+from lmtrain.corpus.sources import python_stdlib_files  # noqa: E402
+from lmtrain.data.prepare import SPLITS, SplitWriter, tokenized_documents  # noqa: E402
+from lmtrain.tokenizer.bpe import corpus_encoder, load_tokenizer, train_tokenizer  # noqa: E402
+from lmtrain.tokenizer.report import read_sample  # noqa: E402
 
 SEQ_LEN = 1024
 ROUNDS = 3
 VOCAB_SIZE = 8192
 PEAK_RSS_CHILD = """
 import json, resource, sys
-sys.path.insert(0, {root!r})
-from lmtrain.config import load_recipe
-from lmtrain.data import prepare_data
+from lmtrain.config.recipe import load_recipe
+from lmtrain.data.prepare import prepare_data
 manifest = prepare_data(load_recipe({recipe!r}))
 print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "seconds": manifest["seconds"], "tokens": sum(s["tokens"] for s in manifest["splits"].values())}}))
@@ -198,7 +196,7 @@ def this_pipeline(texts: list[str], tokenizer_dir: str, eos_id: int, batch_size:
 
 
 def peak_rss(recipe: Path) -> dict:
-    code = PEAK_RSS_CHILD.format(root=str(Path(__file__).resolve().parents[1]), recipe=str(recipe))
+    code = PEAK_RSS_CHILD.format(recipe=str(recipe))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

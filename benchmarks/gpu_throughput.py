@@ -13,7 +13,7 @@ hold the weights, gradients and AdamW states of all of them (18 bytes/parameter)
 how many. Per-layer throughput is what carries over to the full model sharded over GPUs, less
 ZeRO-3's communication; with fewer layers the LM head is a larger share of the work.
 
-MFU = tokens/s x model FLOPs per token (lmtrain.flops: PaLM's 6N + 12·L·H·Q·T, recomputation not
+MFU = tokens/s x model FLOPs per token (lmtrain.model.flops: PaLM's 6N + 12·L·H·Q·T, recomputation not
 counted) / the device's peak (datasheet bf16 for known GPUs, a measured matmul on CPU). Prints a table,
 then one JSON line with tokens_per_s_per_gpu, mfu and gpu for the faster mode, and every mode.
 Without a GPU it runs a tiny shape in fp32, as a check that the script works, not as a figure.
@@ -25,20 +25,18 @@ import argparse
 import gc
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.flops import flops_per_token, peak_flops_per_device  # noqa: E402
-from lmtrain.model import count_parameters, llama_config  # noqa: E402
+from lmtrain.config.recipe import load_recipe  # noqa: E402
+from lmtrain.model.flops import flops_per_token, peak_flops_per_device  # noqa: E402
+from lmtrain.model.llama import count_parameters, llama_config  # noqa: E402
 from lmtrain.plan import GIB, activation_bytes  # noqa: E402
 
 SEVEN_B = Path(__file__).resolve().parents[1] / "recipes/llama-7b/pretrain.yaml"
@@ -131,7 +129,7 @@ def measure(args: argparse.Namespace, device: torch.device, layers: int, checkpo
     peak_memory = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
     result = Result(checkpointing, layers, sum(p.numel() for p in model.parameters()), tokens_per_s, seconds,
                     model_flops / 1e12, model_flops / peak_flops, peak_memory)
-    del model, optimizer
+    model = optimizer = None  # frees them (the step closure holds the same cells)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

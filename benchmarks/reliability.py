@@ -217,7 +217,7 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 def _env(extra: dict | None = None) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("LMTRAIN_FAULT_NONFINITE_STEPS", None)
     env.pop("LMTRAIN_FAULT_KILL_DURING_SAVE_STEP", None)
     return {**env, **(extra or {})}

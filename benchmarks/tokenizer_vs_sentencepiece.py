@@ -27,20 +27,16 @@ import argparse
 import io
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import sentencepiece as spm  # noqa: E402
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 
-from lmtrain.corpus import is_validation_document, python_stdlib_files  # noqa: E402
-from lmtrain.tokenization import (  # noqa: E402
-    SPLIT_PATTERN, bpe_trainer, new_tokenizer, train_bpe)
-from lmtrain.tokenizer_report import BUILT_IN_CHINESE, python_prose, read_sample  # noqa: E402
+from lmtrain.corpus.sources import is_validation_document, python_stdlib_files  # noqa: E402
+from lmtrain.tokenizer.bpe import SPLIT_PATTERN, bpe_trainer, new_tokenizer, train_bpe  # noqa: E402
+from lmtrain.tokenizer.report import BUILT_IN_CHINESE, python_prose, read_sample  # noqa: E402
 
 VOCAB_SIZE = 8192
 HELD_OUT = 0.1

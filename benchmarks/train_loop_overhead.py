@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WAYS = ("bare", "ours", "hf_trainer")
@@ -112,7 +111,7 @@ def main() -> None:
 def run_all(root: Path, args: argparse.Namespace) -> None:
     import yaml
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LMTRAIN_FAULT_NONFINITE_STEPS", None)
@@ -261,9 +260,9 @@ def _load(recipe_path: str):
     import datasets
     from transformers import set_seed
 
-    from lmtrain.config import load_recipe
-    from lmtrain.model import build_model, llama_config
-    from lmtrain.tokenization import load_tokenizer
+    from lmtrain.config.recipe import load_recipe
+    from lmtrain.model.llama import build_model, llama_config
+    from lmtrain.tokenizer.bpe import load_tokenizer
 
     recipe = load_recipe(recipe_path)
     tok = load_tokenizer(recipe.tokenizer.dir)
@@ -277,7 +276,7 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
     import numpy as np
     import torch
 
-    from lmtrain.sampler import GlobalBatchSampler
+    from lmtrain.data.sampler import GlobalBatchSampler
 
     recipe, model, blocks = _load(args.recipe)
     t = recipe.train
@@ -306,7 +305,8 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
 
 def our_loop(args: argparse.Namespace, turns: Turns) -> None:
     """`python train.py RECIPE run_dir=...`, with a stop after each of the loop's log records."""
-    from lmtrain import pretraining, trainer
+    from lmtrain.training import loop as trainer
+    from lmtrain.training import pretrain as pretraining
 
     write, evaluate, save = trainer.MetricsLog.write, pretraining.PretrainTask.evaluate, trainer.save_checkpoint
 

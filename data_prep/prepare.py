@@ -6,14 +6,10 @@ Needs the recipe's tokenizer (python tokenizer/train_tokenizer.py RECIPE). Re-ru
 unchanged inputs reuses data.dir; see data.dir/manifest.json for what went in.
 """
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from lmtrain.cli import recipe_parser, run  # noqa: E402
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.data import prepare_data  # noqa: E402
+from lmtrain.cli import recipe_parser, run
+from lmtrain.config.recipe import load_recipe
+from lmtrain.data.prepare import prepare_data
 
 
 def main() -> None:

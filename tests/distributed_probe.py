@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from lmtrain.config import load_recipe
-from lmtrain.distributed import make_accelerator
-from lmtrain.model import build_model, llama_config
-from lmtrain.sampler import GlobalBatchSampler
+from lmtrain.config.recipe import load_recipe
+from lmtrain.data.sampler import GlobalBatchSampler
+from lmtrain.model.llama import build_model, llama_config
+from lmtrain.training.distributed import make_accelerator
 
 recipe_path, out_dir = sys.argv[1], Path(sys.argv[2])
 recipe = load_recipe(recipe_path, ["model.init_from="])

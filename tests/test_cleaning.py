@@ -3,8 +3,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from lmtrain.cleaning import clean_text  # noqa: E402
-from lmtrain.config import CleanConfig  # noqa: E402
+from lmtrain.config.recipe import CleanConfig  # noqa: E402
+from lmtrain.corpus.cleaning import clean_text  # noqa: E402
 
 ALL_OFF = CleanConfig(unicode_nfc=False, normalize_whitespace=False, drop_control_chars=False,
                       strip_html=False, lowercase=False, strip_punctuation=False)

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from lmtrain.config import Recipe, RecipeError, gradient_accumulation_steps, load_recipe, recipe_to_yaml
+from lmtrain.config.recipe import Recipe, RecipeError, gradient_accumulation_steps, load_recipe, recipe_to_yaml
 from tests.conftest import REPO_ROOT
 
 

@@ -11,9 +11,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from lmtrain.config import SourceConfig  # noqa: E402
-from lmtrain.corpus import (  # noqa: E402
-    CorpusStats, describe_source, python_stdlib_files, read_source, source_label)
+from lmtrain.config.recipe import SourceConfig  # noqa: E402
+from lmtrain.corpus.sources import CorpusStats, describe_source, python_stdlib_files, read_source, source_label  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lmtrain.config import RecipeError, load_recipe
+from lmtrain.config.recipe import RecipeError, load_recipe
 from tests.conftest import REPO_ROOT
 
 

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.data import prepare_data  # noqa: E402
+from lmtrain.config.recipe import load_recipe  # noqa: E402
+from lmtrain.data.prepare import prepare_data  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
-from lmtrain.tokenization import train_tokenizer  # noqa: E402
+from lmtrain.tokenizer.bpe import train_tokenizer  # noqa: E402
 from tests.test_dedup import HAN, WORDS, chinese, edit, english  # noqa: E402
 
 SEQ_LEN = 64

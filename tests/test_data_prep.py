@@ -15,10 +15,10 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.data import prepare_data  # noqa: E402
+from lmtrain.config.recipe import load_recipe  # noqa: E402
+from lmtrain.data.prepare import prepare_data  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
-from lmtrain.tokenization import load_tokenizer, train_tokenizer  # noqa: E402
+from lmtrain.tokenizer.bpe import load_tokenizer, train_tokenizer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEQ_LEN = 32

@@ -5,8 +5,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from lmtrain.config import DedupConfig  # noqa: E402
-from lmtrain.dedup import Deduplicator, MinHasher, lsh_bands  # noqa: E402
+from lmtrain.config.recipe import DedupConfig  # noqa: E402
+from lmtrain.corpus.dedup import Deduplicator, MinHasher, lsh_bands  # noqa: E402
 
 WORDS = ("river town bridge water market music square lamp evening spring snow mountain valley boat quay "
          "visitor walk current light stone house street garden window door table chair book letter").split()

@@ -19,10 +19,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from lmtrain.config import load_recipe
-from lmtrain.model import build_model, count_parameters, llama_config
-from lmtrain.sampler import GlobalBatchSampler
-from lmtrain.tokenization import load_tokenizer
+from lmtrain.config.recipe import load_recipe
+from lmtrain.data.sampler import GlobalBatchSampler
+from lmtrain.model.llama import build_model, count_parameters, llama_config
+from lmtrain.tokenizer.bpe import load_tokenizer
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.distributed

@@ -4,8 +4,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from lmtrain.config import QualityFilterConfig  # noqa: E402
-from lmtrain.filters import UNIT, filter_document  # noqa: E402
+from lmtrain.config.recipe import QualityFilterConfig  # noqa: E402
+from lmtrain.corpus.filters import UNIT, filter_document  # noqa: E402
 
 ON = QualityFilterConfig(enabled=True)
 

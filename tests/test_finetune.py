@@ -14,17 +14,22 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
-                          PreTrainedTokenizerFast)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
 
-from lmtrain.config import load_recipe
-from lmtrain.errors import UserError
-from lmtrain.finetune_config import FinetuneRecipe
-from lmtrain.finetune_data import Record
-from lmtrain.packing import IGNORE_INDEX
-from lmtrain.tokenization import EOS_TOKEN, PAD_TOKEN, RESERVED_TOKEN, bpe_trainer, new_tokenizer
-from tests.conftest import REPO_ROOT, run_cli
 from generate import main as generate_main  # the entry point, run in-process
+from lmtrain.config.finetune import FinetuneRecipe
+from lmtrain.config.recipe import load_recipe
+from lmtrain.corpus.records import Record
+from lmtrain.data.packing import IGNORE_INDEX
+from lmtrain.errors import UserError
+from lmtrain.tokenizer.bpe import EOS_TOKEN, PAD_TOKEN, RESERVED_TOKEN, bpe_trainer, new_tokenizer
+from tests.conftest import REPO_ROOT, run_cli
 
 VOCAB = ["cat", "dog", "horse", "cow", "apple", "pear", "banana", "grape", "hammer", "saw", "drill", "wrench"]
 CLASSES = {"animal": VOCAB[0:4], "fruit": VOCAB[4:8], "tool": VOCAB[8:12]}
@@ -111,12 +116,12 @@ def recipe(tmp_path: Path, base: Path, task: str, train_files: list[Path], **sec
 
 
 def fit_task(r: FinetuneRecipe):
-    from lmtrain.trainer import fit
+    from lmtrain.training.loop import fit
     if r.task == "sft":
-        from lmtrain.sft import SftTask
+        from lmtrain.finetune.sft import SftTask
         task = SftTask(r)
     else:
-        from lmtrain.classify import ClassifyTask
+        from lmtrain.finetune.classify import ClassifyTask
         task = ClassifyTask(r)
     return task, fit(r, task)
 
@@ -132,7 +137,7 @@ def evals(run_dir: Path) -> list[dict]:
 def test_assistant_mask_token_by_token(base):
     """Only the assistant's answers and their <|im_end|> are labels; the expected mask is built here by
     tokenizing each piece of the ChatML rendering separately."""
-    from lmtrain.sft import setup_chat_template, tokenize_conversations
+    from lmtrain.finetune.sft import setup_chat_template, tokenize_conversations
     tokenizer = AutoTokenizer.from_pretrained(base)
     stops, added = setup_chat_template(tokenizer, "auto")
     assert added == 0 and stops == [3, 0]  # <|im_end|>, <|endoftext|>
@@ -164,7 +169,7 @@ def test_assistant_mask_token_by_token(base):
 
 
 def test_padded_and_packed_batches_label_the_same_tokens_and_give_the_same_loss(base, tmp_path):
-    from lmtrain.sft import REAL_TOKENS, SftTask, model_inputs
+    from lmtrain.finetune.sft import REAL_TOKENS, SftTask, model_inputs
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(40))
     r = recipe(tmp_path, base, "sft", [train], data__packing=True, data__max_length=128)
     task = SftTask(r)
@@ -242,7 +247,7 @@ def test_chat_needs_a_chat_template(base, monkeypatch):
 
 
 def test_classification_beats_the_majority_baseline_and_exports_the_best_checkpoint(base, tmp_path):
-    from lmtrain.generation import classify_texts
+    from lmtrain.inference.generation import classify_texts
     rows = classify_rows(400)
     train = write_jsonl(tmp_path / "train.jsonl", rows[:320])
     val = write_jsonl(tmp_path / "val.jsonl", rows[320:])
@@ -268,7 +273,7 @@ def test_classification_beats_the_majority_baseline_and_exports_the_best_checkpo
 
 
 def test_class_weights_enter_the_loss(base, tmp_path):
-    from lmtrain.classify import ClassifyTask
+    from lmtrain.finetune.classify import ClassifyTask
     train = write_jsonl(tmp_path / "train.jsonl", classify_rows(60))
     r = recipe(tmp_path, base, "classify", [train], classify__balance_classes=True)
     task = ClassifyTask(r)
@@ -290,8 +295,8 @@ def test_class_weights_enter_the_loss(base, tmp_path):
 def test_metric_modules_load_offline_with_evaluate(tmp_path):
     import evaluate
     predictions, references = [0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2]
-    accuracy = evaluate.load(str(REPO_ROOT / "lmtrain/metrics/accuracy"), keep_in_memory=True)
-    f1 = evaluate.load(str(REPO_ROOT / "lmtrain/metrics/macro_f1"), keep_in_memory=True)
+    accuracy = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/accuracy"), keep_in_memory=True)
+    f1 = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/macro_f1"), keep_in_memory=True)
     assert accuracy.compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(5 / 7)
     # per class: 0: tp 1 fp 1 fn 1 → 0.5; 1: tp 2 fp 0 fn 1 → 0.8; 2: tp 2 fp 1 fn 0 → 0.8
     result = f1.compute(predictions=predictions, references=references)
@@ -303,7 +308,7 @@ def test_metric_modules_load_offline_with_evaluate(tmp_path):
 
 
 def test_freezing_keeps_frozen_weights_bit_identical_and_out_of_the_optimizer(base, tmp_path, capfd):
-    from lmtrain.trainer import decay_param_groups
+    from lmtrain.training.loop import decay_param_groups
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(48))
     r = recipe(tmp_path, base, "sft", [train], freeze={"embeddings": True, "first_n_layers": 1},
                train__max_steps=3, train__eval_every=3)
@@ -330,7 +335,8 @@ def test_freezing_keeps_frozen_weights_bit_identical_and_out_of_the_optimizer(ba
 
 def test_lora_train_merge_export_reload_gives_the_adapter_logits(base, tmp_path):
     from peft import PeftModel
-    from lmtrain.finetuning import merge_adapter
+
+    from lmtrain.finetune.base import merge_adapter
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(48))
     r = recipe(tmp_path, base, "sft", [train], lora={"enabled": True, "r": 4, "alpha": 8},
                train__max_steps=6, train__eval_every=6, train__lr=1.0e-2)
@@ -361,9 +367,9 @@ def test_lora_train_merge_export_reload_gives_the_adapter_logits(base, tmp_path)
 
 @pytest.mark.parametrize("task", ["sft", "classify"])
 def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(base, tmp_path, monkeypatch, task):
-    from lmtrain import finetuning
-    from lmtrain.classify import ClassifyTask
-    from lmtrain.sft import SftTask
+    from lmtrain.finetune import base as finetuning
+    from lmtrain.finetune.classify import ClassifyTask
+    from lmtrain.finetune.sft import SftTask
     rows = sft_rows(24) if task == "sft" else classify_rows(24)
     r = recipe(tmp_path, base, task, [write_jsonl(tmp_path / "train.jsonl", rows)], lora={"enabled": True, "r": 4})
     assert finetuning.base_dtype(r) == torch.float32  # fp32 training here: nothing changes
@@ -392,7 +398,7 @@ def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(
 
 
 def sft_error(tmp_path, base, rows, **sections) -> str:
-    from lmtrain.sft import SftTask
+    from lmtrain.finetune.sft import SftTask
     train = write_jsonl(tmp_path / "bad.jsonl", rows)
     r = recipe(tmp_path, base, "sft", [train], data__validation_files=[str(train)], **sections)
     with pytest.raises(UserError) as error:
@@ -421,7 +427,7 @@ def test_bad_sft_records_are_named_with_file_and_line(base, tmp_path, bad, expec
 
 
 def test_too_long_examples_are_truncated_or_skipped_and_counted(base, tmp_path):
-    from lmtrain.sft import SftTask
+    from lmtrain.finetune.sft import SftTask
     long = {"prompt": "word " * 200, "completion": "The sum is 2."}
     rows = [GOOD] * 10 + [long] * 3 + [{"prompt": "hi", "completion": "very " * 100}]
     train = write_jsonl(tmp_path / "sft.jsonl", rows)
@@ -434,7 +440,7 @@ def test_too_long_examples_are_truncated_or_skipped_and_counted(base, tmp_path):
 
 
 def test_bad_classification_data(base, tmp_path):
-    from lmtrain.classify import ClassifyTask
+    from lmtrain.finetune.classify import ClassifyTask
     rows = classify_rows(20)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     r = recipe(tmp_path, base, "classify", [train], classify__labels=["animal", "fruit"])
@@ -458,7 +464,7 @@ def test_bad_classification_data(base, tmp_path):
 
 
 def test_base_model_must_be_a_causal_lm_directory(base, tmp_path):
-    from lmtrain.finetuning import check_base_model
+    from lmtrain.finetune.base import check_base_model
     with pytest.raises(UserError, match="does not exist; pretrain first"):
         check_base_model(str(tmp_path / "nowhere"))
     classifier = tmp_path / "classifier"
@@ -512,7 +518,7 @@ def test_shipped_recipes_load(name):
 
 
 def test_stdlib_classification_data_is_real_code_with_package_labels():
-    from lmtrain.finetune_data import stdlib_classify_records
+    from lmtrain.corpus.records import stdlib_classify_records
     records = list(stdlib_classify_records(["json", "email"]))
     labels = {r.row["label"] for r in records}
     assert labels == {"json", "email"} and len(records) > 100
@@ -522,7 +528,8 @@ def test_stdlib_classification_data_is_real_code_with_package_labels():
 
 def test_stdlib_sft_examples_pair_code_without_its_docstring_with_the_docstring_summary():
     import ast
-    from lmtrain.finetune_data import stdlib_functions
+
+    from lmtrain.corpus.records import stdlib_functions
     documented = [f for f in stdlib_functions(["json"]) if f.summary]
     assert len(documented) >= 5
     for f in documented:

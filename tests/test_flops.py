@@ -5,11 +5,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lmtrain import flops
-from lmtrain.config import load_recipe
+from lmtrain.config.recipe import load_recipe
 from lmtrain.errors import UserError
-from lmtrain.flops import flops_per_token, peak_flops_for_kind, peak_flops_per_device
-from lmtrain.model import llama_config
+from lmtrain.model import flops
+from lmtrain.model.flops import flops_per_token, peak_flops_for_kind, peak_flops_per_device
+from lmtrain.model.llama import llama_config
 from tests.conftest import REPO_ROOT
 
 

@@ -2,9 +2,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from lmtrain.config import CleanConfig, DataConfig, DedupConfig, QualityFilterConfig, SourceConfig  # noqa: E402
-from lmtrain.dedup import Deduplicator  # noqa: E402
-from lmtrain.mixture import WeightedMixture, open_sources  # noqa: E402
+from lmtrain.config.recipe import CleanConfig, DataConfig, DedupConfig, QualityFilterConfig, SourceConfig  # noqa: E402
+from lmtrain.corpus.dedup import Deduplicator  # noqa: E402
+from lmtrain.corpus.mixture import WeightedMixture, open_sources  # noqa: E402
 from tests.test_filters import ENGLISH  # noqa: E402
 
 

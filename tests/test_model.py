@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-from lmtrain.config import load_recipe
-from lmtrain.model import count_parameters, llama_config
+from lmtrain.config.recipe import load_recipe
+from lmtrain.model.llama import count_parameters, llama_config
 from tests.conftest import REPO_ROOT
 
 SEVEN_B = REPO_ROOT / "recipes/llama-7b/pretrain.yaml"

@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from lmtrain.packing import Packer, document_labels, join_with_eos  # noqa: E402
+from lmtrain.data.packing import Packer, document_labels, join_with_eos  # noqa: E402
 
 EOS = 0
 
@@ -199,7 +199,8 @@ def test_document_masking_needs_use_cache_false(packed_blocks):
 
 def test_block_rows_reads_the_same_rows_as_the_dataset():
     import datasets
-    from lmtrain.pretraining import BlockRows
+
+    from lmtrain.training.pretrain import BlockRows
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=8),
                                   "position_ids": datasets.Sequence(datasets.Value("int32"), length=8)})
     parts = [datasets.Dataset.from_dict({"input_ids": [[start + i] * 8 for i in range(n)],

@@ -17,9 +17,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from lmtrain.config import load_recipe
+from lmtrain.config.recipe import load_recipe
 from lmtrain.errors import UserError
-from lmtrain.model import count_parameters, llama_config
+from lmtrain.model.llama import count_parameters, llama_config
 from lmtrain.plan import GIB, Cluster, activation_bytes, largest_layer_params, memory_plan, plan_report
 from tests.conftest import REPO_ROOT
 

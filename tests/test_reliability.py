@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import reliability as rel
-from lmtrain.checkpoint import complete_checkpoints
-from lmtrain.sampler import GlobalBatchSampler
+from lmtrain.data.sampler import GlobalBatchSampler
+from lmtrain.training.checkpoint import complete_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,8 @@ def test_a_checkpoint_that_cannot_be_written_fails_with_a_clear_message(ws, tmp_
 
 def test_a_writer_failing_mid_save_fails_with_a_clear_message_and_keeps_earlier_checkpoints(tmp_path):
     from accelerate import Accelerator
-    from lmtrain.checkpoint import CheckpointError, save_checkpoint
+
+    from lmtrain.training.checkpoint import CheckpointError, save_checkpoint
     accelerator = Accelerator(cpu=True)
     save_checkpoint(accelerator, tmp_path, 1, {"step": 1}, keep_last=1, keep_every=0)
 
@@ -129,7 +130,7 @@ def _train_blocks(ws) -> int:
 
 
 def test_best_model_selection_starts_over_when_best_metric_changes_on_resume():
-    from lmtrain.trainer import _update_best
+    from lmtrain.training.loop import _update_best
     exports = []
     state = {"best": {"metric": "macro_f1", "value": 0.7, "step": 10}}  # restored from the checkpoint
     _update_best(state, {"eval_loss": 1.2, "macro_f1": 0.5}, 20, "eval_loss", lambda: exports.append(20))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmtrain.sampler import GlobalBatchSampler
+from lmtrain.data.sampler import GlobalBatchSampler
 
 
 def test_every_block_once_per_epoch():

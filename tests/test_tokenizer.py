@@ -13,11 +13,20 @@ import yaml  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from lmtrain.config import load_recipe  # noqa: E402
+from lmtrain.config.recipe import load_recipe  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
-from lmtrain import tokenization  # noqa: E402
-from lmtrain.tokenization import (  # noqa: E402
-    SPECIAL_TOKENS, SPOT_CHECK_EVERY, CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint, train_bpe, train_tokenizer, training_record)
+from lmtrain.tokenizer import bpe as tokenization  # noqa: E402
+from lmtrain.tokenizer.bpe import (  # noqa: E402
+    SPECIAL_TOKENS,
+    SPOT_CHECK_EVERY,
+    CorpusEncoder,
+    corpus_encoder,
+    load_tokenizer,
+    tokenizer_fingerprint,
+    train_bpe,
+    train_tokenizer,
+    training_record,
+)
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. It's 2024; numbers like 3.14159 and 1,000,000 appear.\n"
 CHINESE = "机器学习是人工智能的一个分支。我们用大量文本训练语言模型，然后评估它的表现。\n"

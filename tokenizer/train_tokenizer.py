@@ -8,16 +8,13 @@ share by script) next to it; --en-sample/--zh-sample/--code-sample measure on yo
 """
 
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from lmtrain.cli import recipe_parser, run  # noqa: E402
-from lmtrain.config import load_recipe  # noqa: E402
-from lmtrain.tokenization import train_tokenizer, training_record  # noqa: E402
-from lmtrain.tokenizer_report import REPORT  # noqa: E402
+from lmtrain.cli import recipe_parser, run
+from lmtrain.config.recipe import load_recipe
+from lmtrain.tokenizer.bpe import train_tokenizer, training_record
+from lmtrain.tokenizer.report import REPORT
 
 
 def main() -> None:

@@ -1,0 +1,214 @@
+"""The fine-tuning recipe schema (finetune.py): one typed tree, loaded as strictly as the pretraining one.
+
+    python finetune.py recipes/smoke/sft.yaml train.lr=1e-4 lora.enabled=true
+
+`lmtrain.config.load_recipe(path, overrides, schema=FinetuneRecipe)` rejects unknown keys (with a
+did-you-mean), wrong types and the cross-field problems listed by `FinetuneRecipe.problems()`, all
+together, before any work starts. The `train` section is pretraining's TrainConfig, run by the same
+`fit` (lmtrain/training/loop.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmtrain.config.recipe import TrainConfig, train_problems
+
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""Every linear layer of a Llama block: LoRA on all of them works better than on attention alone (QLoRA paper)."""
+
+STDLIB_PACKAGES = ["asyncio", "email", "logging", "unittest", "xml"]
+"""Packages of the smoke classification task (data.source: python_stdlib): which one a function comes from."""
+
+TASK_METRICS = {"sft": ("eval_loss", "eval_ppl"), "classify": ("eval_loss", "accuracy", "macro_f1")}
+"""Evaluation metrics each task reports; train.best_metric must be one of them."""
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Labelled examples: where they come from, which columns hold what, and how long they may be."""
+
+    source: Literal["files", "hub", "python_stdlib"] = "files"
+    """files: local .jsonl / .jsonl.gz / .json / .csv / .parquet files (train_files, validation_files); hub: a
+    Hugging Face Hub dataset (dataset, dataset_config, train_split, validation_split); python_stdlib: examples
+    made from the running interpreter's standard library, offline on any machine (sft: a function's code →
+    its docstring; classify: a function's code → the package it comes from, one of data.stdlib_packages)."""
+    train_files: list[str] = field(default_factory=list)
+    """For source=files: glob patterns of the training files."""
+    validation_files: list[str] = field(default_factory=list)
+    """For source=files: glob patterns of the validation files (empty = hold out validation_fraction of train)."""
+    dataset: str = ""
+    """For source=hub: the dataset name, e.g. HuggingFaceH4/ultrachat_200k."""
+    dataset_config: str = ""
+    """For source=hub: the configuration name, if the dataset has several."""
+    train_split: str = "train"
+    """For source=hub: the training split."""
+    validation_split: str = ""
+    """For source=hub: the validation split (empty = hold out validation_fraction of the training split)."""
+    validation_fraction: float = 0.1
+    """Share of the training records held out for validation (chosen by a hash of each record, so the split
+    is stable) when no validation files or split are given."""
+    max_train_examples: int = 0
+    """Use at most this many training records, the first ones (0 = all)."""
+    max_validation_examples: int = 0
+    """Use at most this many validation records, the first ones (0 = all)."""
+    messages_column: str = "messages"
+    """sft: the column holding a conversation, a list of {role: system|user|assistant, content} messages.
+    Records without it must have prompt_column and completion_column instead."""
+    prompt_column: str = "prompt"
+    """sft: the user turn of a prompt/completion record."""
+    completion_column: str = "completion"
+    """sft: the assistant turn of a prompt/completion record."""
+    system_prompt: str = ""
+    """sft: a system message put before every prompt/completion record (empty = none)."""
+    text_column: str = "text"
+    """classify: the column holding the text to classify."""
+    label_column: str = "label"
+    """classify: the column holding the label (strings or integers; compared as text)."""
+    max_length: int = 512
+    """Tokens per example, prompt and answer together; the model's context for fine-tuning."""
+    too_long: Literal["truncate", "skip"] = "truncate"
+    """An example longer than max_length is cut to max_length tokens (truncate) or left out (skip); both are
+    counted in the log. An SFT example whose answer is cut away entirely is left out and counted."""
+    packing: bool = False
+    """sft: pack several short examples into each max_length sequence, each example attending only to itself
+    (per-example position_ids, as pretraining's document masking): fewer padding tokens, same loss."""
+    stdlib_packages: list[str] = field(default_factory=lambda: list(STDLIB_PACKAGES))
+    """For source=python_stdlib and task=classify: the labels, standard-library packages."""
+
+
+@dataclass
+class FreezeConfig:
+    """Parameters that keep their pretrained values: not trained, not given to the optimizer."""
+
+    embeddings: bool = False
+    """Freeze the input token embeddings (and so a tied output layer)."""
+    first_n_layers: int = 0
+    """Freeze the first N transformer blocks (the ones nearest the input)."""
+    all_but_head: bool = False
+    """Freeze everything except the output layer (sft: lm_head; classify: the new score head): a linear probe."""
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft): the base weights stay frozen and small matrices A (r × in), B (out × r) are
+    trained next to the chosen linear layers, W + (alpha / r) · B A. final/ then holds the adapter (and
+    tokenizer); `python finetune.py merge RUN_DIR/final OUT_DIR` writes a plain model."""
+
+    enabled: bool = False
+    r: int = 16
+    """Rank of the adapters."""
+    alpha: float = 32.0
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input during training."""
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
+class SftConfig:
+    """Instruction tuning (task: sft)."""
+
+    chat_template: Literal["auto", "chatml"] = "auto"
+    """auto: the base tokenizer's own chat template if it has one, else ChatML; chatml: always ChatML
+    (<|im_start|>role\\ncontent<|im_end|>, tokens this project's tokenizer reserves). The template is saved
+    with the exported tokenizer, so tokenizer.apply_chat_template works on the fine-tuned model."""
+
+
+@dataclass
+class ClassifyConfig:
+    """Sequence classification (task: classify): a new linear head on the last token's hidden state."""
+
+    labels: list[str] = field(default_factory=list)
+    """The label set, in the order of the head's outputs (empty = the sorted labels of the training data).
+    A record with a label outside it is an error."""
+    label_names: list[str] = field(default_factory=list)
+    """Readable names of the labels, in the order of `labels` (which must then be given), for the exported
+    model's id2label, e.g. labels ["0", "1"] with label_names [negative, positive]; empty = the labels."""
+    class_weights: list[float] = field(default_factory=list)
+    """Cross-entropy weight per label, in the order of `labels` (which must then be given); empty = 1 each."""
+    balance_classes: bool = False
+    """Weight each class by n / (classes × its count in the training data), so rare classes count as much."""
+
+
+@dataclass
+class FinetuneModelConfig:
+    """How the pretrained model runs while it is fine-tuned."""
+
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (long sequences on big models)."""
+
+
+@dataclass
+class FinetuneRecipe:
+    """A fine-tuning run: a pretrained model, a task, its data, what to train, and how."""
+
+    run_dir: str = "runs/smoke-sft"
+    """Run outputs: resolved recipe, metrics.jsonl, checkpoints, final/ (and best/ with train.best_metric)."""
+    base_model: str = "runs/smoke/final"
+    """The pretrained model directory to start from: this project's export (runs/<run>/final) or any
+    compatible Hugging Face causal LM directory."""
+    task: Literal["sft", "classify"] = "sft"
+    """sft: instruction tuning on conversations, loss on the assistant's tokens only; classify: a
+    sequence-classification head on the pretrained decoder."""
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def problems(self) -> list[str]:
+        """Cross-field checks that the types alone cannot express."""
+        p = []
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                p.append(msg)
+
+        d = self.data
+        need(bool(self.base_model), "base_model: give the pretrained model directory, e.g. runs/smoke/final")
+        if d.source == "files":
+            need(bool(d.train_files), "data.train_files: source 'files' needs at least one glob pattern")
+        else:
+            need(not d.train_files and not d.validation_files,
+                 f"data.train_files/validation_files: only read with data.source=files (it is {d.source!r})")
+        if d.source == "hub":
+            need(bool(d.dataset), "data.dataset: source 'hub' needs a dataset name")
+        need(0.0 < d.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
+        need(d.max_train_examples >= 0, "data.max_train_examples: must be >= 0 (0 = all)")
+        need(d.max_validation_examples >= 0, "data.max_validation_examples: must be >= 0 (0 = all)")
+        need(d.max_length >= 8, "data.max_length: must be at least 8 tokens")
+        need(not d.packing or self.task == "sft",
+             "data.packing: only for task sft (classification reads one example per sequence)")
+        if d.source == "python_stdlib" and self.task == "classify":
+            need(len(set(d.stdlib_packages)) >= 2, "data.stdlib_packages: give at least two packages (the labels)")
+        f = self.freeze
+        need(f.first_n_layers >= 0, "freeze.first_n_layers: must be >= 0")
+        lora = self.lora
+        if lora.enabled:
+            need(lora.r >= 1, "lora.r: must be at least 1")
+            need(lora.alpha > 0, "lora.alpha: must be positive")
+            need(0.0 <= lora.dropout < 1.0, "lora.dropout: must be in [0, 1)")
+            need(bool(lora.target_modules), "lora.target_modules: name at least one linear layer, e.g. q_proj")
+            need(not (f.embeddings or f.first_n_layers or f.all_but_head),
+                 "freeze: LoRA already freezes every base weight; turn the freeze switches off or lora.enabled off")
+        c = self.classify
+        need(len(set(c.labels)) == len(c.labels), f"classify.labels: {c.labels} lists a label twice")
+        need(len(c.labels) != 1, "classify.labels: give at least two labels (or none, to infer them from the data)")
+        if c.label_names:
+            need(len(c.label_names) == len(c.labels) and len(set(c.label_names)) == len(c.label_names),
+                 f"classify.label_names: {len(c.label_names)} name(s) for {len(c.labels)} label(s); give classify.labels "
+                 "too, in the same order, one distinct name each")
+        if c.class_weights:
+            need(len(c.labels) == len(c.class_weights),
+                 f"classify.class_weights: {len(c.class_weights)} weight(s) for {len(c.labels)} label(s); give "
+                 "classify.labels too, in the same order, one weight each")
+            need(all(w > 0 for w in c.class_weights), "classify.class_weights: weights must be positive")
+            need(not c.balance_classes, "classify.class_weights and classify.balance_classes: choose one")
+        p.extend(train_problems(self.train, TASK_METRICS[self.task], f"task {self.task}"))
+        return p

@@ -1,0 +1,576 @@
+"""The recipe schema: one typed tree of dataclasses, the single source of truth for a run.
+
+A recipe is a YAML file whose keys mirror these dataclasses. Loading is strict: every
+unknown key, wrong type or invalid value anywhere in the file (or in a dotted
+command-line override such as ``train.lr=1e-3``) is collected and reported together,
+with the key's path and a did-you-mean suggestion, before any work starts.
+
+We wrote this loader instead of using OmegaConf/dacite because both stop at the first
+problem and neither suggests the key the user meant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmtrain.errors import UserError
+
+
+class RecipeError(UserError):
+    """A recipe (file or override) is invalid; the message lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the recipe:\n{listing}")
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+@dataclass
+class CleanConfig:
+    """Text cleaning applied to every document before tokenization."""
+
+    unicode_nfc: bool = True
+    """Unicode NFC normalization (canonical composition). NFKC is deliberately not offered:
+    it folds full-width CJK punctuation into ASCII and changes Chinese text."""
+    normalize_whitespace: bool = True
+    """Unify line endings and exotic spaces, strip trailing spaces, collapse runs of 3+ blank
+    lines. Leading indentation is kept, so code survives."""
+    drop_control_chars: bool = True
+    """Remove C0/C1 control characters other than newline and tab."""
+    strip_html: bool = True
+    """Remove HTML tags and unescape entities. Turn off for source code, where `a<b and c>d`
+    looks like a tag."""
+    lowercase: bool = False
+    """Lowercase everything. Off: a generative model must learn to produce case."""
+    strip_punctuation: bool = False
+    """Remove Unicode punctuation. Off: a generative model must learn to produce punctuation."""
+    min_chars: int = 1
+    """Documents shorter than this after cleaning are dropped (and counted)."""
+
+
+@dataclass
+class QualityFilterConfig:
+    """Heuristic document quality filters in the style of Gopher, C4 and FineWeb (lmtrain/corpus/filters.py).
+
+    Ratios are computed over "units": a word of non-CJK letters or digits, or a single CJK
+    character, so the same thresholds work on English and Chinese text. Every removal is counted
+    by reason in the manifest. A threshold of 0 turns that filter off."""
+
+    enabled: bool = False
+    """Off by default: the thresholds suit prose (web text, books). Code sources keep it off."""
+    min_units: int = 50
+    """Drop documents with fewer units (Gopher: 50 words)."""
+    max_units: int = 100_000
+    """Drop documents with more units (Gopher: 100,000 words)."""
+    min_mean_word_length: float = 3.0
+    """Drop documents whose non-CJK words average fewer characters (Gopher: 3). Documents that are
+    mostly CJK characters are exempt."""
+    max_mean_word_length: float = 10.0
+    """Drop documents whose non-CJK words average more characters (Gopher: 10)."""
+    min_letter_unit_ratio: float = 0.8
+    """Drop documents where fewer units contain a letter (Gopher: 80% of words; CJK characters are letters)."""
+    max_symbol_unit_ratio: float = 0.1
+    """Drop documents with more `#` and ellipses (`...`, `…`) per unit (Gopher: 0.1)."""
+    min_stop_words: int = 2
+    """Drop documents with fewer English or Chinese function words (the, and, of, 的, 了, 是...) (Gopher: 2)."""
+    max_bullet_line_ratio: float = 0.9
+    """Drop documents where more lines start with a bullet (Gopher: 0.9)."""
+    max_ellipsis_line_ratio: float = 0.3
+    """Drop documents where more lines end with an ellipsis (Gopher: 0.3)."""
+    max_duplicate_line_ratio: float = 0.3
+    """Drop documents where more lines repeat an earlier line (Gopher: 0.3)."""
+    max_duplicate_line_char_ratio: float = 0.2
+    """Drop documents where more characters sit in repeated lines (Gopher: 0.2)."""
+    max_top_ngram_char_ratios: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
+    """For n = 2, 3, 4 units: drop documents where the most frequent n-gram covers more of the
+    characters (Gopher). An empty list turns the check off."""
+    max_duplicate_ngram_char_ratios: list[float] = field(default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
+    """For n = 5 ... 10 units: drop documents where repeated n-grams cover more of the characters (Gopher)."""
+    min_terminal_punctuation_line_ratio: float = 0.12
+    """Drop documents where fewer lines end with sentence punctuation, English or Chinese (FineWeb: 0.12)."""
+    max_short_line_ratio: float = 0.67
+    """Drop documents where more lines are short: under 30 characters, a CJK character counting as two (FineWeb: 0.67)."""
+    drop_boilerplate_lines: bool = True
+    """Remove lines that are web boilerplate (cookie and JavaScript notices, "all rights reserved",
+    版权所有...) before the other filters, as C4 does; removed lines are counted."""
+
+
+@dataclass
+class DedupConfig:
+    """Exact and near-duplicate removal within and across all sources (lmtrain/corpus/dedup.py). The first
+    occurrence (in mixture order) is kept; removals are counted per source in the manifest."""
+
+    exact: bool = True
+    """Drop documents whose normalized text (case, whitespace, punctuation and width folded) was seen before."""
+    near: bool = True
+    """Drop documents whose estimated Jaccard similarity to an earlier one reaches near_threshold
+    (MinHash signatures over n-grams of units, banded into an LSH index)."""
+    near_threshold: float = 0.8
+    """Jaccard similarity from which a document counts as a near duplicate; sets the LSH bands."""
+    num_perm: int = 112
+    """MinHash permutations: more gives a sharper threshold at a proportional cost (FineWeb: 112)."""
+    ngram: int = 5
+    """Shingle length in units (words, or single CJK characters) (FineWeb: 5)."""
+
+
+@dataclass
+class SourceConfig:
+    """Where raw text comes from."""
+
+    kind: Literal["python_stdlib", "files", "hub"] = "python_stdlib"
+    """python_stdlib: the .py files of the running interpreter's standard library (offline,
+    on every machine); files: local files matched by `paths`; hub: a Hugging Face Hub dataset."""
+    paths: list[str] = field(default_factory=list)
+    """For kind=files: glob patterns of .txt, .jsonl, .jsonl.gz, .parquet or .csv files."""
+    dataset: str = ""
+    """For kind=hub: the dataset name, e.g. `HuggingFaceFW/fineweb-edu`."""
+    dataset_config: str = ""
+    """For kind=hub: the dataset configuration name, if it has several."""
+    split: str = "train"
+    """For kind=hub: the split to read."""
+    text_column: str = "text"
+    """For .jsonl/.parquet/.csv files and hub datasets: the column that holds the text."""
+    max_documents: int = 0
+    """Read at most this many documents (0 = all)."""
+    name: str = ""
+    """Label in logs and the manifest (default: the dataset name, the first path, or the kind)."""
+    weight: float = 1.0
+    """Share of the packed tokens drawn from this source, relative to the other sources' weights
+    (0 = skip the source). Mixing stops when a weighted source runs out, so the shares hold."""
+    streaming: bool = False
+    """For kind=hub: stream records instead of downloading the whole dataset first; for corpora
+    that do not fit on disk."""
+    clean: CleanConfig | None = None
+    """Cleaning for this source (e.g. strip_html off for code); unset = data.clean."""
+    filters: QualityFilterConfig | None = None
+    """Quality filters for this source; unset = data.filters."""
+
+
+@dataclass
+class TokenizerConfig:
+    """Byte-level BPE tokenizer, trained by tokenizer/train_tokenizer.py."""
+
+    dir: str = "runs/smoke/tokenizer"
+    """Where the trained tokenizer is saved; data_prep, train and the export read it from here."""
+    vocab_size: int = 8192
+    """Final vocabulary size, special tokens included; a multiple of 64 (GPU-friendly matmuls).
+    Training pads with reserved tokens to exactly this size, so the model's embedding matches."""
+    min_frequency: int = 2
+    """A pair must occur at least this often in the corpus to become a merge."""
+    max_training_chars: int = 0
+    """Train on at most this many characters of cleaned text (0 = all)."""
+
+
+@dataclass
+class DataConfig:
+    """Corpus, cleaning and packing, run by data_prep/prepare.py."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    filters: QualityFilterConfig = field(default_factory=QualityFilterConfig)
+    """Quality filters for every source that sets none of its own."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    dir: str = "runs/smoke/data"
+    """Where the packed train/validation splits and manifest.json are written."""
+    seq_len: int = 256
+    """Tokens per packed block, the model's training context."""
+    validation_fraction: float = 0.02
+    """Share of documents (chosen by a hash of their text) held out for validation."""
+    batch_size: int = 1000
+    """Documents per tokenizer batch; the tokenizer encodes a batch on all cores."""
+    document_masking: bool = False
+    """Also store per-document `position_ids` (restarting at 0 at each document start in a block).
+    Training then keeps attention inside each document and does not train on the first token of a
+    document that follows another one in its block (lmtrain/data/packing.py: document_labels)."""
+
+
+@dataclass
+class ModelConfig:
+    """A transformers LlamaForCausalLM. The vocabulary size comes from `tokenizer.vocab_size`."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    num_kv_heads: int = 0
+    """Key/value heads for grouped-query attention (0 = same as num_heads, plain MHA)."""
+    intermediate_size: int = 688
+    """SwiGLU FFN width (Llama: about 8/3 x hidden, rounded)."""
+    max_position_embeddings: int = 0
+    """Longest context the model supports (0 = data.seq_len)."""
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """flash_attention_2 needs a GPU and the flash-attn package."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about a third more compute for a fraction of the
+    activation memory. `train.py RECIPE --plan` says whether a launch needs it."""
+    init_from: str = ""
+    """Start from the weights of this Hugging Face model directory (continued pretraining) instead of a
+    random initialization. Its architecture must match this section and the tokenizer's vocabulary."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimization, evaluation and logging for train.py."""
+
+    max_steps: int = 300
+    """Optimizer steps; tokens = max_steps x global_batch_size x data.seq_len."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step, over all processes. Fixed by the recipe: gradient
+    accumulation = global_batch_size / (micro_batch_size x processes) adapts to the launch."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass on one process."""
+    lr: float = 3e-4
+    """Peak learning rate, reached after warmup."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr x min_lr_ratio."""
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    """Applied to the weights of linear layers and embeddings; never to norms or biases."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 mixed precision on GPUs that support it, fp32 elsewhere."""
+    seed: int = 1234
+    eval_every: int = 50
+    """Evaluate on the validation split before the first step, every N steps and at the end."""
+    eval_batches: int = 8
+    """Validation micro-batches per evaluation, all processes together (0 = the whole split). The same
+    blocks are evaluated on any number of processes."""
+    log_every: int = 10
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Experiment trackers through Accelerate. wandb also runs offline (WANDB_MODE=offline)."""
+    best_metric: str = ""
+    """Also export the model with the best value of this evaluation metric (e.g. eval_loss, accuracy) to
+    run_dir/best/. Metrics ending in `loss` or `ppl` are minimized, others maximized. Empty = final only."""
+    checkpoint_every: int = 100
+    """Save the full training state (weights, optimizer, scheduler, data position, RNG) every N steps to
+    run_dir/checkpoints/; also at the end and when the run is preempted (0 = only then)."""
+    keep_last: int = 2
+    """Checkpoints to keep, newest first (at least 1: the one a resume needs)."""
+    keep_every: int = 0
+    """Also keep every checkpoint whose step is a multiple of this, for later analysis (0 = none)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in run_dir/checkpoints, if any; never: start
+    fresh; or the path of a checkpoint directory."""
+    allow_resume_changes: bool = False
+    """Resume although the recipe, tokenizer or data differ from the checkpoint's in a way that alters the
+    run (the differences are still printed). Logging, evaluation and checkpoint settings may always change."""
+    overwrite: bool = False
+    """Replace the checkpoints of a different (or unresumed) run found in run_dir instead of refusing."""
+    max_skipped_steps: int = 5
+    """Steps whose loss or gradient norm is not finite are skipped (no update); this many in a row stop
+    the run after saving a checkpoint."""
+    spike_factor: float = 3.0
+    """Log a loss spike, with the batch's data indices, when a step's loss exceeds this multiple of the
+    mean of the previous 50 steps (0 = off)."""
+
+
+@dataclass
+class Recipe:
+    """A whole run: tokenizer, data, model and training."""
+
+    run_dir: str = "runs/smoke"
+    """Run outputs: resolved recipe, metrics.jsonl, tracker logs, final/ export."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Recipe):
+    """Read a YAML recipe, apply `key.path=value` overrides, validate, return the typed tree.
+
+    `schema` is the top-level dataclass (Recipe for pretraining); another schema validates its
+    cross-field constraints in a `problems() -> list[str]` method."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["file not found; pass the path of a YAML recipe, e.g. recipes/smoke/pretrain.yaml"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(str(path), [f"not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError(str(path), ["not UTF-8 text"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        names = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise RecipeError(str(path), [f"the top level must be a mapping of keys ({names})"])
+    raw = _merge(recipe_to_dict(schema()), raw)  # overrides may target keys the file leaves at their defaults
+    problems: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    recipe = _build(schema, raw, "", problems)
+    if not problems:
+        problems.extend(_check_values(recipe) if schema is Recipe else recipe.problems())
+    if problems:
+        raise RecipeError(str(path), problems)
+    return recipe
+
+
+def recipe_to_dict(recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def recipe_to_yaml(recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """`update` laid over `base`; sections merge key by key, any other value (lists too) replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        problems.append(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+        return
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is not an index of the list")
+                return
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            return
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            problems.append(f"override {item!r}: {key} is not an index of the list")
+            return
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    """Construct dataclass `cls` from `raw`, recording problems instead of raising."""
+    label = where or "the recipe"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{label}: expected a section of keys, got {type(raw).__name__} {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            guess = _suggest(str(key), names)
+            hint = f"; did you mean {_join(where, guess)}?" if guess else f"; valid keys: {', '.join(names)}"
+            problems.append(f"{path}: unknown key{hint}")
+            continue
+        kwargs[key] = _convert(hints[key], value, path, problems)
+    return cls(**kwargs)
+
+
+def _suggest(key: str, names: list[str]) -> str | None:
+    """The valid key the user most likely meant: a near spelling (max_step → max_steps), else the
+    key sharing the most underscore-separated words (lr_peak → lr)."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    words = set(key.lower().split("_"))
+    scored = [(len(words & set(name.split("_"))), difflib.SequenceMatcher(None, key, name).ratio(), name)
+              for name in names]
+    best = max(scored)
+    return best[2] if best[0] > 0 else None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            problems.append(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+            return choices[0]
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            return []
+        return [_convert(item_tp, v, f"{path}.{i}", problems) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, path, problems)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return None
+
+
+def _check_values(r: Recipe) -> list[str]:
+    """Cross-field checks that the types alone cannot express."""
+    p = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            p.append(msg)
+
+    need(r.tokenizer.vocab_size >= 384 and r.tokenizer.vocab_size % 64 == 0,
+         f"tokenizer.vocab_size: {r.tokenizer.vocab_size} must be a multiple of 64 and at least 384 "
+         "(256 byte tokens plus merges and special tokens)")
+    need(r.tokenizer.min_frequency >= 1, "tokenizer.min_frequency: must be at least 1")
+    need(r.tokenizer.max_training_chars >= 0, "tokenizer.max_training_chars: must be >= 0 (0 = all)")
+    need(len(r.data.sources) > 0, "data.sources: list at least one source")
+    for i, s in enumerate(r.data.sources):
+        where = f"data.sources.{i}"
+        if s.kind == "files":
+            need(len(s.paths) > 0, f"{where}.paths: kind 'files' needs at least one glob pattern")
+        if s.kind == "hub":
+            need(bool(s.dataset), f"{where}.dataset: kind 'hub' needs a dataset name")
+        need(s.max_documents >= 0, f"{where}.max_documents: must be >= 0 (0 = all)")
+        need(s.weight >= 0, f"{where}.weight: {s.weight} must be >= 0 (0 = skip the source)")
+        need(not s.streaming or s.kind == "hub", f"{where}.streaming: only kind 'hub' streams; local files are always read lazily")
+        if s.filters is not None:
+            p.extend(_filter_problems(s.filters, f"{where}.filters"))
+    p.extend(_filter_problems(r.data.filters, "data.filters"))
+    need(sum(s.weight for s in r.data.sources) > 0,
+         "data.sources: the weights sum to 0; give at least one source a positive weight")
+    d = r.data.dedup
+    need(0.0 < d.near_threshold <= 1.0, "data.dedup.near_threshold: must be in (0, 1], e.g. 0.8")
+    need(d.num_perm >= 2, "data.dedup.num_perm: must be at least 2 (FineWeb uses 112)")
+    need(d.ngram >= 1, "data.dedup.ngram: must be at least 1 (FineWeb uses 5)")
+    need(r.data.seq_len >= 8, "data.seq_len: must be at least 8")
+    need(0.0 < r.data.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
+    need(r.data.batch_size >= 1, "data.batch_size: must be at least 1")
+    need(r.data.clean.min_chars >= 0, "data.clean.min_chars: must be >= 0")
+    m = r.model
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        need(getattr(m, name) >= 1, f"model.{name}: must be at least 1")
+    if m.num_heads >= 1:
+        need(m.hidden_size % m.num_heads == 0,
+             f"model.hidden_size: {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
+        kv = m.num_kv_heads or m.num_heads
+        need(m.num_kv_heads >= 0 and m.num_heads % kv == 0,
+             f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}")
+    need(m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
+         f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}")
+    p.extend(train_problems(r.train, PRETRAINING_METRICS, "pretraining"))
+    return p
+
+
+PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
+"""What pretraining's evaluation reports; train.best_metric must be one of them."""
+
+
+def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[str]:
+    """Checks of the `train` section, shared by every recipe schema; `metrics` are those `what` evaluates."""
+    p = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            p.append(msg)
+
+    need(t.max_steps >= 1, "train.max_steps: must be at least 1")
+    need(t.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1")
+    need(t.global_batch_size >= 1 and t.global_batch_size % max(t.micro_batch_size, 1) == 0,
+         f"train.global_batch_size: {t.global_batch_size} must be a multiple of train.micro_batch_size {t.micro_batch_size}")
+    need(t.lr > 0, "train.lr: must be positive")
+    need(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio: must be between 0 and 1")
+    need(0 <= t.warmup_steps <= t.max_steps, "train.warmup_steps: must be between 0 and train.max_steps")
+    need(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
+         "train.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    need(t.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 = no clipping)")
+    need(t.eval_every >= 1, "train.eval_every: must be at least 1")
+    need(t.eval_batches >= 0, "train.eval_batches: must be >= 0 (0 = the whole validation split)")
+    need(t.log_every >= 1, "train.log_every: must be at least 1")
+    need(t.checkpoint_every >= 0, "train.checkpoint_every: must be >= 0 (0 = only at the end and on preemption)")
+    need(t.keep_last >= 1, "train.keep_last: must be at least 1 (resuming needs the newest checkpoint)")
+    need(t.keep_every >= 0, "train.keep_every: must be >= 0 (0 = keep only the last ones)")
+    need(t.max_skipped_steps >= 1, "train.max_skipped_steps: must be at least 1")
+    need(t.spike_factor == 0 or t.spike_factor > 1, "train.spike_factor: must be above 1 (or 0 = off)")
+    need(not t.best_metric or t.best_metric in metrics,
+         f"train.best_metric: {t.best_metric!r} is not a metric of {what}; choose one of {', '.join(metrics)} "
+         "(or leave it empty)")
+    return p
+
+
+def _filter_problems(f: QualityFilterConfig, where: str) -> list[str]:
+    """Ratios must be fractions and counts non-negative; 0 turns a filter off."""
+    problems = []
+    ratios = {name: getattr(f, name) for name in ("min_letter_unit_ratio", "max_symbol_unit_ratio",
+                                                   "max_bullet_line_ratio", "max_ellipsis_line_ratio",
+                                                   "max_duplicate_line_ratio", "max_duplicate_line_char_ratio",
+                                                   "min_terminal_punctuation_line_ratio", "max_short_line_ratio")}
+    ratios |= {f"max_top_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_top_ngram_char_ratios)}
+    ratios |= {f"max_duplicate_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_duplicate_ngram_char_ratios)}
+    for name, value in ratios.items():
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{where}.{name}: {value} must be a fraction between 0 and 1 (0 = off)")
+    for name in ("min_units", "max_units", "min_stop_words", "min_mean_word_length", "max_mean_word_length"):
+        if getattr(f, name) < 0:
+            problems.append(f"{where}.{name}: must be >= 0 (0 = off)")
+    return problems
+
+
+def gradient_accumulation_steps(recipe, num_processes: int) -> int:
+    """Micro-batches per process per optimizer step, so the global batch stays what the recipe says."""
+    t = recipe.train
+    per_step = t.micro_batch_size * num_processes
+    if t.global_batch_size % per_step:
+        raise RecipeError("train", [
+            f"train.global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
+            f"{t.micro_batch_size} x {num_processes} process(es); change one of them or the launch"])
+    return t.global_batch_size // per_step

@@ -1,0 +1,1 @@
+"""Raw text in: sources and their readers, cleaning, quality filters, deduplication and the weighted mixture."""

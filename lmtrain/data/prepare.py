@@ -1,0 +1,291 @@
+"""Data preparation: raw sources -> cleaned, filtered, deduplicated, mixed, packed `datasets` on disk.
+
+    per source: read (corpus.py) -> clean -> quality filters -> dedup (mixture.py, one index
+    across sources) -> assign split by a hash of the text -> tokenize (batches, all cores)
+    then: weighted mixture by tokens -> pack into seq_len blocks (packing.py) -> Arrow shards
+
+The whole run is one pass over lazy streams: memory holds one batch of documents per source and
+one batch of blocks per split, whatever the corpus size. data.dir then holds `train` and
+`validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
+`position_ids`), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
+the achieved token share of every source, and a sha256 of the packed content. The input
+fingerprint covers the sources (including file sizes and mtimes), cleaning, filter, dedup and
+packing settings and the tokenizer content: a re-run with the same inputs reuses data.dir; any
+change rebuilds it. Work happens in a scratch directory next to data.dir, renamed into place
+when complete, so a stale or half-written result is never picked up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from itertools import chain, islice
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, Features, List, Value
+from tqdm.auto import tqdm
+
+from lmtrain.config.recipe import DataConfig, Recipe
+from lmtrain.corpus.dedup import Deduplicator
+from lmtrain.corpus.mixture import SourceStats, WeightedMixture, open_sources
+from lmtrain.corpus.sources import describe_source, is_validation_document
+from lmtrain.data.packing import Packer
+from lmtrain.errors import UserError
+from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+_FORMAT_VERSION = 2
+"""Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
+
+
+def prepare_data(recipe: Recipe) -> dict:
+    """Build (or reuse) the packed splits in data.dir; return the manifest."""
+    data = recipe.data
+    tokenizer_dir = Path(recipe.tokenizer.dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise UserError(f"tokenizer.dir {tokenizer_dir} holds no tokenizer; train it first: "
+                        "python tokenizer/train_tokenizer.py RECIPE (with the same recipe and overrides)")
+    inputs = {
+        "format_version": _FORMAT_VERSION,
+        "sources": [describe_source(s) for s in data.sources],
+        "clean": dataclasses.asdict(data.clean),
+        "filters": dataclasses.asdict(data.filters),
+        "dedup": dataclasses.asdict(data.dedup),
+        "document_masking": data.document_masking,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
+        "seq_len": data.seq_len,
+        "validation_fraction": data.validation_fraction,
+    }
+    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    out_dir = Path(data.dir)
+    previous = read_manifest(out_dir)
+    if previous is not None and previous["input_fingerprint"] == fingerprint:
+        print(f"data: reusing {out_dir} (inputs unchanged, fingerprint {fingerprint[:12]})")
+        return previous
+    if previous is not None:
+        print(f"data: rebuilding {out_dir}: {_what_changed(previous['inputs'], inputs)}")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Scratch space next to data.dir: same filesystem, so the finished result is renamed into place.
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as scratch:
+        start = time.perf_counter()
+        staged = Path(scratch) / "data"
+        manifest = _build(recipe, tokenizer_dir, staged, Path(scratch))
+        manifest = {"input_fingerprint": fingerprint, "inputs": inputs, "tokenizer_dir": str(tokenizer_dir),
+                    **manifest, "seconds": round(time.perf_counter() - start, 2)}
+        # manifest.json is written last: a data dir without one is never mistaken for a finished one.
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _replace_dir(staged, out_dir)
+    return manifest
+
+
+def read_manifest(data_dir: str | Path) -> dict | None:
+    """The manifest of a finished data dir, or None if there is none."""
+    path = Path(data_dir) / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) -> dict:
+    data = recipe.data
+    eos_id = load_tokenizer(tokenizer_dir).eos_token_id
+    dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
+    streams, source_stats = open_sources(data, dedup)
+    encoder = corpus_encoder(tokenizer_dir)
+    tokenized = [tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction) for docs in streams]
+    mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
+    writers = {split: SplitWriter(scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size)
+               for split in SPLITS}
+    progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
+    for source, (validation, ids) in mixture:
+        writers["validation" if validation else "train"].add(source, ids)
+        progress.update()
+    progress.close()
+    for writer in writers.values():
+        writer.close()
+    _check_not_empty(data, source_stats, mixture)
+    for split, writer in writers.items():
+        writer.check_enough(split, data.seq_len)
+    DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
+    return _report(data, source_stats, mixture, writers, dedup, encoder)
+
+
+def tokenized_documents(documents: Iterator[str], encoder: CorpusEncoder, batch_size: int,
+                        validation_fraction: float) -> Iterator[tuple[bool, list[int]]]:
+    """(is validation, token ids) per document, encoded a batch at a time on all cores. No batch is
+    read ahead: with several sources, which copy of a cross-source duplicate is kept, and the
+    documents each source reports read, follow the order the mixture takes documents in."""
+    while batch := list(islice(documents, batch_size)):
+        for text, ids in zip(batch, encoder.encode_batch(batch)):
+            yield is_validation_document(text, validation_fraction), ids
+
+
+class SplitWriter:
+    """Packs one split's documents into blocks and appends them to an Arrow file, a batch at a time."""
+
+    def __init__(self, path: Path, seq_len: int, eos_id: int, document_masking: bool, batch_size: int):
+        self.path = path
+        self.packer = Packer(seq_len, eos_id)
+        self.document_masking = document_masking
+        self.batch_size = batch_size
+        self.features = split_features(seq_len, document_masking)
+        self.writer = pa.ipc.new_stream(str(path), self.features.arrow_schema)
+        self.digest = hashlib.sha256()
+        self.tokens_by_source: Counter = Counter()
+        self._pending: list[list[int]] = []
+
+    def add(self, source: int, ids: list[int]) -> None:
+        self._pending.append(ids)
+        self.tokens_by_source[source] += len(ids) + 1
+        if len(self._pending) == self.batch_size:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
+
+    def check_enough(self, split: str, seq_len: int) -> None:
+        if self.packer.blocks == 0:
+            advice = ("raise data.validation_fraction or add data" if split == "validation"
+                      else "add data, lower data.validation_fraction or lower data.seq_len")
+            raise UserError(f"data: the {split} split has {self.packer.documents} document(s), {self.packer.tokens} "
+                            f"tokens: not enough for one block of data.seq_len={seq_len} tokens; {advice}")
+
+    def stats(self) -> dict:
+        return {"documents": self.packer.documents, "tokens": self.packer.tokens, "blocks": self.packer.blocks,
+                "dropped_tail_tokens": self.packer.remainder_tokens}
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        # np.fromiter over the flattened ids is ~4x faster than pa.array on the list of lists (measured).
+        lengths = np.fromiter(map(len, self._pending), dtype=np.int32, count=len(self._pending))
+        flat = np.fromiter(chain.from_iterable(self._pending), dtype=np.int32, count=int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)])
+        documents = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        self._pending = []
+        if self.document_masking:
+            blocks, positions = self.packer.add_with_positions(documents)
+            columns = {"input_ids": blocks, "position_ids": positions}
+        else:
+            columns = {"input_ids": self.packer.add(documents)}
+        if len(columns["input_ids"]) == 0:
+            return
+        arrays = []
+        for array in columns.values():
+            self.digest.update(array.tobytes())
+            arrays.append(pa.FixedSizeListArray.from_arrays(array.reshape(-1), array.shape[1]))
+        self.writer.write_batch(pa.record_batch(arrays, schema=self.features.arrow_schema))
+
+
+def split_features(seq_len: int, document_masking: bool) -> Features:
+    block = List(Value("int32"), length=seq_len)
+    return Features({"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block})
+
+
+def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture) -> None:
+    """A source that gives no document ends the mixture at once: say which one and why."""
+    read = sum(s.corpus.documents for s in source_stats)
+    if read == 0:
+        skipped = Counter()
+        for s in source_stats:
+            skipped.update(s.corpus.skipped)
+        raise UserError(f"data.sources: the corpus is empty: no documents were read ({_skips(skipped)}); "
+                        "check the paths and text_column of data.sources")
+    i = mixture.exhausted
+    if i is None or mixture.items[i] > 0:
+        return
+    stats, source = source_stats[i], data.sources[i]
+    where = f"data.sources.{i} ({stats.name})"
+    if stats.corpus.documents and stats.too_short == stats.corpus.documents:
+        min_chars = (source.clean or data.clean).min_chars
+        raise UserError(f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
+                        f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
+                        "and that text_column names the column holding the text")
+    raise UserError(f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
+                    "input, or give it weight 0; the mixture cannot honour its weight without it")
+
+
+def _report(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture,
+            writers: dict[str, SplitWriter], dedup: Deduplicator | None, encoder: CorpusEncoder) -> dict:
+    total_weight = sum(s.weight for s in data.sources)
+    shares = mixture.shares()
+    sources = []
+    for i, (source, stats) in enumerate(zip(data.sources, source_stats)):
+        sources.append({"name": stats.name, "kind": source.kind, "weight": source.weight,
+                        "target_token_share": round(source.weight / total_weight, 4),
+                        "token_share": round(shares[i], 4), "documents": mixture.items[i], "tokens": mixture.taken[i],
+                        "ran_out": mixture.exhausted == i, **stats.to_dict()})
+    skipped, examples, filtered = Counter(), {}, Counter()
+    for stats in source_stats:
+        skipped.update(stats.corpus.skipped)
+        filtered.update(stats.filtered)
+        for reason, where in stats.corpus.examples.items():
+            examples.setdefault(reason, []).extend(where)
+    too_short = sum(s.too_short for s in source_stats)
+    ended_by = source_stats[mixture.exhausted].name if mixture.exhausted is not None else None
+    digest = hashlib.sha256()
+    for writer in writers.values():
+        digest.update(writer.digest.digest())
+    return {
+        "documents": {
+            "read": sum(s.corpus.documents for s in source_stats),
+            "kept": sum(mixture.items),
+            "skipped": dict(skipped) | ({"too_short_after_cleaning": too_short} if too_short else {}),
+            "skip_examples": examples,
+        },
+        "sources": sources,
+        "mixture": {"ended_when_source_ran_out": ended_by},
+        "filters": {"removed": dict(filtered),
+                    "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats)},
+        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False}) | {
+            "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
+            "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats)},
+        "encoder": encoder.stats(),
+        "columns": list(split_features(data.seq_len, data.document_masking)),
+        "splits": {split: writer.stats() for split, writer in writers.items()},
+        "content_fingerprint": digest.hexdigest(),
+    }
+
+
+def _skips(skipped: Counter) -> str:
+    if not skipped:
+        return "nothing was skipped either"
+    return "skipped: " + ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.items())
+
+
+def _what_changed(old: dict, new: dict) -> str:
+    changes = []
+    for key in new:
+        if old.get(key) == new[key]:
+            continue
+        if key == "tokenizer_fingerprint":
+            changes.append(f"the tokenizer changed ({str(old.get(key))[:12]} -> {new[key][:12]})")
+        elif isinstance(new[key], (int, float, str)):
+            changes.append(f"{key} changed ({old.get(key)} -> {new[key]})")
+        else:
+            changes.append(f"{key} changed")
+    return "; ".join(changes) or "the previous manifest is from another version"
+
+
+def _replace_dir(staged: Path, out_dir: Path) -> None:
+    """Move the finished `staged` dir to `out_dir`, replacing a previous prepared data dir."""
+    if not out_dir.exists():
+        staged.rename(out_dir)
+        return
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise UserError(f"data.dir {out_dir} exists and is not a prepared data directory; "
+                        "refusing to replace it. Point data.dir elsewhere or remove it")
+    retired = staged.parent / "previous"
+    out_dir.rename(retired)
+    staged.rename(out_dir)
+    shutil.rmtree(retired)

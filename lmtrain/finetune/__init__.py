@@ -1,0 +1,1 @@
+"""Fine-tuning tasks (SFT, classification) on a pretrained model, trained by the same `fit`."""

@@ -1,0 +1,202 @@
+"""What SFT and classification share: the pretrained base, freezing, LoRA, export and merge.
+
+A fine-tuned model is exported as a plain Hugging Face directory (safetensors, config, tokenizer with
+its chat template, generation config), or, with LoRA, as a peft adapter directory (adapter_config.json,
+adapter_model.safetensors, tokenizer) that `merge_adapter` turns into a plain directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from lmtrain.config.finetune import FinetuneRecipe, FreezeConfig, LoraConfig
+from lmtrain.errors import UserError
+from lmtrain.model.adapters import adapter_info, is_adapter_dir, load_adapter_model
+from lmtrain.model.llama import enable_activation_checkpointing, parameter_count
+from lmtrain.training.distributed import resolve_precision
+
+
+def say(message: str) -> None:
+    """Print once per launch (the main process), on stderr like the training log."""
+    if PartialState().is_main_process:
+        import sys
+        print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- the base model
+
+
+def check_base_model(path: str) -> AutoConfig:
+    """The base model's config, after checking that `path` is a causal LM directory we can start from."""
+    directory = Path(path)
+    if is_adapter_dir(directory):
+        raise UserError(f"base_model: {path} is a LoRA adapter, not a full model; merge it first "
+                        f"(python finetune.py merge {path} OUT_DIR) and start from OUT_DIR")
+    if not directory.is_dir():
+        raise UserError(f"base_model: {path} does not exist; pretrain first (make smoke writes runs/smoke/final) "
+                        "or point base_model at a model directory")
+    if not (directory / "config.json").is_file():
+        raise UserError(f"base_model: {path} is not a model directory (no config.json); point it at a "
+                        "pretrained export such as runs/smoke/final")
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UserError(f"base_model: {path}/config.json cannot be read by transformers: {exc}") from None
+    architectures = getattr(config, "architectures", None) or []
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+            architectures and not any(a.endswith("ForCausalLM") for a in architectures)):
+        kind = ", ".join(architectures) or config.model_type
+        raise UserError(f"base_model: {path} is a {kind} model, not a causal language model; start from a "
+                        "pretrained causal LM directory (e.g. runs/smoke/final, or a *ForCausalLM model)")
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(f"base_model: {path} has no .safetensors weights; this project loads safetensors only "
+                        "(no pickled .bin files): convert the model with save_pretrained(..., safe_serialization=True)")
+    if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
+        raise UserError(f"base_model: {path} has no tokenizer; export the model with its tokenizer")
+    return config
+
+
+def load_base_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # e.g. Llama-2's tokenizer: pad with eos, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def base_fingerprint(path: str) -> str:
+    """Changes when the base model's config, tokenizer or weights files change (sizes, not contents: a 7B
+    is not hashed on every start)."""
+    digest = hashlib.sha256()
+    directory = Path(path)
+    for name in ("config.json", "tokenizer.json"):
+        if (directory / name).is_file():
+            digest.update((directory / name).read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def resolved(path: str) -> str:
+    """An absolute path for a local directory (so that an adapter finds its base from anywhere)."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+# ---------------------------------------------------------------------------- what is trained
+
+
+def base_dtype(recipe: FinetuneRecipe) -> torch.dtype:
+    """The dtype to load the base model in. With LoRA in bf16 training, bf16: its matmuls run in bf16
+    under autocast either way, and holding it in bf16 halves its memory (a 7B base: 14 GB instead of
+    28), at the price of a bf16 residual stream and norms (fp32 with an fp32 base under autocast), the
+    usual trade-off of bf16 LoRA. make_trainable keeps what trains (adapters, a classification head)
+    in fp32. Otherwise fp32, the master copy of weights that train (DeepSpeed keeps its own)."""
+    if recipe.lora.enabled and resolve_precision(recipe.train.precision) == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def make_trainable(model: torch.nn.Module, recipe: FinetuneRecipe, head: torch.nn.Module) -> torch.nn.Module:
+    """The loaded model as the recipe trains it: activation checkpointing, freezing, LoRA; says what trains."""
+    if recipe.model.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    frozen = apply_freezing(model, recipe.freeze, head)
+    if recipe.lora.enabled:
+        if recipe.model.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed layers need inputs that require grad
+        model = apply_lora(model, recipe.lora, recipe.task)
+        # Over a bf16 base (base_dtype) what trains stays fp32, under autocast. ZeRO-3 neither autocasts nor
+        # recasts a model built under zero.Init, so there it must match the base (DeepSpeed keeps fp32 masters).
+        trainable_dtype = base_dtype(recipe) if is_deepspeed_zero3_enabled() else torch.float32
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(trainable_dtype)
+    say(describe_trainable(model, frozen, recipe.lora) + f" | base weights {str(base_dtype(recipe)).split('.')[-1]}")
+    return model
+
+
+def apply_freezing(model: torch.nn.Module, cfg: FreezeConfig, head: torch.nn.Module) -> str:
+    """Freeze as the recipe says; return a description of what is frozen ("" for nothing)."""
+    frozen = []
+    if cfg.all_but_head:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for param in head.parameters():
+            param.requires_grad_(True)
+        frozen.append("everything but the head")
+    if cfg.embeddings:
+        embeddings = model.get_input_embeddings()
+        for param in embeddings.parameters():
+            param.requires_grad_(False)
+        tied = any(p is q for p in embeddings.parameters() for q in head.parameters())
+        frozen.append("embeddings" + (" (tied to the output layer, frozen with them)" if tied else ""))
+    if cfg.first_n_layers:
+        layers = model.base_model.layers
+        if cfg.first_n_layers > len(layers):
+            raise UserError(f"freeze.first_n_layers: {cfg.first_n_layers} but the model has {len(layers)} layers")
+        for layer in layers[:cfg.first_n_layers]:
+            for param in layer.parameters():
+                param.requires_grad_(False)
+        frozen.append(f"layers 0-{cfg.first_n_layers - 1} of {len(layers)}")
+    return ", ".join(frozen)
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraConfig, task_type: str) -> torch.nn.Module:
+    """The model wrapped with LoRA adapters (peft); only the adapters (and a classification head) train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in names]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise UserError(f"lora.target_modules: {', '.join(missing)} not found in the model; its linear layers are "
+                        f"{', '.join(linear)}")
+    peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                 target_modules=list(cfg.target_modules),
+                                 task_type=TaskType.CAUSAL_LM if task_type == "sft" else TaskType.SEQ_CLS)
+    return get_peft_model(model, peft_config)
+
+
+def describe_trainable(model: torch.nn.Module, frozen: str, lora: LoraConfig) -> str:
+    total, trainable = parameter_count(model), parameter_count(model, trainable_only=True)
+    how = (f"LoRA r={lora.r}, alpha={lora.alpha:g} on {', '.join(lora.target_modules)}" if lora.enabled
+           else f"frozen: {frozen}" if frozen else "full fine-tuning")
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%) | {how}"
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Merge a LoRA adapter into its base and write a plain model directory (safetensors, config, tokenizer,
+    generation config) in the base model's dtype, loadable with AutoModelForCausalLM /
+    AutoModelForSequenceClassification alone."""
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    base = base or adapter_info(adapter_dir).get("base_model_name_or_path")
+    target = out_dir.resolve()
+    for kept, what in ((adapter_dir, "the adapter"), (Path(base or adapter_dir), "the base model")):
+        if target == kept.resolve() or target in kept.resolve().parents:
+            raise UserError(f"merge: {out_dir} holds {what} ({kept}); write the merged model to a new directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"merge: {out_dir} exists and is not empty; choose a new directory, or pass --overwrite to "
+                        "replace it")
+    merged = load_adapter_model(adapter_dir, base, merge=True)
+    merged.to(AutoConfig.from_pretrained(base).dtype or torch.float32)  # loaded in fp32 for the merge
+    if (adapter_dir / "generation_config.json").is_file():
+        merged.generation_config = GenerationConfig.from_pretrained(adapter_dir)
+    staging = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(staging)
+    if (adapter_dir / "recipe.yaml").is_file():
+        shutil.copy(adapter_dir / "recipe.yaml", staging / "recipe.yaml")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir

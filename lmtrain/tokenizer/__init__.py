@@ -1,0 +1,1 @@
+"""The byte-level BPE tokenizer: training, saving, the fast corpus encoder and the quality report."""
