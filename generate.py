@@ -25,9 +25,12 @@ def main() -> None:
     parser.add_argument("model_dir", help="a model directory, e.g. runs/smoke/final or runs/smoke-sft/final")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt, chat message or text (repeatable)")
     parser.add_argument("--prompts-file", help="a UTF-8 text file with one prompt per line")
-    parser.add_argument("--chat", action="store_true",
-                        help="chat through the tokenizer's chat template, streaming the reply; interactive "
-                             "(stdin) unless prompts are given")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="chat through the tokenizer's chat template, streaming the reply; interactive "
+        "(stdin) unless prompts are given",
+    )
     parser.add_argument("--system", default="", help="with --chat: a system message first")
     parser.add_argument("--input", help="batch mode: a JSONL file in (one JSON object per line)")
     parser.add_argument("--output", help="batch mode: the JSONL file out (default: stdout)")
@@ -37,12 +40,14 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling")
-    parser.add_argument("--base", help="for a LoRA adapter: its base model directory (default: the one recorded in "
-                                       "the adapter)")
+    parser.add_argument(
+        "--base", help="for a LoRA adapter: its base model directory (default: the one recorded in the adapter)"
+    )
     args = parser.parse_args()
 
     from lmtrain.errors import UserError
     from lmtrain.inference.generation import SamplingSettings, model_kind
+
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.input and (args.prompt or args.prompts_file):
@@ -59,6 +64,7 @@ def main() -> None:
     if args.chat:
         return chat(args, settings)
     from lmtrain.inference.generation import generate_texts, load_model, read_prompts
+
     prompts = read_prompts(args.prompt, args.prompts_file)
     model, tokenizer = load_model(args.model_dir, args.base)
     for prompt, completion in zip(prompts, generate_texts(model, tokenizer, prompts, settings)):
@@ -67,6 +73,7 @@ def main() -> None:
 
 def chat(args, settings) -> None:
     from lmtrain.inference.generation import chat_loop, load_model, read_prompts, require_chat_template, stream_reply
+
     model, tokenizer = load_model(args.model_dir, args.base)
     require_chat_template(tokenizer, args.model_dir)
     if not (args.prompt or args.prompts_file):
@@ -86,6 +93,7 @@ def chat(args, settings) -> None:
 
 def batch(args, settings) -> None:
     from lmtrain.inference.generation import generate_batch, load_model, read_jsonl, write_jsonl
+
     records = read_jsonl(args.input, ("prompt", "messages"))
     model, tokenizer = load_model(args.model_dir, args.base)
     rows = generate_batch(model, tokenizer, records, settings, args.model_dir, args.chat, args.batch_size)
@@ -97,9 +105,12 @@ def batch(args, settings) -> None:
 def classify(args) -> None:
     from lmtrain.errors import UserError
     from lmtrain.inference.generation import classify_texts, load_classifier, read_jsonl, read_prompts, write_jsonl
+
     if args.chat:
-        raise UserError(f"{args.model_dir}: a classification model cannot chat; pass texts with "
-                        "--prompt/--prompts-file/--input to get labels")
+        raise UserError(
+            f"{args.model_dir}: a classification model cannot chat; pass texts with "
+            "--prompt/--prompts-file/--input to get labels"
+        )
     if args.input:
         records = read_jsonl(args.input, ("text",))
         for where, record in records:
@@ -117,8 +128,9 @@ def classify(args) -> None:
             print(f"{len(results)} text(s) classified → {args.output}", file=sys.stderr)
         return
     for text, result in zip(texts, results):
-        probabilities = ", ".join(f"{label} {p:.3f}" for label, p in
-                                  sorted(result["probabilities"].items(), key=lambda kv: -kv[1]))
+        probabilities = ", ".join(
+            f"{label} {p:.3f}" for label, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+        )
         preview = text if len(text) <= 80 else text[:77] + "..."
         print(f"{result['label']}\t({probabilities})\t{preview!r}")
 

@@ -60,8 +60,13 @@ print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", action="append", default=[], metavar="PATH",
-                        help="local files or globs (.txt, .jsonl, .jsonl.gz, .parquet, .csv); default: the stdlib")
+    parser.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="local files or globs (.txt, .jsonl, .jsonl.gz, .parquet, .csv); default: the stdlib",
+    )
     parser.add_argument("--text-column", default="text", help="text column of .jsonl/.parquet/.csv files")
     parser.add_argument("--batch-size", type=int, default=1000, help="documents per tokenizer batch (data.batch_size)")
     args = parser.parse_args()
@@ -83,23 +88,34 @@ def main() -> None:
 
         runs = []
         for round_ in range(ROUNDS):
-            runs.append((
-                raw_limit(texts, args.batch_size, lambda batch: [
-                    e.ids for e in encoder.reference.encode_batch_fast(batch, add_special_tokens=False)]),
-                raw_limit(texts, args.batch_size, encoder.fast_ids),
-                run_clm_way(texts, recipe.tokenizer.dir, args.batch_size, tmp / f"clm_{round_}"),
-                this_pipeline(texts, recipe.tokenizer.dir, eos_id, args.batch_size, tmp / f"ours_{round_}")))
+            runs.append(
+                (
+                    raw_limit(
+                        texts,
+                        args.batch_size,
+                        lambda batch: [
+                            e.ids for e in encoder.reference.encode_batch_fast(batch, add_special_tokens=False)
+                        ],
+                    ),
+                    raw_limit(texts, args.batch_size, encoder.fast_ids),
+                    run_clm_way(texts, recipe.tokenizer.dir, args.batch_size, tmp / f"clm_{round_}"),
+                    this_pipeline(texts, recipe.tokenizer.dir, eos_id, args.batch_size, tmp / f"ours_{round_}"),
+                )
+            )
         (raw_tokens, raw_s), (tk_tokens, tk_s), (clm_tokens, clm_s), (ours_tokens, ours_s) = (
-            min((run[way] for run in runs), key=lambda r: r[1]) for way in range(4))
+            min((run[way] for run in runs), key=lambda r: r[1]) for way in range(4)
+        )
         assert raw_tokens == tk_tokens == clm_tokens == ours_tokens, (raw_tokens, tk_tokens, clm_tokens, ours_tokens)
 
         rss_1x = peak_rss(recipe_path)
         rss_4x = peak_rss(write_recipe(tmp, corpus_4x, "4x"))
 
-    rates = {"raw limit (tokenizers encode_batch_fast)": raw_tokens / raw_s,
-             "tiktoken limit (CorpusEncoder.fast_ids)": tk_tokens / tk_s,
-             "run_clm way (map tokenize + group_texts)": clm_tokens / clm_s,
-             "this pipeline (tokenize + pack + write)": ours_tokens / ours_s}
+    rates = {
+        "raw limit (tokenizers encode_batch_fast)": raw_tokens / raw_s,
+        "tiktoken limit (CorpusEncoder.fast_ids)": tk_tokens / tk_s,
+        "run_clm way (map tokenize + group_texts)": clm_tokens / clm_s,
+        "this pipeline (tokenize + pack + write)": ours_tokens / ours_s,
+    }
     print(f"\n{'tokenize + pack (fastest of ' + str(ROUNDS) + ')':<44}{'seconds':>10}{'tokens/s':>14}")
     for (name, rate), seconds in zip(rates.items(), (raw_s, tk_s, clm_s, ours_s)):
         print(f"{name:<44}{seconds:>10.2f}{rate:>14,.0f}")
@@ -107,10 +123,17 @@ def main() -> None:
     for name, r in (("corpus", rss_1x), ("corpus x 4", rss_4x)):
         print(f"{name:<44}{r['peak_rss_mb']:>12,.0f}{r['seconds']:>10.1f}{r['tokens']:>14,}")
     ours = ours_tokens / ours_s
-    print(json.dumps({"tokens_per_s": round(ours), "vs_run_clm": round(ours / (clm_tokens / clm_s), 2),
-                      "vs_raw_limit": round(ours / (raw_tokens / raw_s), 3),
-                      "rss_growth_4x": round(rss_4x["peak_rss_mb"] / rss_1x["peak_rss_mb"] - 1, 3),
-                      "vs_tiktoken_limit": round(ours / (tk_tokens / tk_s), 3)}))
+    print(
+        json.dumps(
+            {
+                "tokens_per_s": round(ours),
+                "vs_run_clm": round(ours / (clm_tokens / clm_s), 2),
+                "vs_raw_limit": round(ours / (raw_tokens / raw_s), 3),
+                "rss_growth_4x": round(rss_4x["peak_rss_mb"] / rss_1x["peak_rss_mb"] - 1, 3),
+                "vs_tiktoken_limit": round(ours / (tk_tokens / tk_s), 3),
+            }
+        )
+    )
 
 
 def write_corpus(tmp: Path, paths: list[str], text_column: str, copies: int) -> Path:
@@ -137,9 +160,14 @@ def _stdlib_texts() -> list[str]:
 def write_recipe(tmp: Path, corpus: Path, name: str) -> Path:
     recipe = {
         "tokenizer": {"dir": str(tmp / "tokenizer"), "vocab_size": VOCAB_SIZE},
-        "data": {"dir": str(tmp / f"data_{name}"), "seq_len": SEQ_LEN, "validation_fraction": 0.02,
-                 "sources": [{"kind": "files", "paths": [str(corpus)]}],
-                 "clean": {"strip_html": False, "min_chars": 32}, "dedup": {"exact": False, "near": False}},
+        "data": {
+            "dir": str(tmp / f"data_{name}"),
+            "seq_len": SEQ_LEN,
+            "validation_fraction": 0.02,
+            "sources": [{"kind": "files", "paths": [str(corpus)]}],
+            "clean": {"strip_html": False, "min_chars": 32},
+            "dedup": {"exact": False, "near": False},
+        },
     }
     path = tmp / f"recipe_{name}.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
@@ -150,7 +178,7 @@ def raw_limit(texts: list[str], batch_size: int, encode_batch) -> tuple[int, flo
     start = time.perf_counter()
     tokens = 0
     for i in range(0, len(texts), batch_size):
-        tokens += sum(map(len, encode_batch(texts[i:i + batch_size])))
+        tokens += sum(map(len, encode_batch(texts[i : i + batch_size])))
     return tokens, time.perf_counter() - start
 
 
@@ -168,15 +196,22 @@ def run_clm_way(texts: list[str], tokenizer_dir: str, batch_size: int, cache: Pa
         concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
         total_length = len(concatenated[list(examples.keys())[0]])
         total_length = (total_length // SEQ_LEN) * SEQ_LEN
-        result = {k: [t[i:i + SEQ_LEN] for i in range(0, total_length, SEQ_LEN)] for k, t in concatenated.items()}
+        result = {k: [t[i : i + SEQ_LEN] for i in range(0, total_length, SEQ_LEN)] for k, t in concatenated.items()}
         result["labels"] = result["input_ids"].copy()
         return result
 
     start = time.perf_counter()
-    tokenized = raw.map(tokenize_function, batched=True, batch_size=batch_size, remove_columns=["text"],
-                        load_from_cache_file=False, desc="run_clm: tokenize")
-    tokenized.map(group_texts, batched=True, batch_size=batch_size, load_from_cache_file=False,
-                  desc="run_clm: group_texts")
+    tokenized = raw.map(
+        tokenize_function,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=["text"],
+        load_from_cache_file=False,
+        desc="run_clm: tokenize",
+    )
+    tokenized.map(
+        group_texts, batched=True, batch_size=batch_size, load_from_cache_file=False, desc="run_clm: group_texts"
+    )
     seconds = time.perf_counter() - start
     return sum(len(ids) for ids in tokenized["input_ids"]), seconds
 

@@ -36,18 +36,37 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LAUNCH_2PROC = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml")]
+LAUNCH_2PROC = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml"),
+]
 MAX_STEPS = 24
 CHECKPOINT_EVERY = 8
 TINY = {
     "tokenizer": {"vocab_size": 512},
-    "data": {"sources": [{"kind": "python_stdlib", "max_documents": 120}], "clean": {"strip_html": False},
-             "seq_len": 64, "validation_fraction": 0.1},
+    "data": {
+        "sources": [{"kind": "python_stdlib", "max_documents": 120}],
+        "clean": {"strip_html": False},
+        "seq_len": 64,
+        "validation_fraction": 0.1,
+    },
     "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 172},
-    "train": {"max_steps": MAX_STEPS, "global_batch_size": 8, "micro_batch_size": 4, "warmup_steps": 2,
-              "lr": 3.0e-3, "eval_every": 12, "eval_batches": 2, "log_every": 1,
-              "checkpoint_every": CHECKPOINT_EVERY, "keep_last": 3, "precision": "fp32"},
+    "train": {
+        "max_steps": MAX_STEPS,
+        "global_batch_size": 8,
+        "micro_batch_size": 4,
+        "warmup_steps": 2,
+        "lr": 3.0e-3,
+        "eval_every": 12,
+        "eval_batches": 2,
+        "log_every": 1,
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "keep_last": 3,
+        "precision": "fp32",
+    },
 }
 
 
@@ -63,18 +82,33 @@ class Workspace:
         self.recipe = root / "tiny.yaml"
         self.recipe.write_text(yaml.safe_dump(recipe), encoding="utf-8")
         for script in ("tokenizer/train_tokenizer.py", "data_prep/prepare.py"):
-            _check(subprocess.run([sys.executable, script, str(self.recipe)], cwd=REPO_ROOT, env=_env(),
-                                  capture_output=True, text=True, timeout=600))
+            _check(
+                subprocess.run(
+                    [sys.executable, script, str(self.recipe)],
+                    cwd=REPO_ROOT,
+                    env=_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+            )
         self._references: dict[int, Path] = {}
 
     def command(self, run_dir: Path, processes: int, *overrides: str) -> list[str]:
         launcher = LAUNCH_2PROC if processes == 2 else [sys.executable]
         return [*launcher, "train.py", str(self.recipe), f"run_dir={run_dir}", *overrides]
 
-    def train(self, run_dir: Path, processes: int = 1, *overrides: str, env: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.command(run_dir, processes, *overrides), cwd=REPO_ROOT, env=_env(env),
-                                capture_output=True, text=True, timeout=900)
+    def train(
+        self, run_dir: Path, processes: int = 1, *overrides: str, env: dict | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            self.command(run_dir, processes, *overrides),
+            cwd=REPO_ROOT,
+            env=_env(env),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if check:
             _check(result)
         return result
@@ -89,8 +123,14 @@ class Workspace:
 
     def interrupt(self, run_dir: Path, processes: int, sig: signal.Signals, after_step: int) -> tuple[int, str]:
         """Start a run, send `sig` once it has logged `after_step`; its exit code and stderr."""
-        proc = subprocess.Popen(self.command(run_dir, processes), cwd=REPO_ROOT, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            self.command(run_dir, processes),
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 600
         while last_logged_step(run_dir) < after_step:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -115,8 +155,15 @@ def _signal_and_resume(ws: Workspace, processes: int, sig: signal.Signals, name:
     exit_code, stop_stderr = ws.interrupt(run_dir, processes, sig, after_step=5)
     stopped_at = newest_checkpoint_step(run_dir)
     resumed = ws.train(run_dir, processes)
-    return _compare(ws.reference(processes), run_dir, stopped_at, stopped_at,
-                    exit_code=exit_code, stop_stderr=stop_stderr, resume_stderr=resumed.stderr)
+    return _compare(
+        ws.reference(processes),
+        run_dir,
+        stopped_at,
+        stopped_at,
+        exit_code=exit_code,
+        stop_stderr=stop_stderr,
+        resume_stderr=resumed.stderr,
+    )
 
 
 def sigkill_during_save(ws: Workspace) -> dict:
@@ -126,8 +173,15 @@ def sigkill_during_save(ws: Workspace) -> dict:
     leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     resumed_from = newest_checkpoint_step(run_dir)
     resumed = ws.train(run_dir, 1)
-    return _compare(ws.reference(1), run_dir, kill_step, resumed_from, exit_code=killed.returncode,
-                    leftovers=leftovers, resume_stderr=resumed.stderr)
+    return _compare(
+        ws.reference(1),
+        run_dir,
+        kill_step,
+        resumed_from,
+        exit_code=killed.returncode,
+        leftovers=leftovers,
+        resume_stderr=resumed.stderr,
+    )
 
 
 def corrupt_checkpoint(ws: Workspace) -> dict:
@@ -138,8 +192,7 @@ def corrupt_checkpoint(ws: Workspace) -> dict:
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     shutil.rmtree(run_dir / "final")  # so that the resumed run has work to redo, and its result to compare
     resumed = ws.train(run_dir, 1)
-    outcome = _compare(ws.reference(1), run_dir, MAX_STEPS, _resumed_step(resumed.stderr),
-                       resume_stderr=resumed.stderr)
+    outcome = _compare(ws.reference(1), run_dir, MAX_STEPS, _resumed_step(resumed.stderr), resume_stderr=resumed.stderr)
     outcome["reported"] = f"{shard.name} has" in resumed.stderr
     outcome["ok"] = outcome["ok"] and outcome["reported"] and outcome["resumed_from"] == MAX_STEPS - CHECKPOINT_EVERY
     return outcome
@@ -148,17 +201,33 @@ def corrupt_checkpoint(ws: Workspace) -> dict:
 def nonfinite_loss(ws: Workspace) -> dict:
     run_dir = ws.root / "nonfinite"
     bad_steps = [5, 6]
-    stopped = ws.train(run_dir, 1, "train.checkpoint_every=2", "train.max_skipped_steps=2",
-                       env={"LMTRAIN_FAULT_NONFINITE_STEPS": ",".join(map(str, bad_steps))}, check=False)
+    stopped = ws.train(
+        run_dir,
+        1,
+        "train.checkpoint_every=2",
+        "train.max_skipped_steps=2",
+        env={"LMTRAIN_FAULT_NONFINITE_STEPS": ",".join(map(str, bad_steps))},
+        check=False,
+    )
     records = read_metrics(run_dir)
     skipped = [r for r in records if r.get("event") == "skipped_nonfinite"]
     checkpoints = run_dir / "checkpoints"
     before, after = (load_weights(checkpoints / f"step_{s:08d}" / "model.safetensors") for s in (4, 6))
     weights_unchanged = same_weights(before, after)
-    ok = (stopped.returncode == 2 and [r["step"] for r in skipped] == bad_steps and weights_unchanged
-          and newest_checkpoint_step(run_dir) == 6)
-    return {"ok": ok, "steps_lost": len(skipped), "exit_code": stopped.returncode, "skipped": skipped,
-            "weights_unchanged": weights_unchanged, "stderr": stopped.stderr}
+    ok = (
+        stopped.returncode == 2
+        and [r["step"] for r in skipped] == bad_steps
+        and weights_unchanged
+        and newest_checkpoint_step(run_dir) == 6
+    )
+    return {
+        "ok": ok,
+        "steps_lost": len(skipped),
+        "exit_code": stopped.returncode,
+        "skipped": skipped,
+        "weights_unchanged": weights_unchanged,
+        "stderr": stopped.stderr,
+    }
 
 
 SCENARIOS = {
@@ -172,11 +241,19 @@ SCENARIOS = {
 
 def _compare(reference: Path, run_dir: Path, computed_up_to: int, resumed_from: int, **details) -> dict:
     ref_losses, losses = step_losses(reference), step_losses(run_dir)
-    weights_equal = same_weights(load_weights(reference / "final" / "model.safetensors"),
-                                 load_weights(run_dir / "final" / "model.safetensors"))
+    weights_equal = same_weights(
+        load_weights(reference / "final" / "model.safetensors"), load_weights(run_dir / "final" / "model.safetensors")
+    )
     ok = losses == ref_losses and len(losses) == MAX_STEPS and weights_equal
-    return {"ok": ok, "steps_lost": computed_up_to - resumed_from, "resumed_from": resumed_from,
-            "losses": losses, "reference_losses": ref_losses, "weights_equal": weights_equal, **details}
+    return {
+        "ok": ok,
+        "steps_lost": computed_up_to - resumed_from,
+        "resumed_from": resumed_from,
+        "losses": losses,
+        "reference_losses": ref_losses,
+        "weights_equal": weights_equal,
+        **details,
+    }
 
 
 def _resumed_step(stderr: str) -> int:
@@ -201,18 +278,21 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 def newest_checkpoint_step(run_dir: Path) -> int:
-    steps = [int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*")
-             if (p / "COMPLETE.json").is_file()]
+    steps = [
+        int(p.name.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE.json").is_file()
+    ]
     return max(steps, default=0)
 
 
 def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
+
     return load_file(path)
 
 
 def same_weights(a: dict, b: dict) -> bool:
     import torch
+
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -245,8 +325,11 @@ def main() -> None:
             except Exception as exc:  # a scenario that crashes is a failed scenario, not a crashed benchmark
                 outcome = {"ok": False, "steps_lost": -1, "error": str(exc)[-500:]}
             summary[name] = {"ok": bool(outcome["ok"]), "steps_lost": int(outcome["steps_lost"])}
-            print(f"{name:<30} {'pass' if outcome['ok'] else 'FAIL':<6} {outcome['steps_lost']:>10}  "
-                  f"{time.perf_counter() - start:>7.1f}", flush=True)
+            print(
+                f"{name:<30} {'pass' if outcome['ok'] else 'FAIL':<6} {outcome['steps_lost']:>10}  "
+                f"{time.perf_counter() - start:>7.1f}",
+                flush=True,
+            )
             if "error" in outcome:
                 print(f"    {outcome['error']}")
         print(json.dumps(summary))

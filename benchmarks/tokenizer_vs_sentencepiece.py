@@ -46,15 +46,23 @@ MAX_CHARS = 8_000_000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", action="append", default=[], metavar="PATH",
-                        help="English text files or globs (.txt, .jsonl, .jsonl.gz, .parquet, .csv); "
-                             "default: standard-library comments and docstrings")
+    parser.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="English text files or globs (.txt, .jsonl, .jsonl.gz, .parquet, .csv); "
+        "default: standard-library comments and docstrings",
+    )
     parser.add_argument("--zh-corpus", action="append", default=[], metavar="PATH", help="Chinese text files or globs")
     parser.add_argument("--text-column", default="text", help="text column of .jsonl/.parquet/.csv files")
     parser.add_argument("--repeats", type=int, default=3, help="trainings of each, alternating; the best counts")
     parser.add_argument("--per-language", action="store_true", help="also time each on English only and Chinese only")
-    parser.add_argument("--input-stage", action="store_true",
-                        help="also time tokenizers' trainer with no merges (a floor under its training time)")
+    parser.add_argument(
+        "--input-stage",
+        action="store_true",
+        help="also time tokenizers' trainer with no merges (a floor under its training time)",
+    )
     parser.add_argument("--bytes", action="store_true", help="also time and measure the plain byte-level trainer")
     args = parser.parse_args()
     if args.repeats < 1:
@@ -67,10 +75,12 @@ def main() -> None:
     if not held_zh:
         held_zh = [BUILT_IN_CHINESE]
     training = train_en + train_zh
-    print(f"training text: {len(train_en):,} English + {len(train_zh):,} Chinese documents, "
-          f"{sum(len(t.encode()) for t in training) / 1e6:.1f} MB; held out: {len(held_en):,} English, "
-          f"{len(held_zh):,} Chinese{' (built-in passage: no --zh-corpus)' if not chinese else ''}; "
-          f"vocab {VOCAB_SIZE:,}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"training text: {len(train_en):,} English + {len(train_zh):,} Chinese documents, "
+        f"{sum(len(t.encode()) for t in training) / 1e6:.1f} MB; held out: {len(held_en):,} English, "
+        f"{len(held_zh):,} Chinese{' (built-in passage: no --zh-corpus)' if not chinese else ''}; "
+        f"vocab {VOCAB_SIZE:,}; {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}"
+    )
 
     ours, ours_s, theirs, theirs_s = race(training, args.repeats, "all training text")
     if args.per_language:
@@ -82,8 +92,10 @@ def main() -> None:
     if args.bytes:
         plain, _, spm_model, _ = race(training, args.repeats, "all, ours trained on bytes", train_bytes)
         measured = {lang: bytes_per_token(plain, spm_model, held) for lang, held in (("en", held_en), ("zh", held_zh))}
-        print("  trained on bytes, bytes/token ours / theirs: "
-              + ", ".join(f"{lang} {a:.3f} / {b:.3f}" for lang, (a, b) in measured.items()))
+        print(
+            "  trained on bytes, bytes/token ours / theirs: "
+            + ", ".join(f"{lang} {a:.3f} / {b:.3f}" for lang, (a, b) in measured.items())
+        )
     rows = {lang: bytes_per_token(ours, theirs, held) for lang, held in (("en", held_en), ("zh", held_zh))}
 
     print(f"\nload average now {os.getloadavg()[0]:.1f}")
@@ -91,9 +103,15 @@ def main() -> None:
     print(f"{'training seconds (best)':<28}{ours_s:>20.2f}{theirs_s:>16.2f}{ours_s / theirs_s:>15.2f}")
     for lang, (a, b) in rows.items():
         print(f"{'bytes/token, held-out ' + lang:<28}{a:>20.3f}{b:>16.3f}{a / b:>15.3f}")
-    print(json.dumps({"train_time_vs_spm": round(ours_s / theirs_s, 3),
-                      "bytes_per_token_vs_spm_en": round(rows["en"][0] / rows["en"][1], 3),
-                      "bytes_per_token_vs_spm_zh": round(rows["zh"][0] / rows["zh"][1], 3)}))
+    print(
+        json.dumps(
+            {
+                "train_time_vs_spm": round(ours_s / theirs_s, 3),
+                "bytes_per_token_vs_spm_en": round(rows["en"][0] / rows["en"][1], 3),
+                "bytes_per_token_vs_spm_zh": round(rows["zh"][0] / rows["zh"][1], 3),
+            }
+        )
+    )
 
 
 def stdlib_prose() -> list[str]:
@@ -133,23 +151,26 @@ def race(texts: list[str], repeats: int, label: str, train=None):
         ours_times.append(seconds)
         theirs, seconds = train_sentencepiece(texts)
         theirs_times.append(seconds)
-    print(f"{label}: ours {' '.join(f'{t:.2f}' for t in ours_times)} s, sentencepiece "
-          f"{' '.join(f'{t:.2f}' for t in theirs_times)} s; best {min(ours_times):.2f} / {min(theirs_times):.2f} "
-          f"= {min(ours_times) / min(theirs_times):.2f}")
+    print(
+        f"{label}: ours {' '.join(f'{t:.2f}' for t in ours_times)} s, sentencepiece "
+        f"{' '.join(f'{t:.2f}' for t in theirs_times)} s; best {min(ours_times):.2f} / {min(theirs_times):.2f} "
+        f"= {min(ours_times) / min(theirs_times):.2f}"
+    )
     return ours, min(ours_times), theirs, min(theirs_times)
 
 
 def train_ours(texts: list[str]):
     start = time.perf_counter()
-    tokenizer = train_bpe((texts[i:i + 1000] for i in range(0, len(texts), 1000)), VOCAB_SIZE, min_frequency=2)
+    tokenizer = train_bpe((texts[i : i + 1000] for i in range(0, len(texts), 1000)), VOCAB_SIZE, min_frequency=2)
     return tokenizer, time.perf_counter() - start
 
 
 def train_bytes(texts: list[str]):
     start = time.perf_counter()
     tokenizer = new_tokenizer()
-    tokenizer.train_from_iterator((texts[i:i + 1000] for i in range(0, len(texts), 1000)),
-                                  bpe_trainer(VOCAB_SIZE, min_frequency=2))
+    tokenizer.train_from_iterator(
+        (texts[i : i + 1000] for i in range(0, len(texts), 1000)), bpe_trainer(VOCAB_SIZE, min_frequency=2)
+    )
     return tokenizer, time.perf_counter() - start
 
 
@@ -160,8 +181,10 @@ def train_input_stage(texts: list[str]):
     start = time.perf_counter()
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
-    tokenizer.train_from_iterator((texts[i:i + 1000] for i in range(0, len(texts), 1000)),
-                                  trainers.BpeTrainer(vocab_size=1, show_progress=False))
+    tokenizer.train_from_iterator(
+        (texts[i : i + 1000] for i in range(0, len(texts), 1000)),
+        trainers.BpeTrainer(vocab_size=1, show_progress=False),
+    )
     return tokenizer, time.perf_counter() - start
 
 
@@ -170,10 +193,21 @@ def train_sentencepiece(texts: list[str]):
     model = io.BytesIO()
     start = time.perf_counter()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=VOCAB_SIZE,
-        byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, character_coverage=0.9995, max_sentence_length=1 << 20,
-        input_sentence_size=0, num_threads=os.cpu_count(), minloglevel=2)
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.9995,
+        max_sentence_length=1 << 20,
+        input_sentence_size=0,
+        num_threads=os.cpu_count(),
+        minloglevel=2,
+    )
     seconds = time.perf_counter() - start
     return spm.SentencePieceProcessor(model_proto=model.getvalue()), seconds
 

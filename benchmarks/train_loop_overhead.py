@@ -53,8 +53,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WAYS = ("bare", "ours", "hf_trainer")
-LABELS = {"bare": "bare PyTorch loop", "ours": "this project (train.py: fit + PretrainTask)",
-          "hf_trainer": "transformers Trainer"}
+LABELS = {
+    "bare": "bare PyTorch loop",
+    "ours": "this project (train.py: fit + PretrainTask)",
+    "hf_trainer": "transformers Trainer",
+}
 WINDOW = 10  # steps per timed window; ours logs every WINDOW steps
 
 
@@ -62,24 +65,43 @@ def recipe_dict(root: Path, steps: int, documents: int) -> dict:
     return {
         "run_dir": str(root / "unused"),
         "tokenizer": {"dir": str(root / "tokenizer"), "vocab_size": 2048},
-        "data": {"dir": str(root / "data"), "sources": [{"kind": "python_stdlib", "max_documents": documents}],
-                 "clean": {"strip_html": False}, "seq_len": 128, "validation_fraction": 0.05},
+        "data": {
+            "dir": str(root / "data"),
+            "sources": [{"kind": "python_stdlib", "max_documents": documents}],
+            "clean": {"strip_html": False},
+            "seq_len": 128,
+            "validation_fraction": 0.05,
+        },
         "model": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 352},
-        "train": {"max_steps": steps, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3,
-                  "warmup_steps": 10, "min_lr_ratio": 0.1, "grad_clip": 1.0, "precision": "fp32",
-                  "log_every": WINDOW, "eval_every": 50, "eval_batches": 2, "checkpoint_every": 100,
-                  "keep_last": 1},
+        "train": {
+            "max_steps": steps,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "lr": 1.0e-3,
+            "warmup_steps": 10,
+            "min_lr_ratio": 0.1,
+            "grad_clip": 1.0,
+            "precision": "fp32",
+            "log_every": WINDOW,
+            "eval_every": 50,
+            "eval_batches": 2,
+            "checkpoint_every": 100,
+            "keep_last": 1,
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120,
-                        help="optimizer steps per run, a multiple of 10 (default 120)")
-    parser.add_argument("--warmup", type=int, default=10,
-                        help="first steps left out of the clock, a multiple of 10 (default 10)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of the three ways, fresh processes each (default 3)")
+    parser.add_argument(
+        "--steps", type=int, default=120, help="optimizer steps per run, a multiple of 10 (default 120)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="first steps left out of the clock, a multiple of 10 (default 10)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of the three ways, fresh processes each (default 3)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: see above)")
     parser.add_argument("--documents", type=int, default=120, help="standard-library files to train on (default 120)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
@@ -92,12 +114,15 @@ def main() -> None:
     if args.child:
         turns = Turns(args.turn_fds)
         {"bare": bare_loop, "ours": our_loop, "hf_trainer": hf_trainer}[args.child](args, turns)
-        Path(args.out).write_text(json.dumps({"windows": turns.windows, "cpu_windows": turns.cpu_windows}),
-                                  encoding="utf-8")
+        Path(args.out).write_text(
+            json.dumps({"windows": turns.windows, "cpu_windows": turns.cpu_windows}), encoding="utf-8"
+        )
         return
     if args.warmup < WINDOW or args.warmup % WINDOW or args.steps % WINDOW or args.steps < args.warmup + 2 * WINDOW:
-        parser.error(f"--warmup and --steps must be multiples of {WINDOW}, --warmup at least {WINDOW} "
-                     f"and --steps at least --warmup + {2 * WINDOW}")
+        parser.error(
+            f"--warmup and --steps must be multiples of {WINDOW}, --warmup at least {WINDOW} "
+            f"and --steps at least --warmup + {2 * WINDOW}"
+        )
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
         run_all(Path(args.keep).resolve(), args)
@@ -108,29 +133,44 @@ def main() -> None:
 
 # --- the coordinator -------------------------------------------------------------------------------------
 
+
 def run_all(root: Path, args: argparse.Namespace) -> None:
     import yaml
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env.pop("LMTRAIN_FAULT_NONFINITE_STEPS", None)
     recipe = recipe_dict(root, args.steps, args.documents)
     recipe_path = root / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     started = time.perf_counter()
     for script in ("tokenizer/train_tokenizer.py", "data_prep/prepare.py"):
-        result = subprocess.run([sys.executable, script, str(recipe_path)], cwd=REPO_ROOT, env=env,
-                                capture_output=True, text=True, timeout=1800)
+        result = subprocess.run(
+            [sys.executable, script, str(recipe_path)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{script} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     m, t = recipe["model"], recipe["train"]
-    print(f"data: {recipe['data']['seq_len']}-token blocks of the stdlib, prepared in "
-          f"{time.perf_counter() - started:.0f} s | model: hidden {m['hidden_size']}, {m['num_layers']} layers, "
-          f"vocabulary {recipe['tokenizer']['vocab_size']:,}, fp32 | global batch {t['global_batch_size']} = micro "
-          f"{t['micro_batch_size']} × accumulation {t['global_batch_size'] // t['micro_batch_size']} | "
-          f"{args.steps} steps, steps {args.warmup + 1}-{args.steps} timed in windows of {WINDOW} | "
-          f"{args.threads} thread(s) per process, {os.cpu_count()} CPU cores | {args.rounds} round(s)", flush=True)
+    print(
+        f"data: {recipe['data']['seq_len']}-token blocks of the stdlib, prepared in "
+        f"{time.perf_counter() - started:.0f} s | model: hidden {m['hidden_size']}, {m['num_layers']} layers, "
+        f"vocabulary {recipe['tokenizer']['vocab_size']:,}, fp32 | global batch {t['global_batch_size']} = micro "
+        f"{t['micro_batch_size']} × accumulation {t['global_batch_size'] // t['micro_batch_size']} | "
+        f"{args.steps} steps, steps {args.warmup + 1}-{args.steps} timed in windows of {WINDOW} | "
+        f"{args.threads} thread(s) per process, {os.cpu_count()} CPU cores | {args.rounds} round(s)",
+        flush=True,
+    )
 
     windows = {}  # steps/s of every timed window, cycle by cycle, all rounds; way_cpu: per CPU second
     for round_ in range(args.rounds):
@@ -138,9 +178,12 @@ def run_all(root: Path, args: argparse.Namespace) -> None:
         for key, values in rates.items():
             windows.setdefault(key, []).extend(values)
         ratios = [o / b for o, b in zip(rates["ours"], rates["bare"])]
-        print(f"round {round_ + 1}: median steps/s " + ", ".join(f"{way} {statistics.median(rates[way]):.2f}"
-                                                                  for way in WAYS)
-              + f" | ours/bare per cycle {min(ratios):.3f}-{max(ratios):.3f}", flush=True)
+        print(
+            f"round {round_ + 1}: median steps/s "
+            + ", ".join(f"{way} {statistics.median(rates[way]):.2f}" for way in WAYS)
+            + f" | ours/bare per cycle {min(ratios):.3f}-{max(ratios):.3f}",
+            flush=True,
+        )
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(windows[a], windows[b]))
@@ -150,26 +193,46 @@ def run_all(root: Path, args: argparse.Namespace) -> None:
     median = {way: statistics.median(windows[way]) for way in WAYS}
     cpu_ms = {way: 1000 / statistics.median(windows[f"{way}_cpu"]) for way in WAYS}
     fastest = {way: max(windows[way]) for way in WAYS}
-    print(f"\n{len(windows['bare'])} cycles of {WINDOW}-step windows (steps {args.warmup + 1}-{args.steps}, "
-          f"{args.rounds} round(s)), the ways taking turns")
-    print(f"{'way':<46}{'steps/s':>9}{'ms/step':>9}{'fastest':>9}{'ours ÷ way':>12}"
-          f"{'CPU ms/step':>13}{'ours ÷ way':>12}")
+    print(
+        f"\n{len(windows['bare'])} cycles of {WINDOW}-step windows (steps {args.warmup + 1}-{args.steps}, "
+        f"{args.rounds} round(s)), the ways taking turns"
+    )
+    print(
+        f"{'way':<46}{'steps/s':>9}{'ms/step':>9}{'fastest':>9}{'ours ÷ way':>12}{'CPU ms/step':>13}{'ours ÷ way':>12}"
+    )
     for way in WAYS:
         ratio = {"bare": f"{vs_bare:.3f}", "ours": "", "hf_trainer": f"{vs_hf:.3f}"}[way]
         cpu_ratio = {"bare": f"{cpu_vs_bare:.3f}", "ours": "", "hf_trainer": f"{cpu_vs_hf:.3f}"}[way]
-        print(f"{LABELS[way]:<46}{median[way]:>9.2f}{1000 / median[way]:>9.1f}{fastest[way]:>9.2f}{ratio:>12}"
-              f"{cpu_ms[way]:>13.1f}{cpu_ratio:>12}")
-    print(f"(steps/s: median window, wall clock; fastest: fastest window; 'ours ÷ way': median over the cycles of "
-          f"ours' steps/s ÷ that way's in the same cycle, by wall clock, then by CPU time of the process. "
-          f"Fastest windows: ours ÷ bare {fastest['ours'] / fastest['bare']:.3f}, "
-          f"ours ÷ Trainer {fastest['ours'] / fastest['hf_trainer']:.3f})")
-    print(json.dumps({"vs_bare": round(vs_bare, 3), "vs_hf_trainer": round(vs_hf, 3),
-                      "steps_per_s": {way: round(median[way], 3) for way in WAYS},
-                      "fastest_window_steps_per_s": {way: round(fastest[way], 3) for way in WAYS},
-                      "cpu": {"vs_bare": round(cpu_vs_bare, 3), "vs_hf_trainer": round(cpu_vs_hf, 3),
-                              "ms_per_step": {way: round(cpu_ms[way], 1) for way in WAYS}},
-                      "cycles": len(windows["bare"]), "steps": args.steps, "warmup": args.warmup,
-                      "rounds": args.rounds, "threads": args.threads}))
+        print(
+            f"{LABELS[way]:<46}{median[way]:>9.2f}{1000 / median[way]:>9.1f}{fastest[way]:>9.2f}{ratio:>12}"
+            f"{cpu_ms[way]:>13.1f}{cpu_ratio:>12}"
+        )
+    print(
+        f"(steps/s: median window, wall clock; fastest: fastest window; 'ours ÷ way': median over the cycles of "
+        f"ours' steps/s ÷ that way's in the same cycle, by wall clock, then by CPU time of the process. "
+        f"Fastest windows: ours ÷ bare {fastest['ours'] / fastest['bare']:.3f}, "
+        f"ours ÷ Trainer {fastest['ours'] / fastest['hf_trainer']:.3f})"
+    )
+    print(
+        json.dumps(
+            {
+                "vs_bare": round(vs_bare, 3),
+                "vs_hf_trainer": round(vs_hf, 3),
+                "steps_per_s": {way: round(median[way], 3) for way in WAYS},
+                "fastest_window_steps_per_s": {way: round(fastest[way], 3) for way in WAYS},
+                "cpu": {
+                    "vs_bare": round(cpu_vs_bare, 3),
+                    "vs_hf_trainer": round(cpu_vs_hf, 3),
+                    "ms_per_step": {way: round(cpu_ms[way], 1) for way in WAYS},
+                },
+                "cycles": len(windows["bare"]),
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "rounds": args.rounds,
+                "threads": args.threads,
+            }
+        )
+    )
 
 
 def run_round(root: Path, recipe_path: Path, args: argparse.Namespace, env: dict) -> dict[str, list[float]]:
@@ -184,9 +247,26 @@ def run_round(root: Path, recipe_path: Path, args: argparse.Namespace, env: dict
         done_r, done_w = os.pipe()
         logs[way] = open(root / f"{way}.log", "w", encoding="utf-8")
         procs[way] = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child", way, "--recipe", str(recipe_path),
-             "--run-dir", str(root / way), "--turn-fds", f"{go_r},{done_w}", "--out", str(root / f"{way}.json")],
-            cwd=REPO_ROOT, env=env, stdout=logs[way], stderr=subprocess.STDOUT, pass_fds=(go_r, done_w))
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                way,
+                "--recipe",
+                str(recipe_path),
+                "--run-dir",
+                str(root / way),
+                "--turn-fds",
+                f"{go_r},{done_w}",
+                "--out",
+                str(root / f"{way}.json"),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=logs[way],
+            stderr=subprocess.STDOUT,
+            pass_fds=(go_r, done_w),
+        )
         os.close(go_r)
         os.close(done_w)
         to_child[way], from_child[way] = go_w, done_r
@@ -196,22 +276,26 @@ def run_round(root: Path, recipe_path: Path, args: argparse.Namespace, env: dict
             for proc in procs.values():
                 if proc.poll() is None:
                     proc.kill()
-            raise RuntimeError(f"{way} ended early ({procs[way].wait()}):\n"
-                               + (root / f"{way}.log").read_text(encoding="utf-8")[-4000:])
+            raise RuntimeError(
+                f"{way} ended early ({procs[way].wait()}):\n"
+                + (root / f"{way}.log").read_text(encoding="utf-8")[-4000:]
+            )
 
     try:
         for way in WAYS:
             stopped(way)  # at step WINDOW
         for cycle in range(args.steps // WINDOW - 1):
-            for way in (WAYS if cycle % 2 == 0 else WAYS[::-1]):
+            for way in WAYS if cycle % 2 == 0 else WAYS[::-1]:
                 os.write(to_child[way], b"g")
                 stopped(way)
         for way in WAYS:
             os.write(to_child[way], b"g")  # finish: final eval, checkpoint, export
         for way in WAYS:
             if procs[way].wait(timeout=1800) != 0:
-                raise RuntimeError(f"{way} failed ({procs[way].returncode}):\n"
-                                   + (root / f"{way}.log").read_text(encoding="utf-8")[-4000:])
+                raise RuntimeError(
+                    f"{way} failed ({procs[way].returncode}):\n"
+                    + (root / f"{way}.log").read_text(encoding="utf-8")[-4000:]
+                )
     finally:
         for way in WAYS:
             if procs[way].poll() is None:
@@ -229,6 +313,7 @@ def run_round(root: Path, recipe_path: Path, args: argparse.Namespace, env: dict
 
 
 # --- the three ways (each in its own process) ------------------------------------------------------------
+
 
 class Turns:
     """A child's side of the turn-taking: at each window's end, tell the coordinator and wait for the next
@@ -267,8 +352,9 @@ def _load(recipe_path: str):
     recipe = load_recipe(recipe_path)
     tok = load_tokenizer(recipe.tokenizer.dir)
     set_seed(recipe.train.seed)
-    model = build_model(recipe, llama_config(recipe, {"bos": tok.bos_token_id, "eos": tok.eos_token_id,
-                                                      "pad": tok.pad_token_id}))
+    model = build_model(
+        recipe, llama_config(recipe, {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id})
+    )
     return recipe, model, datasets.load_from_disk(recipe.data.dir)["train"]
 
 
@@ -283,13 +369,18 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
     accum = t.global_batch_size // t.micro_batch_size
     sampler = GlobalBatchSampler(len(blocks), t.global_batch_size, t.seed)
     ids = np.asarray(blocks.with_format("numpy")["input_ids"], dtype=np.int64)
-    batches = [[torch.from_numpy(ids[micro]) for micro in np.split(sampler.global_batch(step), accum)]
-               for step in range(t.max_steps)]
+    batches = [
+        [torch.from_numpy(ids[micro]) for micro in np.split(sampler.global_batch(step), accum)]
+        for step in range(t.max_steps)
+    ]
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        betas=tuple(t.adam_betas),
+        eps=t.adam_eps,
+    )
     model.train()
     for step, micro_batches in enumerate(batches, start=1):
         for input_ids in micro_batches:
@@ -324,6 +415,7 @@ def our_loop(args: argparse.Namespace, turns: Turns) -> None:
             finally:
                 turns.excluded += time.perf_counter() - start
                 turns.cpu_excluded += time.process_time() - cpu
+
         return timed
 
     trainer.MetricsLog.write = write_then_stop
@@ -354,15 +446,35 @@ def hf_trainer(args: argparse.Namespace, turns: Turns) -> None:
         return {"input_ids": input_ids, "labels": input_ids}
 
     arguments = TrainingArguments(
-        output_dir=args.run_dir, max_steps=t.max_steps, per_device_train_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.global_batch_size // t.micro_batch_size, learning_rate=t.lr,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
-        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, adam_beta1=t.adam_betas[0],
-        adam_beta2=t.adam_betas[1], adam_epsilon=t.adam_eps, max_grad_norm=t.grad_clip, optim="adamw_torch",
-        logging_steps=WINDOW, eval_strategy="no", save_strategy="no", report_to="none", use_cpu=True,
-        seed=t.seed, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=arguments, train_dataset=blocks.with_format("torch"), data_collator=collate,
-                      callbacks=[Turn()])
+        output_dir=args.run_dir,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.global_batch_size // t.micro_batch_size,
+        learning_rate=t.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_betas[0],
+        adam_beta2=t.adam_betas[1],
+        adam_epsilon=t.adam_eps,
+        max_grad_norm=t.grad_clip,
+        optim="adamw_torch",
+        logging_steps=WINDOW,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=t.seed,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=blocks.with_format("torch"),
+        data_collator=collate,
+        callbacks=[Turn()],
+    )
     trainer.train()
 
 

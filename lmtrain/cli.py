@@ -14,8 +14,12 @@ def recipe_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser taking `RECIPE [key.path=value ...]`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/smoke/pretrain.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="override recipe values, e.g. train.lr=1e-3 data.seq_len=256 run_dir=runs/try")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="override recipe values, e.g. train.lr=1e-3 data.seq_len=256 run_dir=runs/try",
+    )
     return parser
 
 

@@ -18,13 +18,15 @@ from lmtrain.model.llama import count_parameters, llama_config
 def dry_run_report(recipe: Recipe, num_processes: int) -> str:
     """The resolved recipe, the exact parameter count (meta device) and the batch arithmetic."""
     n_params = count_parameters(llama_config(recipe))
-    return "\n".join([
-        "# resolved recipe",
-        recipe_to_yaml(recipe).rstrip(),
-        "",
-        f"parameters: {n_params:,} ({format_count(n_params)}) with vocabulary {recipe.tokenizer.vocab_size:,}",
-        batch_arithmetic(recipe, num_processes).describe(),
-    ])
+    return "\n".join(
+        [
+            "# resolved recipe",
+            recipe_to_yaml(recipe).rstrip(),
+            "",
+            f"parameters: {n_params:,} ({format_count(n_params)}) with vocabulary {recipe.tokenizer.vocab_size:,}",
+            batch_arithmetic(recipe, num_processes).describe(),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------- launch planner (train.py --plan)
@@ -105,11 +107,13 @@ class StageMemory:
 
 
 def training_dtype(recipe: Recipe, gpu_kind: str) -> str:
-    """"bf16" or "fp32", as the trainer would resolve `train.precision` on this GPU kind."""
+    """ "bf16" or "fp32", as the trainer would resolve `train.precision` on this GPU kind."""
     has_bf16 = gpu_kind.strip().lower() not in FP16_ONLY_KINDS
     if recipe.train.precision == "bf16" and not has_bf16:
-        raise UserError(f"train.precision: bf16 is not supported by --gpu-kind {gpu_kind}; "
-                        "use train.precision=fp32 (or auto) or a GPU kind with bf16")
+        raise UserError(
+            f"train.precision: bf16 is not supported by --gpu-kind {gpu_kind}; "
+            "use train.precision=fp32 (or auto) or a GPU kind with bf16"
+        )
     if recipe.train.precision == "fp32" or not has_bf16:
         return "fp32"
     return "bf16"
@@ -120,9 +124,11 @@ def largest_layer_params(config: LlamaConfig) -> int:
     (vocab x hidden) for any realistic vocabulary, else an MLP projection. Same definition as
     DeepSpeed's `model_to_params`."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return max(config.vocab_size * config.hidden_size,
-               config.hidden_size * config.intermediate_size,
-               config.hidden_size * config.num_attention_heads * head_dim)
+    return max(
+        config.vocab_size * config.hidden_size,
+        config.hidden_size * config.intermediate_size,
+        config.hidden_size * config.num_attention_heads * head_dim,
+    )
 
 
 def model_state_bytes(n_params: int, stage: int, world_size: int, dtype: str) -> tuple[float, float, float, float]:
@@ -140,14 +146,22 @@ def model_state_bytes(n_params: int, stage: int, world_size: int, dtype: str) ->
     (weights, gradients, m + v) and no cast."""
     shard = float(world_size)
     params_b, grads_b, optim_b, step_b = (2, 4, 12, 4) if dtype == "bf16" and stage > 0 else (4, 4, 8, 0)
-    return (n_params * params_b / (shard if stage >= 3 else 1),
-            n_params * grads_b / (shard if stage >= 2 else 1),
-            n_params * optim_b / (shard if stage >= 1 else 1),
-            n_params * step_b / (shard if stage >= 1 else 1))
+    return (
+        n_params * params_b / (shard if stage >= 3 else 1),
+        n_params * grads_b / (shard if stage >= 2 else 1),
+        n_params * optim_b / (shard if stage >= 1 else 1),
+        n_params * step_b / (shard if stage >= 1 else 1),
+    )
 
 
-def activation_bytes(config: LlamaConfig, micro_batch: int, seq_len: int, dtype: str, checkpointing: bool,
-                     attn_implementation: str = "sdpa") -> float:
+def activation_bytes(
+    config: LlamaConfig,
+    micro_batch: int,
+    seq_len: int,
+    dtype: str,
+    checkpointing: bool,
+    attn_implementation: str = "sdpa",
+) -> float:
     """Activation memory per GPU kept for the backward pass, per micro-batch.
 
     Korthikanti et al. 2022 ("Reducing activation recomputation in large transformer models") count
@@ -189,17 +203,33 @@ def zero3_gathered_bytes(config: LlamaConfig, dtype: str) -> float:
     return (4 if dtype == "bf16" else 8) * largest_layer_params(config)
 
 
-def memory_plan(config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, world_size: int,
-                dtype: str, attn_implementation: str = "sdpa") -> list[StageMemory]:
+def memory_plan(
+    config: LlamaConfig,
+    n_params: int,
+    micro_batch: int,
+    seq_len: int,
+    world_size: int,
+    dtype: str,
+    attn_implementation: str = "sdpa",
+) -> list[StageMemory]:
     """Per-GPU memory for ZeRO stages 0-3, each without and with activation checkpointing."""
     rows = []
     for stage in range(4):
         params, grads, optimizer, step_grads = model_state_bytes(n_params, stage, world_size, dtype)
         gathered = zero3_gathered_bytes(config, dtype) if stage == 3 else 0.0
         for checkpointing in (False, True):
-            rows.append(StageMemory(stage, checkpointing, params, grads, optimizer, step_grads, gathered,
-                                    activation_bytes(config, micro_batch, seq_len, dtype, checkpointing,
-                                                     attn_implementation)))
+            rows.append(
+                StageMemory(
+                    stage,
+                    checkpointing,
+                    params,
+                    grads,
+                    optimizer,
+                    step_grads,
+                    gathered,
+                    activation_bytes(config, micro_batch, seq_len, dtype, checkpointing, attn_implementation),
+                )
+            )
     return rows
 
 
@@ -211,15 +241,18 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     try:
         arithmetic = batch_arithmetic(recipe, world)
     except RecipeError as exc:
-        raise UserError(f"{'; '.join(exc.problems)} (--nodes {cluster.nodes} x --gpus-per-node "
-                        f"{cluster.gpus_per_node} = {world} processes)") from None
+        raise UserError(
+            f"{'; '.join(exc.problems)} (--nodes {cluster.nodes} x --gpus-per-node "
+            f"{cluster.gpus_per_node} = {world} processes)"
+        ) from None
     config = llama_config(recipe)
     n_params = count_parameters(config)
     seq_len = recipe.data.seq_len
     fpt = flops_per_token(config, seq_len)
     peak_flops = peak_flops_for_kind(cluster.gpu_kind)
-    rows = memory_plan(config, n_params, recipe.train.micro_batch_size, seq_len, world, dtype,
-                       recipe.model.attn_implementation)
+    rows = memory_plan(
+        config, n_params, recipe.train.micro_batch_size, seq_len, world, dtype, recipe.model.attn_implementation
+    )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     usable = cluster.usable_bytes
 
@@ -233,8 +266,11 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
         arithmetic.describe(),
         "",
         f"memory per GPU (GiB) at micro batch {recipe.train.micro_batch_size} x seq {seq_len}, "
-        + ("bf16 mixed precision (2 + 4 + 12 bytes/param, gradients accumulated in fp32; + 4 fp32 grad at the step)"
-           if dtype == "bf16" else "fp32 (4 + 4 + 8 bytes/param)"),
+        + (
+            "bf16 mixed precision (2 + 4 + 12 bytes/param, gradients accumulated in fp32; + 4 fp32 grad at the step)"
+            if dtype == "bf16"
+            else "fp32 (4 + 4 + 8 bytes/param)"
+        ),
         f"usable: {usable / GIB:.1f} of {cluster.gpu_memory_gb:g} GiB "
         f"({HEADROOM_FRACTION:.0%} for fragmentation and transients, {RESERVED_GIB:g} GiB for CUDA context and NCCL)",
         f"{'ZeRO':>4} {'ckpt':>4} {'params':>7} {'grads':>7} {'optim':>7} {'step':>7} {'gather':>7} "
@@ -242,11 +278,15 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     ]
     for r in rows:
         values = (r.params, r.grads, r.optimizer, r.step_grads, r.gathered, r.activations, r.peak)
-        lines.append(f"{r.stage:>4} {'on' if r.checkpointing else 'off':>4} "
-                     + " ".join(f"{v / GIB:7.1f}" for v in values)
-                     + ("  yes" if r.peak <= usable else "  no"))
-    lines.append("(step: fp32 gradient partition at the optimizer step; gather: ZeRO-3's gathered largest layer; "
-                 "peak = params + grads + optim + max(gather + activ, step))")
+        lines.append(
+            f"{r.stage:>4} {'on' if r.checkpointing else 'off':>4} "
+            + " ".join(f"{v / GIB:7.1f}" for v in values)
+            + ("  yes" if r.peak <= usable else "  no")
+        )
+    lines.append(
+        "(step: fp32 gradient partition at the optimizer step; gather: ZeRO-3's gathered largest layer; "
+        "peak = params + grads + optim + max(gather + activ, step))"
+    )
     lines.append(_recommendation(recipe, rows, usable, dtype, n_params, cluster))
 
     total_flops = fpt * arithmetic.total_tokens
@@ -264,30 +304,39 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     return "\n".join(lines)
 
 
-def _recommendation(recipe: Recipe, rows: list[StageMemory], usable: float, dtype: str, n_params: int,
-                    cluster: Cluster) -> str:
+def _recommendation(
+    recipe: Recipe, rows: list[StageMemory], usable: float, dtype: str, n_params: int, cluster: Cluster
+) -> str:
     """The first configuration that fits, in order of speed: no activation checkpointing before
     checkpointing (which recomputes the forward pass, about a third more compute); then plain data
     parallelism, ZeRO-2, ZeRO-3. ZeRO-1 is never the pick: ZeRO-2 moves the same bytes per step (a
     reduce-scatter instead of an all-reduce, 2x the model) with less memory, while ZeRO-3 moves 3x.
     Nothing fits: ZeRO-3 with CPU offload."""
     preference = {0: 0, 2: 1, 3: 2}
-    candidates = sorted((r for r in rows if r.stage in preference),
-                        key=lambda r: (r.checkpointing, preference[r.stage]))
+    candidates = sorted(
+        (r for r in rows if r.stage in preference), key=lambda r: (r.checkpointing, preference[r.stage])
+    )
     fitting = [r for r in candidates if r.peak <= usable]
     if not fitting:
         offload_gpu = min(r.gathered + r.activations for r in rows if r.stage == 3)
         # Each node's CPU RAM holds its GPUs' shards of every model state, plus the 50% DeepSpeed's
         # estimator adds for pinned staging buffers.
         offload_cpu = 1.5 * sum(model_state_bytes(n_params, 3, 1, dtype)) / cluster.nodes
-        return (f"recommendation: nothing fits on {cluster.world_size} GPU(s); use more GPUs, or ZeRO-3 with CPU "
-                f"offload (ds_config/zero3_offload.json, model.gradient_checkpointing=true): about "
-                f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node")
+        return (
+            f"recommendation: nothing fits on {cluster.world_size} GPU(s); use more GPUs, or ZeRO-3 with CPU "
+            f"offload (ds_config/zero3_offload.json, model.gradient_checkpointing=true): about "
+            f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node"
+        )
     best = fitting[0]
     config_file = SHIPPED_DS_CONFIGS.get(best.stage)
     how = config_file or "plain data parallelism: accelerate launch --multi_gpu, no DeepSpeed needed"
     ckpt = f"model.gradient_checkpointing={'true' if best.checkpointing else 'false'}"
-    recipe_note = ("" if recipe.model.gradient_checkpointing == best.checkpointing
-                   else f" (the recipe says {str(recipe.model.gradient_checkpointing).lower()})")
-    return (f"recommendation: ZeRO-{best.stage} ({how}), {ckpt}{recipe_note}: peak {best.peak / GIB:.1f} of "
-            f"{usable / GIB:.1f} GiB usable")
+    recipe_note = (
+        ""
+        if recipe.model.gradient_checkpointing == best.checkpointing
+        else f" (the recipe says {str(recipe.model.gradient_checkpointing).lower()})"
+    )
+    return (
+        f"recommendation: ZeRO-{best.stage} ({how}), {ckpt}{recipe_note}: peak {best.peak / GIB:.1f} of "
+        f"{usable / GIB:.1f} GiB usable"
+    )

@@ -15,8 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args, check=True) -> subprocess.CompletedProcess:
     """Run one of the repository's entry points (e.g. "train.py", recipe, "key=value") as a user would."""
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result

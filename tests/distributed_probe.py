@@ -1,6 +1,6 @@
 """Run under `accelerate launch`: each rank records what the trainer's own setup tells it.
 
-    accelerate launch --config_file recipes/accelerate/cpu_zero3_2proc.yaml tests/distributed_probe.py RECIPE OUT_DIR
+accelerate launch --config_file recipes/accelerate/cpu_zero3_2proc.yaml tests/distributed_probe.py RECIPE OUT_DIR
 """
 
 import json
@@ -24,8 +24,9 @@ record = {
     "is_main_process": accelerator.is_main_process,
     "distributed_type": str(accelerator.distributed_type),
     "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-    "batches": [sampler.rank_batch(step, accelerator.process_index, accelerator.num_processes).tolist()
-                for step in range(5)],
+    "batches": [
+        sampler.rank_batch(step, accelerator.process_index, accelerator.num_processes).tolist() for step in range(5)
+    ],
     # ZeRO-3 (zero.Init) partitions each parameter while it is built: this rank holds only its shard.
     "partitioned": all(hasattr(p, "ds_tensor") and p.numel() == 0 for p in parameters),
     "full_elements": sum(p.ds_numel for p in parameters if hasattr(p, "ds_numel")),

@@ -15,9 +15,26 @@ SCRIPT = REPO_ROOT / "benchmarks/train_loop_overhead.py"
 
 
 def test_train_loop_overhead_runs_small_and_ends_with_one_json_line(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "30", "--warmup", "10", "--rounds", "1",
-                             "--documents", "30", "--keep", str(tmp_path)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--steps",
+            "30",
+            "--warmup",
+            "10",
+            "--rounds",
+            "1",
+            "--documents",
+            "30",
+            "--keep",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-2000:]
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -33,6 +50,7 @@ def test_train_loop_overhead_runs_small_and_ends_with_one_json_line(tmp_path):
 
 
 def test_bad_step_counts_are_refused():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "25"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--steps", "25"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and "multiples of 10" in result.stderr

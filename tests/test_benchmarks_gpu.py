@@ -12,8 +12,9 @@ SCRIPT = REPO_ROOT / "benchmarks/gpu_throughput.py"
 
 
 def test_gpu_throughput_runs_tiny_and_ends_with_one_json_line():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--tiny"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])

@@ -6,8 +6,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from lmtrain.config.recipe import CleanConfig  # noqa: E402
 from lmtrain.corpus.cleaning import clean_text  # noqa: E402
 
-ALL_OFF = CleanConfig(unicode_nfc=False, normalize_whitespace=False, drop_control_chars=False,
-                      strip_html=False, lowercase=False, strip_punctuation=False)
+ALL_OFF = CleanConfig(
+    unicode_nfc=False,
+    normalize_whitespace=False,
+    drop_control_chars=False,
+    strip_html=False,
+    lowercase=False,
+    strip_punctuation=False,
+)
 CODE = CleanConfig(strip_html=False)  # what a code corpus uses
 
 PYTHON_SOURCE = (
@@ -62,9 +68,11 @@ def test_python_source_keeps_its_meaning():
 
 
 def test_strip_html_removes_tags_scripts_and_unescapes():
-    page = ('<html><head><style>p {color: red}</style><script>var x = "<b>";</script></head>'
-            '<body><!-- nav --><h1>Title</h1><p>Fish &amp; chips&nbsp;for &lt;2&gt; people</p>'
-            '<p>Second <b>bold</b> line</p></body></html>')
+    page = (
+        '<html><head><style>p {color: red}</style><script>var x = "<b>";</script></head>'
+        "<body><!-- nav --><h1>Title</h1><p>Fish &amp; chips&nbsp;for &lt;2&gt; people</p>"
+        "<p>Second <b>bold</b> line</p></body></html>"
+    )
     assert clean_text(page, CleanConfig(strip_html=True)) == "Title\n\nFish & chips for <2> people\n\nSecond bold line"
 
 

@@ -23,11 +23,14 @@ def problems_of(path, overrides=()):
 
 
 def test_yaml_values_and_defaults(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         run_dir: runs/x
         data: {seq_len: 128, sources: [{kind: files, paths: ["a/*.txt"]}]}
         train: {lr: 3e-4, adam_betas: [0.9, 0.99]}
-    """)
+    """,
+    )
     recipe = load_recipe(path)
     assert recipe.run_dir == "runs/x"
     assert recipe.data.seq_len == 128
@@ -39,8 +42,17 @@ def test_yaml_values_and_defaults(tmp_path):
 
 def test_dotted_overrides_from_the_issue(tmp_path):
     path = write(tmp_path, "train: {lr: 1.0e-4}\n")
-    recipe = load_recipe(path, ["train.lr=1e-3", "train.max_steps=50", "data.seq_len=256", "run_dir=runs/try",
-                                "data.sources.0.max_documents=7", "train.report_to=[tensorboard]"])
+    recipe = load_recipe(
+        path,
+        [
+            "train.lr=1e-3",
+            "train.max_steps=50",
+            "data.seq_len=256",
+            "run_dir=runs/try",
+            "data.sources.0.max_documents=7",
+            "train.report_to=[tensorboard]",
+        ],
+    )
     assert recipe.train.lr == pytest.approx(1e-3)
     assert recipe.train.max_steps == 50
     assert recipe.data.seq_len == 256
@@ -50,10 +62,13 @@ def test_dotted_overrides_from_the_issue(tmp_path):
 
 
 def test_misspelled_keys_are_named_with_a_suggestion(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         train: {max_step: 3}
         modle: {hidden_size: 8}
-    """)
+    """,
+    )
     problems = problems_of(path, ["train.lr_peak=1"])
     text = "\n".join(problems)
     assert "train.max_step: unknown key; did you mean train.max_steps?" in text
@@ -68,28 +83,33 @@ def test_unknown_key_in_a_list_item(tmp_path):
     assert problem == "data.sources.0.txt_column: unknown key; did you mean data.sources.0.text_column?"
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("data.seq_len=abc", "data.seq_len: expected int, got str 'abc'"),
-    ("train.lr=fast", "train.lr: expected float, got str 'fast'"),
-    ("model.tie_word_embeddings=3", "model.tie_word_embeddings: expected bool, got int 3"),
-    ("model.attn_implementation=flash", "model.attn_implementation: 'flash' is not one of"),
-    ("train.adam_betas=0.9", "train.adam_betas: expected a list"),
-    ("train=5", "train: expected a section of keys"),
-    ("tokenizer.vocab_size=1000", "tokenizer.vocab_size: 1000 must be a multiple of 64"),
-    ("train.global_batch_size=12", "train.global_batch_size: 12 must be a multiple of train.micro_batch_size 8"),
-    ("train.best_metric=eval_los",
-     "train.best_metric: 'eval_los' is not a metric of pretraining; choose one of eval_loss, eval_ppl"),
-    ("model.num_heads=7", "model.hidden_size: 256 is not divisible by model.num_heads 7"),
-    ("model.num_kv_heads=3", "model.num_kv_heads: 3 must divide model.num_heads 8"),
-    ("data.sources.0.kind=files", "data.sources.0.paths: kind 'files' needs at least one glob pattern"),
-    ("data.sources.0.kind=hub", "data.sources.0.dataset: kind 'hub' needs a dataset name"),
-    ("data.validation_fraction=0", "data.validation_fraction: must be between 0 and 1"),
-    ("train.warmup_steps=100000", "train.warmup_steps: must be between 0 and train.max_steps"),
-    ("model.max_position_embeddings=16", "model.max_position_embeddings: 16 is shorter than data.seq_len"),
-    ("nonsense", "override 'nonsense': expected KEY=VALUE"),
-    ("data.sources.5.kind=files", "data.sources.5 is not an index of the list"),
-    ("run_dir.x=1", "run_dir is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.seq_len=abc", "data.seq_len: expected int, got str 'abc'"),
+        ("train.lr=fast", "train.lr: expected float, got str 'fast'"),
+        ("model.tie_word_embeddings=3", "model.tie_word_embeddings: expected bool, got int 3"),
+        ("model.attn_implementation=flash", "model.attn_implementation: 'flash' is not one of"),
+        ("train.adam_betas=0.9", "train.adam_betas: expected a list"),
+        ("train=5", "train: expected a section of keys"),
+        ("tokenizer.vocab_size=1000", "tokenizer.vocab_size: 1000 must be a multiple of 64"),
+        ("train.global_batch_size=12", "train.global_batch_size: 12 must be a multiple of train.micro_batch_size 8"),
+        (
+            "train.best_metric=eval_los",
+            "train.best_metric: 'eval_los' is not a metric of pretraining; choose one of eval_loss, eval_ppl",
+        ),
+        ("model.num_heads=7", "model.hidden_size: 256 is not divisible by model.num_heads 7"),
+        ("model.num_kv_heads=3", "model.num_kv_heads: 3 must divide model.num_heads 8"),
+        ("data.sources.0.kind=files", "data.sources.0.paths: kind 'files' needs at least one glob pattern"),
+        ("data.sources.0.kind=hub", "data.sources.0.dataset: kind 'hub' needs a dataset name"),
+        ("data.validation_fraction=0", "data.validation_fraction: must be between 0 and 1"),
+        ("train.warmup_steps=100000", "train.warmup_steps: must be between 0 and train.max_steps"),
+        ("model.max_position_embeddings=16", "model.max_position_embeddings: 16 is shorter than data.seq_len"),
+        ("nonsense", "override 'nonsense': expected KEY=VALUE"),
+        ("data.sources.5.kind=files", "data.sources.5 is not an index of the list"),
+        ("run_dir.x=1", "run_dir is a value, not a section"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, override, expected):
     path = write(tmp_path, "{}\n")
     problems = problems_of(path, [override])
@@ -121,8 +141,12 @@ def test_gradient_accumulation_adapts_to_the_launch():
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "recipes/smoke/pretrain.yaml", "train.lr_peak=1",
-                             "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "train.py", "recipes/smoke/pretrain.yaml", "train.lr_peak=1", "--dry-run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "train.lr_peak: unknown key; did you mean train.lr?" in result.stderr
     assert "Traceback" not in result.stderr

@@ -23,8 +23,9 @@ def read(paths, **kwargs) -> tuple[list[str], CorpusStats]:
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines), encoding="utf-8"
+    )
     return path
 
 
@@ -42,15 +43,18 @@ def test_txt_byte_order_mark_is_not_text(tmp_path):
 
 
 def test_jsonl_bad_lines_are_counted_with_file_and_line(tmp_path, capsys):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"text": "one"},
-        '{"text": "broken',
-        {"title": "no text field"},
-        "",
-        {"text": None},
-        {"text": "two", "id": 5},
-        '["a", "list"]',
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"text": "one"},
+            '{"text": "broken',
+            {"title": "no text field"},
+            "",
+            {"text": None},
+            {"text": "two", "id": 5},
+            '["a", "list"]',
+        ],
+    )
     docs, stats = read([path])
     assert docs == ["one", "two"]
     assert stats.skipped == {"bad_json": 1, "missing_text_field": 3}

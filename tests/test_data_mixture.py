@@ -26,13 +26,13 @@ SEQ_LEN = 64
 def english_doc(i: int) -> str:
     """Varied English prose that passes the default filters (stop words, punctuated lines)."""
     body = english(i, 120).split()
-    lines = [" ".join(["the"] + body[j:j + 12] + ["and", "the", "end."]) for j in range(0, 120, 12)]
+    lines = [" ".join(["the"] + body[j : j + 12] + ["and", "the", "end."]) for j in range(0, 120, 12)]
     return "\n".join(lines)
 
 
 def chinese_doc(i: int) -> str:
     text = chinese(i, 240)
-    return "\n".join("这是" + text[j:j + 40] + "的了。" for j in range(0, 240, 40))
+    return "\n".join("这是" + text[j : j + 40] + "的了。" for j in range(0, 240, 40))
 
 
 def code_doc(i: int) -> str:
@@ -51,7 +51,9 @@ def corpus(tmp_path_factory):
             f.write(json.dumps({"text": text}) + "\n")
     zh = [chinese_doc(i) for i in range(60)]
     zh_near = edit(zh[0], 0.005, seed=3, vocabulary=HAN)
-    pq.write_table(pa.table({"content": zh[:1] + [zh_near, en[2]] + zh[1:]}), root / "zh.parquet")  # en[2]: a cross-source copy
+    pq.write_table(
+        pa.table({"content": zh[:1] + [zh_near, en[2]] + zh[1:]}), root / "zh.parquet"
+    )  # en[2]: a cross-source copy
     (root / "code").mkdir()
     for i in range(80):
         (root / "code" / f"m{i:02d}.txt").write_text(code_doc(i), encoding="utf-8")
@@ -62,14 +64,28 @@ def write_recipe(root: Path, tmp_path: Path, weights=(0.5, 0.3, 0.2), **data) ->
     recipe = {
         "tokenizer": {"dir": str(root / "tokenizer"), "vocab_size": 512},
         "data": {
-            "dir": str(tmp_path / "data"), "seq_len": SEQ_LEN, "validation_fraction": 0.1, "batch_size": 16,
+            "dir": str(tmp_path / "data"),
+            "seq_len": SEQ_LEN,
+            "validation_fraction": 0.1,
+            "batch_size": 16,
             "filters": {"enabled": True, "min_units": 30},
             "sources": [
                 {"kind": "files", "name": "en", "paths": [str(root / "en.jsonl.gz")], "weight": weights[0]},
-                {"kind": "files", "name": "zh", "paths": [str(root / "zh.parquet")], "text_column": "content",
-                 "weight": weights[1]},
-                {"kind": "files", "name": "code", "paths": [str(root / "code" / "*.txt")], "weight": weights[2],
-                 "clean": {"strip_html": False}, "filters": {"enabled": False}},
+                {
+                    "kind": "files",
+                    "name": "zh",
+                    "paths": [str(root / "zh.parquet")],
+                    "text_column": "content",
+                    "weight": weights[1],
+                },
+                {
+                    "kind": "files",
+                    "name": "code",
+                    "paths": [str(root / "code" / "*.txt")],
+                    "weight": weights[2],
+                    "clean": {"strip_html": False},
+                    "filters": {"enabled": False},
+                },
             ],
             **data,
         },
@@ -129,11 +145,17 @@ def test_document_masking_stores_positions_restarting_after_each_eos(tokenizer, 
         assert pos == expected
     (tmp_path / "plain").mkdir()
     without = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path / "plain")))
-    assert np.array_equal(np.array(datasets.load_from_disk(str(tmp_path / "plain" / "data"))["train"]["input_ids"]), blocks)
+    assert np.array_equal(
+        np.array(datasets.load_from_disk(str(tmp_path / "plain" / "data"))["train"]["input_ids"]), blocks
+    )
     assert without["content_fingerprint"] != manifest["content_fingerprint"]
 
 
 def test_a_source_emptied_by_filtering_is_named(tokenizer, tmp_path):
-    recipe = load_recipe(write_recipe(tokenizer, tmp_path), ["data.sources.1.filters={enabled: true, min_units: 100000}"])
-    with pytest.raises(UserError, match=r"data\.sources\.1 \(zh\): no document left to pack \(62 read, 62 filtered \(too_few_units\)\)"):
+    recipe = load_recipe(
+        write_recipe(tokenizer, tmp_path), ["data.sources.1.filters={enabled: true, min_units: 100000}"]
+    )
+    with pytest.raises(
+        UserError, match=r"data\.sources\.1 \(zh\): no document left to pack \(62 read, 62 filtered \(too_few_units\)\)"
+    ):
         prepare_data(recipe)

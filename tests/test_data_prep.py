@@ -27,8 +27,14 @@ EOS_ID = 0
 
 def document(i: int) -> str:
     """Distinct documents that cleaning leaves unchanged, so the test knows the cleaned text."""
-    topics = ["the river", "机器学习", "a small cat", "数据处理", "def f(x):\n    return x",
-              "quoting <|endoftext|>, which must not become an eos"]
+    topics = [
+        "the river",
+        "机器学习",
+        "a small cat",
+        "数据处理",
+        "def f(x):\n    return x",
+        "quoting <|endoftext|>, which must not become an eos",
+    ]
     return f"Document {i} is about {topics[i % len(topics)]}.\nIt has a second line, number {i * 7}."
 
 
@@ -58,10 +64,16 @@ def corpus_globs(root: Path) -> list[str]:
 def write_recipe(root: Path, paths: list[str], name: str = "recipe.yaml", **data) -> Path:
     recipe = {
         "tokenizer": {"dir": str(root / "tokenizer"), "vocab_size": 384},
-        "data": {"dir": str(root / "data"), "sources": [{"kind": "files", "paths": paths}],
-                 "clean": {"strip_html": False, "min_chars": 1},
-                 "dedup": {"near": False},  # document(i) differ in a few numbers: near duplicates by design
-                 "seq_len": SEQ_LEN, "validation_fraction": 0.25, "batch_size": 7, **data},  # many batch boundaries for packing to carry across
+        "data": {
+            "dir": str(root / "data"),
+            "sources": [{"kind": "files", "paths": paths}],
+            "clean": {"strip_html": False, "min_chars": 1},
+            "dedup": {"near": False},  # document(i) differ in a few numbers: near duplicates by design
+            "seq_len": SEQ_LEN,
+            "validation_fraction": 0.25,
+            "batch_size": 7,
+            **data,
+        },  # many batch boundaries for packing to carry across
     }
     path = root / name
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
@@ -238,8 +250,9 @@ def test_train_split_too_small_for_one_block(recipe_path):
 
 def test_missing_parquet_column_is_reported(corpus, recipe_path):
     root, _ = corpus
-    recipe = load_recipe(recipe_path, [f"data.sources.0.paths=[{root / 'part.parquet'}]",
-                                       "data.sources.0.text_column=content"])
+    recipe = load_recipe(
+        recipe_path, [f"data.sources.0.paths=[{root / 'part.parquet'}]", "data.sources.0.text_column=content"]
+    )
     with pytest.raises(UserError, match=r"part\.parquet: no column 'content'; columns present: 'text'"):
         prepare_data(recipe)
 
@@ -250,8 +263,9 @@ def test_entry_points_run_as_scripts(corpus, tmp_path):
     env = os.environ | {"TOKENIZERS_PARALLELISM": "false"}
 
     def script(*args):
-        return subprocess.run([sys.executable, *args, str(path)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, *args, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
 
     missing = script(str(REPO_ROOT / "data_prep" / "prepare.py"))
     assert missing.returncode == 2 and "train_tokenizer.py" in missing.stderr

@@ -8,8 +8,10 @@ import pytest  # noqa: E402
 from lmtrain.config.recipe import DedupConfig  # noqa: E402
 from lmtrain.corpus.dedup import Deduplicator, MinHasher, lsh_bands  # noqa: E402
 
-WORDS = ("river town bridge water market music square lamp evening spring snow mountain valley boat quay "
-         "visitor walk current light stone house street garden window door table chair book letter").split()
+WORDS = (
+    "river town bridge water market music square lamp evening spring snow mountain valley boat quay "
+    "visitor walk current light stone house street garden window door table chair book letter"
+).split()
 HAN = "河城桥水市音乐广场灯晚春雪山谷船码头游客步流光石房街园窗门桌椅书信"
 
 
@@ -34,9 +36,11 @@ def edit(text: str, fraction: float, seed: int, vocabulary) -> str:
 
 def jaccard(a: str, b: str, n: int = 5) -> float:
     """Exact Jaccard similarity of n-gram sets, computed independently of the MinHash code."""
+
     def grams(text):
         units = text.split() if " " in text else list(text)
-        return {tuple(units[i:i + n]) for i in range(len(units) - n + 1)}
+        return {tuple(units[i : i + n]) for i in range(len(units) - n + 1)}
+
     x, y = grams(a), grams(b)
     return len(x & y) / len(x | y)
 
@@ -62,7 +66,9 @@ def test_exact_duplicates_ignore_case_spacing_punctuation_and_width():
     dedup = Deduplicator(DedupConfig(near=False))
     assert dedup.check("Hello, World!\n你好，世界。") is None
     assert dedup.check("hello world   你好 世界") == "exact_duplicate"
-    assert dedup.check("ＨＥＬＬＯ　ｗｏｒｌｄ！你好,世界.") == "exact_duplicate"  # full-width forms fold for the comparison
+    assert (
+        dedup.check("ＨＥＬＬＯ　ｗｏｒｌｄ！你好,世界.") == "exact_duplicate"
+    )  # full-width forms fold for the comparison
     assert dedup.check("hello worlds 你好世界") is None
 
 

@@ -27,8 +27,13 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.distributed
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-          str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml")]
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml"),
+]
 
 TINY = """
 tokenizer: {vocab_size: 512}
@@ -134,8 +139,13 @@ def test_zero3_export_holds_the_trained_weights(both_runs):
     validation = datasets.load_from_disk(str(root / "data"))["validation"].with_format("torch")
     input_ids = validation[:16]["input_ids"].long()  # eval_batches 4 × micro 4, split over the 2 ranks
     with torch.no_grad():
-        loss = torch.stack([model(input_ids=input_ids[i:i + 4], labels=input_ids[i:i + 4]).loss
-                            for i in range(0, 16, 4)]).mean().item()
+        loss = (
+            torch.stack(
+                [model(input_ids=input_ids[i : i + 4], labels=input_ids[i : i + 4]).loss for i in range(0, 16, 4)]
+            )
+            .mean()
+            .item()
+        )
     assert loss == pytest.approx(metrics(zero3)[-1]["eval_loss"], abs=1e-4)
 
 

@@ -70,7 +70,9 @@ def test_export_is_a_plain_hf_model_with_the_trained_weights(trained):
     final = root / "run" / "final"
     assert (final / "model.safetensors").is_file()
     assert not list(final.glob("*.bin"))  # no pickles
-    assert yaml.safe_load((final / "recipe.yaml").read_text()) == yaml.safe_load((root / "run" / "recipe.yaml").read_text())
+    assert yaml.safe_load((final / "recipe.yaml").read_text()) == yaml.safe_load(
+        (root / "run" / "recipe.yaml").read_text()
+    )
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert model.config.vocab_size == len(tokenizer) == 512
@@ -79,7 +81,7 @@ def test_export_is_a_plain_hf_model_with_the_trained_weights(trained):
     # Parity: the reloaded model reproduces the last validation loss the trainer logged.
     validation = datasets.load_from_disk(str(root / "data"))["validation"].with_format("torch")
     input_ids = validation[:16]["input_ids"].long()
-    losses = [model(input_ids=input_ids[i:i + 4], labels=input_ids[i:i + 4]).loss for i in range(0, 16, 4)]
+    losses = [model(input_ids=input_ids[i : i + 4], labels=input_ids[i : i + 4]).loss for i in range(0, 16, 4)]
     with torch.no_grad():
         reloaded_loss = torch.stack(losses).mean().item()
     assert reloaded_loss == pytest.approx(read_metrics(root / "run")[-1]["eval_loss"], abs=1e-4)
@@ -90,21 +92,43 @@ def test_generate_greedy_is_deterministic_and_sampling_runs(trained):
     final = root / "run" / "final"
     prompts_file = root / "prompts.txt"
     prompts_file.write_text("def main(\nimport sys\n", encoding="utf-8")
-    greedy = [run_cli("generate.py", final, "--prompts-file", prompts_file, "--max-new-tokens", "12").stdout
-              for _ in range(2)]
+    greedy = [
+        run_cli("generate.py", final, "--prompts-file", prompts_file, "--max-new-tokens", "12").stdout for _ in range(2)
+    ]
     assert greedy[0] == greedy[1]
     assert greedy[0].count("--- greedy, 12 new tokens") == 2
     assert "\ndef main(" in greedy[0] and "\nimport sys" in greedy[0]
-    sampled = run_cli("generate.py", final, "--prompt", "class ", "--temperature", "0.9", "--top-k", "20",
-                  "--top-p", "0.9", "--seed", "3", "--max-new-tokens", "12").stdout
+    sampled = run_cli(
+        "generate.py",
+        final,
+        "--prompt",
+        "class ",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "12",
+    ).stdout
     assert "sampling: temperature 0.9, top-k 20, top-p 0.9, seed 3" in sampled
 
 
 def test_trackers_write_tensorboard_and_offline_wandb_runs(prepared):
     root, recipe = prepared
     run_dir = root / "tracked"
-    run_cli("train.py", recipe, f"run_dir={run_dir}", "train.max_steps=4", "train.eval_every=4", "train.log_every=2",
-        "train.report_to=[tensorboard, wandb]")
+    run_cli(
+        "train.py",
+        recipe,
+        f"run_dir={run_dir}",
+        "train.max_steps=4",
+        "train.eval_every=4",
+        "train.log_every=2",
+        "train.report_to=[tensorboard, wandb]",
+    )
     assert list(run_dir.rglob("events.out.tfevents.*")), "no tensorboard event file"
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline wandb run"
 

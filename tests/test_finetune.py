@@ -48,12 +48,28 @@ def make_base_model(out: Path, vocab_size: int = 512) -> Path:
     backend = new_tokenizer()
     backend.train_from_iterator(texts, bpe_trainer(vocab_size, 2))
     backend.add_special_tokens([RESERVED_TOKEN.format(i) for i in range(vocab_size - backend.get_vocab_size())])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
-                                        pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False, model_max_length=256)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        clean_up_tokenization_spaces=False,
+        model_max_length=256,
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                         bos_token_id=0, eos_token_id=0, pad_token_id=1, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+        tie_word_embeddings=False,
+    )
     AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -78,9 +94,15 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
             rows.append({"prompt": f"What is {a} plus {b}?", "completion": f"The sum is {a + b}."})
         else:
             color = rng.choice(COLORS)
-            rows.append({"messages": [{"role": "system", "content": "You are terse."},
-                                      {"role": "user", "content": f"Repeat the word {color}."},
-                                      {"role": "assistant", "content": f"{color} {color}"}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "You are terse."},
+                        {"role": "user", "content": f"Repeat the word {color}."},
+                        {"role": "assistant", "content": f"{color} {color}"},
+                    ]
+                }
+            )
     return rows
 
 
@@ -98,12 +120,29 @@ def classify_rows(n: int, seed: int = 1) -> list[dict]:
 
 
 def recipe(tmp_path: Path, base: Path, task: str, train_files: list[Path], **sections) -> FinetuneRecipe:
-    raw = {"run_dir": str(tmp_path / "run"), "base_model": str(base), "task": task,
-           "data": {"source": "files", "train_files": [str(p) for p in train_files], "validation_fraction": 0.2,
-                    "max_length": 64},
-           "train": {"max_steps": 20, "global_batch_size": 16, "micro_batch_size": 16, "lr": 3.0e-3,
-                     "warmup_steps": 2, "eval_every": 10, "eval_batches": 0, "log_every": 10,
-                     "checkpoint_every": 0, "weight_decay": 0.0}}
+    raw = {
+        "run_dir": str(tmp_path / "run"),
+        "base_model": str(base),
+        "task": task,
+        "data": {
+            "source": "files",
+            "train_files": [str(p) for p in train_files],
+            "validation_fraction": 0.2,
+            "max_length": 64,
+        },
+        "train": {
+            "max_steps": 20,
+            "global_batch_size": 16,
+            "micro_batch_size": 16,
+            "lr": 3.0e-3,
+            "warmup_steps": 2,
+            "eval_every": 10,
+            "eval_batches": 0,
+            "log_every": 10,
+            "checkpoint_every": 0,
+            "weight_decay": 0.0,
+        },
+    }
     for key, value in sections.items():
         section, _, name = key.partition("__")
         if name:
@@ -117,11 +156,14 @@ def recipe(tmp_path: Path, base: Path, task: str, train_files: list[Path], **sec
 
 def fit_task(r: FinetuneRecipe):
     from lmtrain.training.loop import fit
+
     if r.task == "sft":
         from lmtrain.finetune.sft import SftTask
+
         task = SftTask(r)
     else:
         from lmtrain.finetune.classify import ClassifyTask
+
         task = ClassifyTask(r)
     return task, fit(r, task)
 
@@ -138,14 +180,17 @@ def test_assistant_mask_token_by_token(base):
     """Only the assistant's answers and their <|im_end|> are labels; the expected mask is built here by
     tokenizing each piece of the ChatML rendering separately."""
     from lmtrain.finetune.sft import setup_chat_template, tokenize_conversations
+
     tokenizer = AutoTokenizer.from_pretrained(base)
     stops, added = setup_chat_template(tokenizer, "auto")
     assert added == 0 and stops == [3, 0]  # <|im_end|>, <|endoftext|>
-    messages = [{"role": "system", "content": "You are terse."},
-                {"role": "user", "content": "What is 3 plus 4?"},
-                {"role": "assistant", "content": "The sum is 7."},
-                {"role": "user", "content": "Repeat the word red."},
-                {"role": "assistant", "content": "red red"}]
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 3 plus 4?"},
+        {"role": "assistant", "content": "The sum is 7."},
+        {"role": "user", "content": "Repeat the word red."},
+        {"role": "assistant", "content": "red red"},
+    ]
     d = FinetuneRecipe().data
     data, report = tokenize_conversations(tokenizer, [Record("x.jsonl:1", {"messages": messages})], d)
     ids, trained = data.example(0)
@@ -170,6 +215,7 @@ def test_assistant_mask_token_by_token(base):
 
 def test_padded_and_packed_batches_label_the_same_tokens_and_give_the_same_loss(base, tmp_path):
     from lmtrain.finetune.sft import REAL_TOKENS, SftTask, model_inputs
+
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(40))
     r = recipe(tmp_path, base, "sft", [train], data__packing=True, data__max_length=128)
     task = SftTask(r)
@@ -189,9 +235,14 @@ def test_padded_and_packed_batches_label_the_same_tokens_and_give_the_same_loss(
         count = int((padded["labels"][:, 1:] != IGNORE_INDEX).sum())
         # Per-example means, weighted by tokens, against one mean over the packed row: the same tokens
         # predicted from the same context (attention stays inside each example).
-        per_example = sum(model(**model_inputs(task._padded(task.train_data, np.array([i])))).loss.item()
-                          * int((task._padded(task.train_data, np.array([i]))["labels"][:, 1:] != IGNORE_INDEX).sum())
-                          for i in row.tolist()) / count
+        per_example = (
+            sum(
+                model(**model_inputs(task._padded(task.train_data, np.array([i])))).loss.item()
+                * int((task._padded(task.train_data, np.array([i]))["labels"][:, 1:] != IGNORE_INDEX).sum())
+                for i in row.tolist()
+            )
+            / count
+        )
         assert model(**model_inputs(packed)).loss.item() == pytest.approx(per_example, rel=1e-4)
 
 
@@ -201,8 +252,9 @@ def run_generate(monkeypatch, *args) -> None:
     generate_main()
 
 
-def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(base, tmp_path, capfd,
-                                                                                         monkeypatch):
+def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_template(
+    base, tmp_path, capfd, monkeypatch
+):
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(120))
     r = recipe(tmp_path, base, "sft", [train], train__max_steps=40, train__eval_every=20)
     fit_task(r)
@@ -214,9 +266,13 @@ def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_
     tokenizer = AutoTokenizer.from_pretrained(final)
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     assert model.generation_config.eos_token_id == [3, 0]
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 5?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 5?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert output[-1].item() == 3, tokenizer.decode(output)  # stopped at <|im_end|>
     assert tokenizer.decode(output, skip_special_tokens=True).startswith("The sum is")
 
@@ -224,14 +280,37 @@ def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_
     run_generate(monkeypatch, final, "--chat", "--prompt", "What is 2 plus 5?", "--max-new-tokens", "24")
     chat = capfd.readouterr().out
     assert "user> What is 2 plus 5?\nassistant> The sum is" in chat and "<|im_end|>" not in chat
-    write_jsonl(tmp_path / "in.jsonl", [{"id": 7, "prompt": "What is 1 plus 1?"},
-                                        {"messages": [{"role": "user", "content": "Repeat the word red."}]}])
-    run_generate(monkeypatch, final, "--chat", "--input", tmp_path / "in.jsonl", "--output", tmp_path / "out.jsonl",
-                 "--temperature", "0.7", "--top-k", "5", "--seed", "3", "--max-new-tokens", "8")
+    write_jsonl(
+        tmp_path / "in.jsonl",
+        [{"id": 7, "prompt": "What is 1 plus 1?"}, {"messages": [{"role": "user", "content": "Repeat the word red."}]}],
+    )
+    run_generate(
+        monkeypatch,
+        final,
+        "--chat",
+        "--input",
+        tmp_path / "in.jsonl",
+        "--output",
+        tmp_path / "out.jsonl",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "5",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "8",
+    )
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert out[0]["id"] == 7 and isinstance(out[1]["completion"], str)
-    assert out[0]["settings"] == {"max_new_tokens": 8, "temperature": 0.7, "top_k": 5, "top_p": 1.0, "seed": 3,
-                                  "do_sample": True}
+    assert out[0]["settings"] == {
+        "max_new_tokens": 8,
+        "temperature": 0.7,
+        "top_k": 5,
+        "top_p": 1.0,
+        "seed": 3,
+        "do_sample": True,
+    }
     # Interactive chat: one message per line, /reset, end of input quits.
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("What is 4 plus 4?\n/reset\n"))
     run_generate(monkeypatch, final, "--chat", "--max-new-tokens", "12")
@@ -248,11 +327,20 @@ def test_chat_needs_a_chat_template(base, monkeypatch):
 
 def test_classification_beats_the_majority_baseline_and_exports_the_best_checkpoint(base, tmp_path):
     from lmtrain.inference.generation import classify_texts
+
     rows = classify_rows(400)
     train = write_jsonl(tmp_path / "train.jsonl", rows[:320])
     val = write_jsonl(tmp_path / "val.jsonl", rows[320:])
-    r = recipe(tmp_path, base, "classify", [train], data__validation_files=[str(val)], data__max_length=32,
-               train__max_steps=30, train__best_metric="accuracy")
+    r = recipe(
+        tmp_path,
+        base,
+        "classify",
+        [train],
+        data__validation_files=[str(val)],
+        data__max_length=32,
+        train__max_steps=30,
+        train__best_metric="accuracy",
+    )
     task, result = fit_task(r)
     held_out = rows[320:]
     majority = max(CLASSES, key=lambda c: sum(row["label"] == c for row in rows[:320]))
@@ -274,6 +362,7 @@ def test_classification_beats_the_majority_baseline_and_exports_the_best_checkpo
 
 def test_class_weights_enter_the_loss(base, tmp_path):
     from lmtrain.finetune.classify import ClassifyTask
+
     train = write_jsonl(tmp_path / "train.jsonl", classify_rows(60))
     r = recipe(tmp_path, base, "classify", [train], classify__balance_classes=True)
     task = ClassifyTask(r)
@@ -294,6 +383,7 @@ def test_class_weights_enter_the_loss(base, tmp_path):
 
 def test_metric_modules_load_offline_with_evaluate(tmp_path):
     import evaluate
+
     predictions, references = [0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2]
     accuracy = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/accuracy"), keep_in_memory=True)
     f1 = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/macro_f1"), keep_in_memory=True)
@@ -309,9 +399,17 @@ def test_metric_modules_load_offline_with_evaluate(tmp_path):
 
 def test_freezing_keeps_frozen_weights_bit_identical_and_out_of_the_optimizer(base, tmp_path, capfd):
     from lmtrain.training.loop import decay_param_groups
+
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(48))
-    r = recipe(tmp_path, base, "sft", [train], freeze={"embeddings": True, "first_n_layers": 1},
-               train__max_steps=3, train__eval_every=3)
+    r = recipe(
+        tmp_path,
+        base,
+        "sft",
+        [train],
+        freeze={"embeddings": True, "first_n_layers": 1},
+        train__max_steps=3,
+        train__eval_every=3,
+    )
     task, _ = fit_task(r)
     before = load_file(base / "model.safetensors")
     after = load_file(Path(r.run_dir) / "final" / "model.safetensors")
@@ -337,9 +435,18 @@ def test_lora_train_merge_export_reload_gives_the_adapter_logits(base, tmp_path)
     from peft import PeftModel
 
     from lmtrain.finetune.base import merge_adapter
+
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(48))
-    r = recipe(tmp_path, base, "sft", [train], lora={"enabled": True, "r": 4, "alpha": 8},
-               train__max_steps=6, train__eval_every=6, train__lr=1.0e-2)
+    r = recipe(
+        tmp_path,
+        base,
+        "sft",
+        [train],
+        lora={"enabled": True, "r": 4, "alpha": 8},
+        train__max_steps=6,
+        train__eval_every=6,
+        train__lr=1.0e-2,
+    )
     fit_task(r)
     adapter = Path(r.run_dir) / "final"
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
@@ -370,6 +477,7 @@ def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(
     from lmtrain.finetune import base as finetuning
     from lmtrain.finetune.classify import ClassifyTask
     from lmtrain.finetune.sft import SftTask
+
     rows = sft_rows(24) if task == "sft" else classify_rows(24)
     r = recipe(tmp_path, base, task, [write_jsonl(tmp_path / "train.jsonl", rows)], lora={"enabled": True, "r": 4})
     assert finetuning.base_dtype(r) == torch.float32  # fp32 training here: nothing changes
@@ -399,6 +507,7 @@ def test_lora_in_bf16_training_holds_the_frozen_base_in_bf16_and_trains_in_fp32(
 
 def sft_error(tmp_path, base, rows, **sections) -> str:
     from lmtrain.finetune.sft import SftTask
+
     train = write_jsonl(tmp_path / "bad.jsonl", rows)
     r = recipe(tmp_path, base, "sft", [train], data__validation_files=[str(train)], **sections)
     with pytest.raises(UserError) as error:
@@ -409,18 +518,42 @@ def sft_error(tmp_path, base, rows, **sections) -> str:
 GOOD = {"prompt": "What is 1 plus 1?", "completion": "The sum is 2."}
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn, so nothing to learn"),
-    ({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]},
-     "roles out of order: message 0 is 'assistant' where 'user' was expected"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
-                   {"role": "assistant", "content": "c"}]}, "roles out of order: message 1 is a system message; only the first"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                   {"role": "user", "content": "c"}]}, "ends with a 'user' turn that has no answer"),
-    ({"messages": [{"role": "human", "content": "a"}]}, "message 0 has role 'human'; roles are system, user and assistant"),
-    ({"question": "a", "answer": "b"}, "no 'messages' column and no 'prompt'/'completion' pair"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn, so nothing to learn"),
+        (
+            {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]},
+            "roles out of order: message 0 is 'assistant' where 'user' was expected",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "system", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            },
+            "roles out of order: message 1 is a system message; only the first",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ]
+            },
+            "ends with a 'user' turn that has no answer",
+        ),
+        (
+            {"messages": [{"role": "human", "content": "a"}]},
+            "message 0 has role 'human'; roles are system, user and assistant",
+        ),
+        ({"question": "a", "answer": "b"}, "no 'messages' column and no 'prompt'/'completion' pair"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_bad_sft_records_are_named_with_file_and_line(base, tmp_path, bad, expected):
     message = sft_error(tmp_path, base, [GOOD, GOOD, bad, GOOD])
     assert f"bad.jsonl:3: {expected}" in message, message
@@ -428,6 +561,7 @@ def test_bad_sft_records_are_named_with_file_and_line(base, tmp_path, bad, expec
 
 def test_too_long_examples_are_truncated_or_skipped_and_counted(base, tmp_path):
     from lmtrain.finetune.sft import SftTask
+
     long = {"prompt": "word " * 200, "completion": "The sum is 2."}
     rows = [GOOD] * 10 + [long] * 3 + [{"prompt": "hi", "completion": "very " * 100}]
     train = write_jsonl(tmp_path / "sft.jsonl", rows)
@@ -441,6 +575,7 @@ def test_too_long_examples_are_truncated_or_skipped_and_counted(base, tmp_path):
 
 def test_bad_classification_data(base, tmp_path):
     from lmtrain.finetune.classify import ClassifyTask
+
     rows = classify_rows(20)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     r = recipe(tmp_path, base, "classify", [train], classify__labels=["animal", "fruit"])
@@ -459,12 +594,15 @@ def test_bad_classification_data(base, tmp_path):
     r = recipe(tmp_path, base, "classify", [table])
     with pytest.raises(UserError) as error:
         ClassifyTask(r)
-    assert re.search(r"reviews.csv:3: 3 field\(s\) where the header has 2; quote fields that hold commas", str(error.value))
+    assert re.search(
+        r"reviews.csv:3: 3 field\(s\) where the header has 2; quote fields that hold commas", str(error.value)
+    )
     assert re.search(r"reviews.csv:5: 1 field\(s\) where the header has 2", str(error.value))
 
 
 def test_base_model_must_be_a_causal_lm_directory(base, tmp_path):
     from lmtrain.finetune.base import check_base_model
+
     with pytest.raises(UserError, match="does not exist; pretrain first"):
         check_base_model(str(tmp_path / "nowhere"))
     classifier = tmp_path / "classifier"
@@ -485,24 +623,31 @@ def test_cli_reports_bad_input_without_a_traceback(base, tmp_path):
     assert re.search(r"error: 1 bad record\(s\).*bad.jsonl:2: no assistant turn", result.stderr, re.S)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.best_metric=accuracy", "train.best_metric: 'accuracy' is not a metric of task sft"),
-    ("lora.enabled=true", "freeze: LoRA already freezes every base weight"),
-    ("classify.class_weights=[1.0,2.0]", "classify.class_weights: 2 weight(s) for 0 label(s)"),
-    ("data.packing=maybe", "data.packing: expected bool"),
-    ("data.too_lng=skip", "data.too_lng: unknown key; did you mean data.too_long?"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.best_metric=accuracy", "train.best_metric: 'accuracy' is not a metric of task sft"),
+        ("lora.enabled=true", "freeze: LoRA already freezes every base weight"),
+        ("classify.class_weights=[1.0,2.0]", "classify.class_weights: 2 weight(s) for 0 label(s)"),
+        ("data.packing=maybe", "data.packing: expected bool"),
+        ("data.too_lng=skip", "data.too_lng: unknown key; did you mean data.too_long?"),
+    ],
+)
 def test_recipe_problems_are_reported_before_any_work(tmp_path, override, expected):
     path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"task": "sft", "data": {"source": "python_stdlib"},
-                                    "freeze": {"embeddings": True}}))
+    path.write_text(
+        yaml.safe_dump({"task": "sft", "data": {"source": "python_stdlib"}, "freeze": {"embeddings": True}})
+    )
     with pytest.raises(UserError) as error:
         load_recipe(path, [override], schema=FinetuneRecipe)
     assert expected in str(error.value)
 
 
-FINETUNE_RECIPES = sorted(str(p.relative_to(REPO_ROOT / "recipes"))[:-len(".yaml")]
-                          for p in (REPO_ROOT / "recipes").rglob("*.yaml") if p.stem in ("sft", "classify"))
+FINETUNE_RECIPES = sorted(
+    str(p.relative_to(REPO_ROOT / "recipes"))[: -len(".yaml")]
+    for p in (REPO_ROOT / "recipes").rglob("*.yaml")
+    if p.stem in ("sft", "classify")
+)
 
 
 def test_every_model_ships_both_finetune_recipes():
@@ -519,6 +664,7 @@ def test_shipped_recipes_load(name):
 
 def test_stdlib_classification_data_is_real_code_with_package_labels():
     from lmtrain.corpus.records import stdlib_classify_records
+
     records = list(stdlib_classify_records(["json", "email"]))
     labels = {r.row["label"] for r in records}
     assert labels == {"json", "email"} and len(records) > 100
@@ -530,6 +676,7 @@ def test_stdlib_sft_examples_pair_code_without_its_docstring_with_the_docstring_
     import ast
 
     from lmtrain.corpus.records import stdlib_functions
+
     documented = [f for f in stdlib_functions(["json"]) if f.summary]
     assert len(documented) >= 5
     for f in documented:
@@ -539,10 +686,16 @@ def test_stdlib_sft_examples_pair_code_without_its_docstring_with_the_docstring_
         assert docstring.splitlines()[0] not in f.code and f.code.lstrip().startswith(("def ", "async def ", "@"))
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--prompt", "hi", "--output", "out.jsonl"], "--output is batch mode's file out: pass the JSONL file in with --input"),
-    (["--prompt", "hi", "--system", "Be brief."], "--system is a chat setting: add --chat"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--prompt", "hi", "--output", "out.jsonl"],
+            "--output is batch mode's file out: pass the JSONL file in with --input",
+        ),
+        (["--prompt", "hi", "--system", "Be brief."], "--system is a chat setting: add --chat"),
+    ],
+)
 def test_generate_refuses_flags_that_would_be_ignored(tmp_path, args, expected):
     result = run_cli("generate.py", tmp_path / "model", *args, check=False)
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr

@@ -19,8 +19,13 @@ from tests.test_finetune import classify_rows, make_base_model, write_jsonl
 
 pytestmark = pytest.mark.distributed
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-          str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml")]
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml"),
+]
 
 
 def test_two_process_classification_evaluates_every_validation_example(tmp_path):
@@ -28,21 +33,37 @@ def test_two_process_classification_evaluates_every_validation_example(tmp_path)
     rows = classify_rows(130, seed=5)
     train = write_jsonl(tmp_path / "train.jsonl", rows[:80])
     val = write_jsonl(tmp_path / "val.jsonl", rows[80:])  # 50 examples: 25 per rank
-    recipe = {"run_dir": str(tmp_path / "run"), "base_model": str(base), "task": "classify",
-              "data": {"source": "files", "train_files": [str(train)], "validation_files": [str(val)],
-                       "max_length": 32},
-              "train": {"max_steps": 4, "global_batch_size": 8, "micro_batch_size": 4, "lr": 3.0e-3,
-                        "warmup_steps": 1, "eval_every": 2, "eval_batches": 0, "log_every": 2,
-                        "checkpoint_every": 0, "best_metric": "accuracy"}}
+    recipe = {
+        "run_dir": str(tmp_path / "run"),
+        "base_model": str(base),
+        "task": "classify",
+        "data": {"source": "files", "train_files": [str(train)], "validation_files": [str(val)], "max_length": 32},
+        "train": {
+            "max_steps": 4,
+            "global_batch_size": 8,
+            "micro_batch_size": 4,
+            "lr": 3.0e-3,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "eval_batches": 0,
+            "log_every": 2,
+            "checkpoint_every": 0,
+            "best_metric": "accuracy",
+        },
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([*LAUNCH, "finetune.py", str(path)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(
+        [*LAUNCH, "finetune.py", str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     assert "2 process(es)" in result.stderr
-    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if "eval_loss" in line]
+    evals = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "eval_loss" in line
+    ]
     assert [e["step"] for e in evals] == [0, 2, 4]
 
     final = tmp_path / "run" / "final"

@@ -29,9 +29,16 @@ def test_7b_flops_per_token_by_hand():
 def test_flops_per_token_matches_torch_flop_counter(kv_heads, tied):
     """torch's FlopCounterMode counts every matmul of a real forward + backward (eager attention, so the
     score and value products are plain bmm it sees). Grouped-query attention and a tied head included."""
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, tie_word_embeddings=tied,
-                         max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        tie_word_embeddings=tied,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     batch, seq = 2, 32
@@ -53,11 +60,21 @@ def test_cpu_peak_is_measured_once_per_process(monkeypatch):
     assert peak_flops_per_device(torch.device("cpu"))[0] == peak
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12), ("NVIDIA L40S", 362e12),
-    ("NVIDIA L4", 121e12), ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla V100-SXM2-32GB", 125e12),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA A10", 125e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("Tesla V100-SXM2-32GB", 125e12),
+    ],
+)
 def test_gpu_peak_from_the_table_by_device_name(monkeypatch, name, expected):
     """The longest matching key wins: an A100 is not an A10, an L40S not an L4."""
     monkeypatch.setattr(flops.torch.cuda, "get_device_name", lambda device=None: name)
@@ -73,7 +90,13 @@ def test_gpu_kind_for_the_planner():
 
 
 def test_a_classification_head_counts_its_labels_not_the_vocabulary():
-    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4)
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     lm, classifier = flops_per_token(config, 32), flops_per_token(config, 32, head_width=3)
     assert lm - classifier == 6 * 64 * (1000 - 3)

@@ -42,10 +42,18 @@ def test_sources_are_cleaned_filtered_and_deduplicated_with_their_own_settings(t
     (tmp_path / "short.txt").write_text("x", encoding="utf-8")
     (tmp_path / "code.txt").write_text("if a<b and c>d:\n    pass", encoding="utf-8")
     data = DataConfig(
-        sources=[SourceConfig(kind="files", paths=[str(tmp_path / p) for p in ("a.txt", "b.txt", "short.txt")]),
-                 SourceConfig(kind="files", paths=[str(tmp_path / "code.txt")], clean=CleanConfig(strip_html=False),
-                              filters=QualityFilterConfig(enabled=False))],
-        clean=CleanConfig(min_chars=5), filters=QualityFilterConfig(enabled=True, min_units=10))
+        sources=[
+            SourceConfig(kind="files", paths=[str(tmp_path / p) for p in ("a.txt", "b.txt", "short.txt")]),
+            SourceConfig(
+                kind="files",
+                paths=[str(tmp_path / "code.txt")],
+                clean=CleanConfig(strip_html=False),
+                filters=QualityFilterConfig(enabled=False),
+            ),
+        ],
+        clean=CleanConfig(min_chars=5),
+        filters=QualityFilterConfig(enabled=True, min_units=10),
+    )
     streams, stats = open_sources(data, Deduplicator(DedupConfig()))
     assert list(streams[0]) == [prose]
     assert list(streams[1]) == ["if a<b and c>d:\n    pass"]  # not stripped as HTML, not filtered as prose

@@ -35,8 +35,9 @@ def test_shipped_7b_recipe_count():
 
 
 def test_grouped_query_attention_and_tied_embeddings_follow_the_recipe():
-    recipe = load_recipe(REPO_ROOT / "recipes/smoke/pretrain.yaml",
-                         ["model.num_kv_heads=2", "model.tie_word_embeddings=true"])
+    recipe = load_recipe(
+        REPO_ROOT / "recipes/smoke/pretrain.yaml", ["model.num_kv_heads=2", "model.tie_word_embeddings=true"]
+    )
     config = llama_config(recipe, {"bos": 0, "eos": 0, "pad": 1})
     assert config.num_key_value_heads == 2 and config.tie_word_embeddings
     assert config.max_position_embeddings == recipe.data.seq_len
@@ -44,8 +45,11 @@ def test_grouped_query_attention_and_tied_embeddings_follow_the_recipe():
 
 
 # Pretraining recipes; the fine-tuning ones (they name a task) are checked in tests/test_finetune.py.
-SHIPPED_RECIPES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "recipes").rglob("*.yaml")
-                         if p.parent.name != "accelerate" and "task" not in yaml.safe_load(p.read_text()))
+SHIPPED_RECIPES = sorted(
+    str(p.relative_to(REPO_ROOT))
+    for p in (REPO_ROOT / "recipes").rglob("*.yaml")
+    if p.parent.name != "accelerate" and "task" not in yaml.safe_load(p.read_text())
+)
 
 
 def test_shipped_pretraining_recipes_are_found():
@@ -54,8 +58,9 @@ def test_shipped_pretraining_recipes_are_found():
 
 @pytest.mark.parametrize("recipe", SHIPPED_RECIPES)
 def test_every_shipped_recipe_dry_runs(recipe):
-    result = subprocess.run([sys.executable, "train.py", recipe, "--dry-run"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "train.py", recipe, "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "# resolved recipe" in result.stdout
     count_line = next(line for line in result.stdout.splitlines() if line.startswith("parameters:"))
@@ -65,8 +70,17 @@ def test_every_shipped_recipe_dry_runs(recipe):
 
 
 def test_dry_run_batch_arithmetic_for_a_64_gpu_launch():
-    result = subprocess.run([sys.executable, "train.py", str(SEVEN_B), "--dry-run"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "WORLD_SIZE": "64"})
+    result = subprocess.run(
+        [sys.executable, "train.py", str(SEVEN_B), "--dry-run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WORLD_SIZE": "64"},
+    )
     assert result.returncode == 0, result.stderr
-    assert "64 process(es) × micro 1 × accumulation 16 = 1024 sequences × 4096 tokens = 4,194,304 tokens/step" in result.stdout
+    assert (
+        "64 process(es) × micro 1 × accumulation 16 = 1024 sequences × 4096 tokens = 4,194,304 tokens/step"
+        in result.stdout
+    )
     assert "240,000 steps = 1,006,632,960,000 tokens" in result.stdout

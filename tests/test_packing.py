@@ -52,7 +52,7 @@ def test_final_partial_block_is_dropped_and_reported():
 @pytest.mark.parametrize("batch_size", [1, 7, 1000])
 def test_invariants_on_random_documents(seq_len, batch_size):
     docs = random_documents(300, seed=seq_len + batch_size)
-    batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
+    batches = [docs[i : i + batch_size] for i in range(0, len(docs), batch_size)]
     blocks, packer = pack_all(batches, seq_len)
 
     expected_stream = [t for doc in docs for t in doc + [EOS]]  # built without the code under test
@@ -64,7 +64,7 @@ def test_invariants_on_random_documents(seq_len, batch_size):
     assert packer.remainder_tokens == total % seq_len < seq_len
     assert packer.documents == len(docs)
     # The blocks are exactly the stream, in order: eos after every document, no padding, nothing lost.
-    assert blocks.reshape(-1).tolist() == expected_stream[:blocks.size]
+    assert blocks.reshape(-1).tolist() == expected_stream[: blocks.size]
 
 
 def test_eos_separates_every_two_documents():
@@ -126,10 +126,10 @@ def test_positions_small_example_by_hand():
 def test_positions_match_the_definition_across_batches(seq_len):
     docs = random_documents(300, seed=seq_len)
     packer = Packer(seq_len, EOS)
-    pieces = [packer.add_with_positions(docs[i:i + 7]) for i in range(0, len(docs), 7)]
+    pieces = [packer.add_with_positions(docs[i : i + 7]) for i in range(0, len(docs), 7)]
     blocks = np.concatenate([b for b, _ in pieces])
     positions = np.concatenate([p for _, p in pieces])
-    stream = [t for doc in docs for t in doc + [EOS]][:blocks.size]
+    stream = [t for doc in docs for t in doc + [EOS]][: blocks.size]
     assert blocks.reshape(-1).tolist() == stream  # positions do not change the blocks
     assert positions.dtype == np.int32
     assert positions.reshape(-1).tolist() == expected_positions(stream, seq_len)
@@ -145,8 +145,15 @@ def test_document_labels_mask_only_documents_starting_inside_a_block():
 
 def tiny_llama(attn_implementation: str) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64, attn_implementation=attn_implementation)
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        attn_implementation=attn_implementation,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -174,7 +181,7 @@ def test_document_logits_in_a_packed_block_equal_logits_alone(attn_implementatio
         checked = leaked = 0
         for row in range(len(input_ids)):
             for start, end in segments(position_ids[row].tolist()):
-                alone = model(input_ids=input_ids[row:row + 1, start:end]).logits[0]
+                alone = model(input_ids=input_ids[row : row + 1, start:end]).logits[0]
                 torch.testing.assert_close(packed[row, start:end], alone, atol=1e-5, rtol=1e-4)
                 checked += 1
                 leaked += start > 0 and not torch.allclose(plain[row, start:end], alone, atol=1e-3)
@@ -189,10 +196,11 @@ def test_document_masking_needs_use_cache_false(packed_blocks):
     row = next(r for r in range(len(input_ids)) if len(segments(position_ids[r].tolist())) > 1)
     start, end = segments(position_ids[row].tolist())[1]
     with torch.no_grad():
-        alone = model(input_ids=input_ids[row:row + 1, start:end]).logits[0]
-        with_cache = model(input_ids=input_ids[row:row + 1], position_ids=position_ids[row:row + 1]).logits[0]
-        without = model(input_ids=input_ids[row:row + 1], position_ids=position_ids[row:row + 1],
-                        use_cache=False).logits[0]
+        alone = model(input_ids=input_ids[row : row + 1, start:end]).logits[0]
+        with_cache = model(input_ids=input_ids[row : row + 1], position_ids=position_ids[row : row + 1]).logits[0]
+        without = model(
+            input_ids=input_ids[row : row + 1], position_ids=position_ids[row : row + 1], use_cache=False
+        ).logits[0]
     assert not torch.allclose(with_cache[start:end], alone, atol=1e-3)
     torch.testing.assert_close(without[start:end], alone, atol=1e-5, rtol=1e-4)
 
@@ -201,11 +209,19 @@ def test_block_rows_reads_the_same_rows_as_the_dataset():
     import datasets
 
     from lmtrain.training.pretrain import BlockRows
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=8),
-                                  "position_ids": datasets.Sequence(datasets.Value("int32"), length=8)})
-    parts = [datasets.Dataset.from_dict({"input_ids": [[start + i] * 8 for i in range(n)],
-                                         "position_ids": [list(range(8))] * n}, features=features)
-             for start, n in ((0, 5), (100, 3), (200, 7))]
+
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32"), length=8),
+            "position_ids": datasets.Sequence(datasets.Value("int32"), length=8),
+        }
+    )
+    parts = [
+        datasets.Dataset.from_dict(
+            {"input_ids": [[start + i] * 8 for i in range(n)], "position_ids": [list(range(8))] * n}, features=features
+        )
+        for start, n in ((0, 5), (100, 3), (200, 7))
+    ]
     blocks = datasets.concatenate_datasets(parts)  # three Arrow chunks
     rows = BlockRows(blocks)
     assert rows.views is not None  # the fast path is the one under test

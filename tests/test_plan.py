@@ -28,11 +28,13 @@ SMOKE = REPO_ROOT / "recipes/smoke/pretrain.yaml"
 
 
 def run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 # ---------------------------------------------------------------------------- memory model
+
 
 @pytest.mark.parametrize("nodes,gpus_per_node", [(1, 8), (2, 8), (8, 8)])
 def test_zero3_model_states_agree_with_deepspeeds_estimator(nodes, gpus_per_node):
@@ -52,16 +54,20 @@ def test_zero3_model_states_agree_with_deepspeeds_estimator(nodes, gpus_per_node
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         estimate_zero3_model_states_mem_needs_all_cold(total, largest, gpus_per_node, nodes)
-    row = next(line for line in printed.getvalue().splitlines()
-               if line.rstrip().endswith("offload_param=none, offload_optimizer=none, zero_init=1"))
+    row = next(
+        line
+        for line in printed.getvalue().splitlines()
+        if line.rstrip().endswith("offload_param=none, offload_optimizer=none, zero_init=1")
+    )
     deepspeed_gib = float(re.findall(r"([\d.]+)GB", row)[1])  # columns: per CPU | per GPU
 
     stage3 = next(r for r in memory_plan(config, total, 1, 4096, nodes * gpus_per_node, "bf16") if r.stage == 3)
     ours_gib = (stage3.model_states + stage3.gathered) / GIB
     assert abs(ours_gib - deepspeed_gib) / deepspeed_gib < 0.01, (ours_gib, deepspeed_gib)
     step_gib = 4 * total / (nodes * gpus_per_node) / GIB
-    assert stage3.model_states_peak / GIB == pytest.approx(ours_gib - stage3.gathered / GIB
-                                                           + max(stage3.gathered / GIB, step_gib))
+    assert stage3.model_states_peak / GIB == pytest.approx(
+        ours_gib - stage3.gathered / GIB + max(stage3.gathered / GIB, step_gib)
+    )
 
 
 def test_shipped_deepspeed_configs_accumulate_gradients_in_fp32_as_the_planner_counts():
@@ -88,14 +94,23 @@ def saved_activation_bytes(config: LlamaConfig, batch: int, seq: int, dtype: tor
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("dtype,attn,kv_heads", [("bf16", "sdpa", 4), ("fp32", "sdpa", 4), ("bf16", "sdpa", 2),
-                                                 ("bf16", "eager", 4), ("fp32", "eager", 4)])
+@pytest.mark.parametrize(
+    "dtype,attn,kv_heads",
+    [("bf16", "sdpa", 4), ("fp32", "sdpa", 4), ("bf16", "sdpa", 2), ("bf16", "eager", 4), ("fp32", "eager", 4)],
+)
 def test_activation_estimate_matches_what_autograd_saves(dtype, attn, kv_heads):
     """The tensor-by-tensor count of activation_bytes against the tensors a real transformers Llama saves
     (CPU, no checkpointing): never below, at most 10% above (it adds the 16-bit logits alive around the
     loss, and leaves out a few tiny tensors: RMSNorm's per-row scale, the logsumexp, RoPE tables)."""
-    config = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+    )
     measured = saved_activation_bytes(config, 2, 256, torch.bfloat16 if dtype == "bf16" else torch.float32, attn)
     estimate = activation_bytes(config, 2, 256, dtype, False, attn)
     assert measured <= estimate <= 1.10 * measured, (measured, estimate)
@@ -105,7 +120,7 @@ def test_checkpointing_keeps_layer_inputs_and_one_layer():
     config = llama_config(load_recipe(SEVEN_B))
     full = activation_bytes(config, 1, 4096, "bf16", checkpointing=False)
     ckpt = activation_bytes(config, 1, 4096, "bf16", checkpointing=True)
-    per_layer = (24 * 4096 * 4096 + 8 * 4096 * 11008)  # bf16, multi-head: 24·sbh + 8·sbi at b=1, s=4096
+    per_layer = 24 * 4096 * 4096 + 8 * 4096 * 11008  # bf16, multi-head: 24·sbh + 8·sbi at b=1, s=4096
     after_layers = 8 * 4096 * 4096 + 6 * 4096 * 64000
     assert full == 32 * per_layer + after_layers
     assert ckpt == 32 * 2 * 4096 * 4096 + per_layer + after_layers
@@ -122,6 +137,7 @@ def test_fp32_training_counts_4_4_8_bytes_and_no_step_cast():
 
 
 # ---------------------------------------------------------------------------- the report
+
 
 def test_7b_plan_on_one_node_of_8_h100_80gb():
     result = run_train(str(SEVEN_B), "--plan")
@@ -162,15 +178,22 @@ def test_eager_attention_is_planned_with_its_score_matrices():
     assert "model.gradient_checkpointing=true" in report  # 3 GiB of scores per layer, x 32, do not fit
 
 
-@pytest.mark.parametrize("cluster,overrides,message", [
-    ({"gpus_per_node": 3}, [], "train.global_batch_size 1024 is not divisible by micro_batch_size 1 x 3 process(es); "
-                               "change one of them or the launch (--nodes 1 x --gpus-per-node 3 = 3 processes)"),
-    ({"nodes": 256}, [], "not divisible by micro_batch_size 1 x 2048 process(es)"),  # more GPUs than sequences
-    ({"gpu_kind": "x100"}, [], "--gpu-kind: unknown GPU kind 'x100'; known kinds: a10, a100,"),
-    ({"mfu": 40}, [], "--mfu 40: must be a fraction in (0, 1], e.g. 0.4 for 40%"),
-    ({"nodes": 0, "gpu_memory_gb": 1}, [], "--nodes 0: must be at least 1; --gpu-memory-gb 1: too small"),
-    ({"gpu_kind": "v100"}, ["train.precision=bf16"], "train.precision: bf16 is not supported by --gpu-kind v100"),
-])
+@pytest.mark.parametrize(
+    "cluster,overrides,message",
+    [
+        (
+            {"gpus_per_node": 3},
+            [],
+            "train.global_batch_size 1024 is not divisible by micro_batch_size 1 x 3 process(es); "
+            "change one of them or the launch (--nodes 1 x --gpus-per-node 3 = 3 processes)",
+        ),
+        ({"nodes": 256}, [], "not divisible by micro_batch_size 1 x 2048 process(es)"),  # more GPUs than sequences
+        ({"gpu_kind": "x100"}, [], "--gpu-kind: unknown GPU kind 'x100'; known kinds: a10, a100,"),
+        ({"mfu": 40}, [], "--mfu 40: must be a fraction in (0, 1], e.g. 0.4 for 40%"),
+        ({"nodes": 0, "gpu_memory_gb": 1}, [], "--nodes 0: must be at least 1; --gpu-memory-gb 1: too small"),
+        ({"gpu_kind": "v100"}, ["train.precision=bf16"], "train.precision: bf16 is not supported by --gpu-kind v100"),
+    ],
+)
 def test_bad_plan_input_is_a_clear_error(cluster, overrides, message):
     with pytest.raises(UserError) as exc:
         plan_report(load_recipe(SEVEN_B, overrides), Cluster(**cluster))
@@ -188,8 +211,12 @@ def test_bad_plan_input_exits_2_with_one_line():
 
 DS_CONFIGS = sorted((REPO_ROOT / "ds_config").glob("*.json"))
 LAUNCH_CONFIGS = sorted((REPO_ROOT / "recipes/accelerate").glob("*.yaml"))
-RECIPE_DECIDES = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                  "gradient_clipping")
+RECIPE_DECIDES = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+)
 
 
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
@@ -225,11 +252,15 @@ def test_launch_configs_load_in_accelerate_and_name_a_shipped_ds_config(path, mo
     # sets values the ds config file owns (mixed_precision, zero_stage, ...).
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", ds_file)
-    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", ",".join(config.deepspeed_config)
-                       + (",mixed_precision" if config.mixed_precision else ""))
+    monkeypatch.setenv(
+        "ACCELERATE_CONFIG_DS_FIELDS",
+        ",".join(config.deepspeed_config) + (",mixed_precision" if config.mixed_precision else ""),
+    )
     plugin = DeepSpeedPlugin()
-    assert plugin.deepspeed_config["zero_optimization"]["stage"] == json.loads(
-        (REPO_ROOT / ds_file).read_text())["zero_optimization"]["stage"]
+    assert (
+        plugin.deepspeed_config["zero_optimization"]["stage"]
+        == json.loads((REPO_ROOT / ds_file).read_text())["zero_optimization"]["stage"]
+    )
 
 
 def test_multinode_launch_config_becomes_the_intended_torchrun_rendezvous(monkeypatch):
@@ -241,9 +272,24 @@ def test_multinode_launch_config_becomes_the_intended_torchrun_rendezvous(monkey
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
     path = "recipes/accelerate/zero3_multinode.yaml"
-    args = launch_command_parser().parse_args([
-        "--config_file", path, "--num_machines", "2", "--num_processes", "16", "--machine_rank", "1",
-        "--main_process_ip", "node-a", "--main_process_port", "29500", "train.py", str(SEVEN_B)])
+    args = launch_command_parser().parse_args(
+        [
+            "--config_file",
+            path,
+            "--num_machines",
+            "2",
+            "--num_processes",
+            "16",
+            "--machine_rank",
+            "1",
+            "--main_process_ip",
+            "node-a",
+            "--main_process_port",
+            "29500",
+            "train.py",
+            str(SEVEN_B),
+        ]
+    )
     args, _, _ = _validate_launch_command(args)
     written = yaml.safe_load((REPO_ROOT / path).read_text())
     assert (args.rdzv_backend, args.same_network) == (written["rdzv_backend"], written["same_network"])
@@ -251,16 +297,33 @@ def test_multinode_launch_config_becomes_the_intended_torchrun_rendezvous(monkey
     args.deepspeed_fields_from_accelerate_config = ""
     cmd, env = prepare_deepspeed_cmd_env(args)
     assert cmd is None and env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
-    run_args = _filter_args(args, torchrun.get_args_parser(),
-                            ["--training_script", args.training_script, "--training_script_args", args.training_script_args])
+    run_args = _filter_args(
+        args,
+        torchrun.get_args_parser(),
+        ["--training_script", args.training_script, "--training_script_args", args.training_script_args],
+    )
     launch_config, _, _ = torchrun.config_from_args(run_args)
     assert (launch_config.min_nodes, launch_config.max_nodes, launch_config.nproc_per_node) == (2, 2, 8)
     assert launch_config.rdzv_endpoint == "node-a:29500"
     assert launch_config.rdzv_configs["rank"] == 1
     # The SLURM script's DS_CONFIG: a --deepspeed_config_file flag wins over the launch config's file.
-    override = launch_command_parser().parse_args([
-        "--config_file", path, "--deepspeed_config_file", "ds_config/zero2.json", "--num_machines", "2",
-        "--num_processes", "16", "--machine_rank", "1", "--main_process_ip", "node-a", "train.py"])
+    override = launch_command_parser().parse_args(
+        [
+            "--config_file",
+            path,
+            "--deepspeed_config_file",
+            "ds_config/zero2.json",
+            "--num_machines",
+            "2",
+            "--num_processes",
+            "16",
+            "--machine_rank",
+            "1",
+            "--main_process_ip",
+            "node-a",
+            "train.py",
+        ]
+    )
     assert _validate_launch_command(override)[0].deepspeed_config_file == "ds_config/zero2.json"
 
 
@@ -318,29 +381,42 @@ def fake_slurm_env(tmp_path: Path, **extra: str) -> dict:
         target.write_text(script)
         target.chmod(0o755)
     (tmp_path / "pids").write_text("")
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VENV": str(tmp_path / "venv"),
-            "FAKE_LOG": str(tmp_path / "log"), "FAKE_PIDS": str(tmp_path / "pids"), "SLURM_JOB_ID": "4242",
-            "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_GPUS_ON_NODE": "8", **extra}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "VENV": str(tmp_path / "venv"),
+        "FAKE_LOG": str(tmp_path / "log"),
+        "FAKE_PIDS": str(tmp_path / "pids"),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+        "SLURM_GPUS_ON_NODE": "8",
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("ds_config", ["", "ds_config/zero2.json"])
 def test_slurm_script_launches_one_accelerate_per_node(tmp_path, ds_config):
     env = fake_slurm_env(tmp_path, DS_CONFIG=ds_config)
-    result = subprocess.run(["bash", str(SBATCH), "train.log_every=20"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(SBATCH), "train.log_every=20"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "log").read_text().splitlines()
-    common = ("launch --config_file recipes/accelerate/zero3_multinode.yaml "
-              + (f"--deepspeed_config_file {ds_config} " if ds_config else "")
-              + "--num_machines 2 --num_processes 16 --machine_rank {} --main_process_ip node-a "
-              "--main_process_port 29500 train.py recipes/llama-7b/pretrain.yaml train.log_every=20")
+    common = (
+        "launch --config_file recipes/accelerate/zero3_multinode.yaml "
+        + (f"--deepspeed_config_file {ds_config} " if ds_config else "")
+        + "--num_machines 2 --num_processes 16 --machine_rank {} --main_process_ip node-a "
+        "--main_process_port 29500 train.py recipes/llama-7b/pretrain.yaml train.log_every=20"
+    )
     assert sorted(log) == [f"node 0: {common.format(0)}", f"node 1: {common.format(1)}"]  # no requeue
 
 
 def test_slurm_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
     env = fake_slurm_env(tmp_path, FAKE_TRAIN_SECONDS="30")
-    job = subprocess.Popen(["bash", str(SBATCH)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        ["bash", str(SBATCH)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 20
     while len((tmp_path / "pids").read_text().split()) < 2 and time.time() < deadline:
         time.sleep(0.1)

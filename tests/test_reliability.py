@@ -107,18 +107,23 @@ def test_a_writer_failing_mid_save_fails_with_a_clear_message_and_keeps_earlier_
     from accelerate import Accelerator
 
     from lmtrain.training.checkpoint import CheckpointError, save_checkpoint
+
     accelerator = Accelerator(cpu=True)
     save_checkpoint(accelerator, tmp_path, 1, {"step": 1}, keep_last=1, keep_every=0)
 
     def full_disk(path):  # how torch.save reports a full disk: a RuntimeError, not an OSError
         Path(path).mkdir()
         (Path(path) / "half-written.bin").write_bytes(b"x" * 10)
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed. No space left on device")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed. No space left on device"
+        )
 
     accelerator.save_state = full_disk
-    with pytest.raises(CheckpointError, match="could not save checkpoint step 2 .*: the disk is full. Earlier "
-                                              "checkpoints are untouched"):
+    with pytest.raises(
+        CheckpointError,
+        match="could not save checkpoint step 2 .*: the disk is full. Earlier checkpoints are untouched",
+    ):
         save_checkpoint(accelerator, tmp_path, 2, {"step": 2}, keep_last=1, keep_every=0)
     assert [c.step for c in complete_checkpoints(tmp_path)[0]] == [1]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # the partial save does not hold the disk
@@ -131,6 +136,7 @@ def _train_blocks(ws) -> int:
 
 def test_best_model_selection_starts_over_when_best_metric_changes_on_resume():
     from lmtrain.training.loop import _update_best
+
     exports = []
     state = {"best": {"metric": "macro_f1", "value": 0.7, "step": 10}}  # restored from the checkpoint
     _update_best(state, {"eval_loss": 1.2, "macro_f1": 0.5}, 20, "eval_loss", lambda: exports.append(20))

@@ -51,8 +51,12 @@ def write_recipe(tmp_path: Path, paths: list[str], **overrides) -> Path:
     """A recipe YAML in tmp_path whose tokenizer and data dirs also live in tmp_path."""
     recipe = {
         "tokenizer": {"dir": str(tmp_path / "tokenizer"), "vocab_size": 384, "min_frequency": 2},
-        "data": {"dir": str(tmp_path / "data"), "sources": [{"kind": "files", "paths": paths}],
-                 "clean": {"strip_html": False}, "validation_fraction": 0.2},
+        "data": {
+            "dir": str(tmp_path / "data"),
+            "sources": [{"kind": "files", "paths": paths}],
+            "clean": {"strip_html": False},
+            "validation_fraction": 0.2,
+        },
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
@@ -123,7 +127,14 @@ def test_round_trip_through_auto_tokenizer(trained, name):
 def test_round_trip_random_unicode(trained):
     tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer.dir)
     rng = random.Random(0)
-    planes = [(0x0, 0x2FF), (0x3000, 0x9FFF), (0xAC00, 0xD7A3), (0xE000, 0xFFFD), (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF)]
+    planes = [
+        (0x0, 0x2FF),
+        (0x3000, 0x9FFF),
+        (0xAC00, 0xD7A3),
+        (0xE000, 0xFFFD),
+        (0x1F300, 0x1FAFF),
+        (0x20000, 0x2A6DF),
+    ]
     texts = ["".join(chr(rng.randint(*rng.choice(planes))) for _ in range(200)) for _ in range(20)]
     for text, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
         assert tokenizer.decode(ids) == text
@@ -181,9 +192,11 @@ def test_corpus_encoder_gives_exactly_the_ids_of_tokenizers(larger_tokenizer):
     encoder = CorpusEncoder(path)
     assert encoder.fast is not None
     assert encoder.encode_batch(texts) == reference_ids(path, texts)
-    assert encoder.stats() == {"documents": {"tiktoken": len(texts)},
-                               "spot_checked_documents": len(texts[::SPOT_CHECK_EVERY]),
-                               "fell_back_to_tokenizers_at": None}
+    assert encoder.stats() == {
+        "documents": {"tiktoken": len(texts)},
+        "spot_checked_documents": len(texts[::SPOT_CHECK_EVERY]),
+        "fell_back_to_tokenizers_at": None,
+    }
     assert sum(map(len, reference_ids(path, held_out))) > 100_000
 
 
@@ -202,8 +215,11 @@ def test_corpus_encoder_falls_back_to_tokenizers_at_the_first_difference(larger_
     assert encoder.encode_batch(first) == reference_ids(path, first)
     assert encoder.encode_batch(second) == reference_ids(path, second)
     assert encoder.fast is None
-    assert encoder.stats() == {"documents": {"tokenizers": 20}, "spot_checked_documents": 1,
-                               "fell_back_to_tokenizers_at": first[0][:200]}
+    assert encoder.stats() == {
+        "documents": {"tokenizers": 20},
+        "spot_checked_documents": 1,
+        "fell_back_to_tokenizers_at": first[0][:200],
+    }
     assert "encoding this batch and the rest with tokenizers" in capsys.readouterr().err
 
 
@@ -228,23 +244,44 @@ def test_tiktoken_is_used_only_for_this_projects_design(larger_tokenizer):
     model, merges, vocab = spec["model"], spec["model"]["merges"], spec["model"]["vocab"]
     split, byte_level = spec["pre_tokenizer"]["pretokenizers"]
     gpt2_regex = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-    other_regex = spec | {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        split | {"pattern": {"Regex": gpt2_regex}}, byte_level]}}
-    plain_added = spec | {"added_tokens": [*spec["added_tokens"], {
-        "id": len(vocab), "content": "hello", "single_word": False, "lstrip": False, "rstrip": False,
-        "normalized": True, "special": False}]}
+    other_regex = spec | {
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split | {"pattern": {"Regex": gpt2_regex}}, byte_level]}
+    }
+    plain_added = spec | {
+        "added_tokens": [
+            *spec["added_tokens"],
+            {
+                "id": len(vocab),
+                "content": "hello",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": True,
+                "special": False,
+            },
+        ]
+    }
     # Each new token made by one merge, in id order, yet "QZJ" is built only from QZ + J while Z + J merge
     # first: tokenizers gives [Q, ZJ] for the text "QZJ", tiktoken (a piece that is a token is taken whole) [QZJ].
-    a, b, c = next(t for t in itertools.permutations("QZJXKV", 3)
-                   if not {t[0] + t[1], t[1] + t[2], "".join(t)} & set(vocab))
-    unreachable = spec | {"model": model | {
-        "vocab": vocab | {b + c: len(vocab), a + b: len(vocab) + 1, a + b + c: len(vocab) + 2},
-        "merges": [*merges, [b, c], [a, b], [a + b, c]]}}
+    a, b, c = next(
+        t for t in itertools.permutations("QZJXKV", 3) if not {t[0] + t[1], t[1] + t[2], "".join(t)} & set(vocab)
+    )
+    unreachable = spec | {
+        "model": model
+        | {
+            "vocab": vocab | {b + c: len(vocab), a + b: len(vocab) + 1, a + b + c: len(vocab) + 2},
+            "merges": [*merges, [b, c], [a, b], [a + b, c]],
+        }
+    }
     assert Tokenizer.from_str(json.dumps(unreachable)).encode(a + b + c).tokens == [a, b + c]
-    for other in (spec | {"normalizer": {"type": "NFC"}},
-                  spec | {"model": model | {"merges": [*merges, merges[-1]]}},  # two merges make one token
-                  spec | {"model": model | {"byte_fallback": True}},
-                  other_regex, plain_added, unreachable):
+    for other in (
+        spec | {"normalizer": {"type": "NFC"}},
+        spec | {"model": model | {"merges": [*merges, merges[-1]]}},  # two merges make one token
+        spec | {"model": model | {"byte_fallback": True}},
+        other_regex,
+        plain_added,
+        unreachable,
+    ):
         assert tiktoken_for(other) is None
 
 
@@ -343,7 +380,7 @@ def synthetic_corpus(documents: int = 400, seed: int = 0) -> list[str]:
             if rng.random() < 0.5:
                 parts.append(" " + "".join(rng.choices(syllables, k=rng.randint(1, 3))))
             else:
-                parts.append("".join(rng.choices(han[:rng.choice([30, 300])], k=rng.randint(2, 12))) + "，")
+                parts.append("".join(rng.choices(han[: rng.choice([30, 300])], k=rng.randint(2, 12))) + "，")
             if rng.random() < 0.1:
                 parts.append(f" {rng.randint(0, 9999)}.\n")
         docs.append("".join(parts))

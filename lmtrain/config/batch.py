@@ -26,13 +26,21 @@ class BatchArithmetic:
         return self.tokens_per_step * self.max_steps
 
     def describe(self) -> str:
-        return (f"batch: {self.num_processes} process(es) × micro {self.micro_batch_size} × accumulation "
-                f"{self.accumulation_steps} = {self.global_batch_size} sequences × {self.seq_len} tokens = "
-                f"{self.tokens_per_step:,} tokens/step | {self.max_steps:,} steps = "
-                f"{self.total_tokens:,} tokens ({format_count(self.total_tokens)})")
+        return (
+            f"batch: {self.num_processes} process(es) × micro {self.micro_batch_size} × accumulation "
+            f"{self.accumulation_steps} = {self.global_batch_size} sequences × {self.seq_len} tokens = "
+            f"{self.tokens_per_step:,} tokens/step | {self.max_steps:,} steps = "
+            f"{self.total_tokens:,} tokens ({format_count(self.total_tokens)})"
+        )
 
 
 def batch_arithmetic(recipe: Recipe, num_processes: int) -> BatchArithmetic:
     t = recipe.train
-    return BatchArithmetic(num_processes, t.micro_batch_size, gradient_accumulation_steps(recipe, num_processes),
-                           t.global_batch_size, recipe.data.seq_len, t.max_steps)
+    return BatchArithmetic(
+        num_processes,
+        t.micro_batch_size,
+        gradient_accumulation_steps(recipe, num_processes),
+        t.global_batch_size,
+        recipe.data.seq_len,
+        t.max_steps,
+    )

@@ -175,16 +175,20 @@ class FinetuneRecipe:
         if d.source == "files":
             need(bool(d.train_files), "data.train_files: source 'files' needs at least one glob pattern")
         else:
-            need(not d.train_files and not d.validation_files,
-                 f"data.train_files/validation_files: only read with data.source=files (it is {d.source!r})")
+            need(
+                not d.train_files and not d.validation_files,
+                f"data.train_files/validation_files: only read with data.source=files (it is {d.source!r})",
+            )
         if d.source == "hub":
             need(bool(d.dataset), "data.dataset: source 'hub' needs a dataset name")
         need(0.0 < d.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
         need(d.max_train_examples >= 0, "data.max_train_examples: must be >= 0 (0 = all)")
         need(d.max_validation_examples >= 0, "data.max_validation_examples: must be >= 0 (0 = all)")
         need(d.max_length >= 8, "data.max_length: must be at least 8 tokens")
-        need(not d.packing or self.task == "sft",
-             "data.packing: only for task sft (classification reads one example per sequence)")
+        need(
+            not d.packing or self.task == "sft",
+            "data.packing: only for task sft (classification reads one example per sequence)",
+        )
         if d.source == "python_stdlib" and self.task == "classify":
             need(len(set(d.stdlib_packages)) >= 2, "data.stdlib_packages: give at least two packages (the labels)")
         f = self.freeze
@@ -195,19 +199,25 @@ class FinetuneRecipe:
             need(lora.alpha > 0, "lora.alpha: must be positive")
             need(0.0 <= lora.dropout < 1.0, "lora.dropout: must be in [0, 1)")
             need(bool(lora.target_modules), "lora.target_modules: name at least one linear layer, e.g. q_proj")
-            need(not (f.embeddings or f.first_n_layers or f.all_but_head),
-                 "freeze: LoRA already freezes every base weight; turn the freeze switches off or lora.enabled off")
+            need(
+                not (f.embeddings or f.first_n_layers or f.all_but_head),
+                "freeze: LoRA already freezes every base weight; turn the freeze switches off or lora.enabled off",
+            )
         c = self.classify
         need(len(set(c.labels)) == len(c.labels), f"classify.labels: {c.labels} lists a label twice")
         need(len(c.labels) != 1, "classify.labels: give at least two labels (or none, to infer them from the data)")
         if c.label_names:
-            need(len(c.label_names) == len(c.labels) and len(set(c.label_names)) == len(c.label_names),
-                 f"classify.label_names: {len(c.label_names)} name(s) for {len(c.labels)} label(s); give classify.labels "
-                 "too, in the same order, one distinct name each")
+            need(
+                len(c.label_names) == len(c.labels) and len(set(c.label_names)) == len(c.label_names),
+                f"classify.label_names: {len(c.label_names)} name(s) for {len(c.labels)} label(s); give classify.labels "
+                "too, in the same order, one distinct name each",
+            )
         if c.class_weights:
-            need(len(c.labels) == len(c.class_weights),
-                 f"classify.class_weights: {len(c.class_weights)} weight(s) for {len(c.labels)} label(s); give "
-                 "classify.labels too, in the same order, one weight each")
+            need(
+                len(c.labels) == len(c.class_weights),
+                f"classify.class_weights: {len(c.class_weights)} weight(s) for {len(c.labels)} label(s); give "
+                "classify.labels too, in the same order, one weight each",
+            )
             need(all(w > 0 for w in c.class_weights), "classify.class_weights: weights must be positive")
             need(not c.balance_classes, "classify.class_weights and classify.balance_classes: choose one")
         p.extend(train_problems(self.train, TASK_METRICS[self.task], f"task {self.task}"))

@@ -304,7 +304,9 @@ def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Reci
     cross-field constraints in a `problems() -> list[str]` method."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(str(path), ["file not found; pass the path of a YAML recipe, e.g. recipes/smoke/pretrain.yaml"])
+        raise RecipeError(
+            str(path), ["file not found; pass the path of a YAML recipe, e.g. recipes/smoke/pretrain.yaml"]
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -361,13 +363,13 @@ def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is not an index of the list")
+                problems.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is not an index of the list")
                 return
             node = node[int(part)]
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            problems.append(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
             return
     last = parts[-1]
     if isinstance(node, list):
@@ -408,8 +410,9 @@ def _suggest(key: str, names: list[str]) -> str | None:
     if close:
         return close[0]
     words = set(key.lower().split("_"))
-    scored = [(len(words & set(name.split("_"))), difflib.SequenceMatcher(None, key, name).ratio(), name)
-              for name in names]
+    scored = [
+        (len(words & set(name.split("_"))), difflib.SequenceMatcher(None, key, name).ratio(), name) for name in names
+    ]
     best = max(scored)
     return best[2] if best[0] > 0 else None
 
@@ -468,9 +471,11 @@ def _check_values(r: Recipe) -> list[str]:
         if not cond:
             p.append(msg)
 
-    need(r.tokenizer.vocab_size >= 384 and r.tokenizer.vocab_size % 64 == 0,
-         f"tokenizer.vocab_size: {r.tokenizer.vocab_size} must be a multiple of 64 and at least 384 "
-         "(256 byte tokens plus merges and special tokens)")
+    need(
+        r.tokenizer.vocab_size >= 384 and r.tokenizer.vocab_size % 64 == 0,
+        f"tokenizer.vocab_size: {r.tokenizer.vocab_size} must be a multiple of 64 and at least 384 "
+        "(256 byte tokens plus merges and special tokens)",
+    )
     need(r.tokenizer.min_frequency >= 1, "tokenizer.min_frequency: must be at least 1")
     need(r.tokenizer.max_training_chars >= 0, "tokenizer.max_training_chars: must be >= 0 (0 = all)")
     need(len(r.data.sources) > 0, "data.sources: list at least one source")
@@ -482,12 +487,17 @@ def _check_values(r: Recipe) -> list[str]:
             need(bool(s.dataset), f"{where}.dataset: kind 'hub' needs a dataset name")
         need(s.max_documents >= 0, f"{where}.max_documents: must be >= 0 (0 = all)")
         need(s.weight >= 0, f"{where}.weight: {s.weight} must be >= 0 (0 = skip the source)")
-        need(not s.streaming or s.kind == "hub", f"{where}.streaming: only kind 'hub' streams; local files are always read lazily")
+        need(
+            not s.streaming or s.kind == "hub",
+            f"{where}.streaming: only kind 'hub' streams; local files are always read lazily",
+        )
         if s.filters is not None:
             p.extend(_filter_problems(s.filters, f"{where}.filters"))
     p.extend(_filter_problems(r.data.filters, "data.filters"))
-    need(sum(s.weight for s in r.data.sources) > 0,
-         "data.sources: the weights sum to 0; give at least one source a positive weight")
+    need(
+        sum(s.weight for s in r.data.sources) > 0,
+        "data.sources: the weights sum to 0; give at least one source a positive weight",
+    )
     d = r.data.dedup
     need(0.0 < d.near_threshold <= 1.0, "data.dedup.near_threshold: must be in (0, 1], e.g. 0.8")
     need(d.num_perm >= 2, "data.dedup.num_perm: must be at least 2 (FineWeb uses 112)")
@@ -500,13 +510,19 @@ def _check_values(r: Recipe) -> list[str]:
     for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
         need(getattr(m, name) >= 1, f"model.{name}: must be at least 1")
     if m.num_heads >= 1:
-        need(m.hidden_size % m.num_heads == 0,
-             f"model.hidden_size: {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
+        need(
+            m.hidden_size % m.num_heads == 0,
+            f"model.hidden_size: {m.hidden_size} is not divisible by model.num_heads {m.num_heads}",
+        )
         kv = m.num_kv_heads or m.num_heads
-        need(m.num_kv_heads >= 0 and m.num_heads % kv == 0,
-             f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}")
-    need(m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
-         f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}")
+        need(
+            m.num_kv_heads >= 0 and m.num_heads % kv == 0,
+            f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}",
+        )
+    need(
+        m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
+        f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}",
+    )
     p.extend(train_problems(r.train, PRETRAINING_METRICS, "pretraining"))
     return p
 
@@ -525,13 +541,17 @@ def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[
 
     need(t.max_steps >= 1, "train.max_steps: must be at least 1")
     need(t.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1")
-    need(t.global_batch_size >= 1 and t.global_batch_size % max(t.micro_batch_size, 1) == 0,
-         f"train.global_batch_size: {t.global_batch_size} must be a multiple of train.micro_batch_size {t.micro_batch_size}")
+    need(
+        t.global_batch_size >= 1 and t.global_batch_size % max(t.micro_batch_size, 1) == 0,
+        f"train.global_batch_size: {t.global_batch_size} must be a multiple of train.micro_batch_size {t.micro_batch_size}",
+    )
     need(t.lr > 0, "train.lr: must be positive")
     need(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio: must be between 0 and 1")
     need(0 <= t.warmup_steps <= t.max_steps, "train.warmup_steps: must be between 0 and train.max_steps")
-    need(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
-         "train.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    need(
+        len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
+        "train.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]",
+    )
     need(t.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 = no clipping)")
     need(t.eval_every >= 1, "train.eval_every: must be at least 1")
     need(t.eval_batches >= 0, "train.eval_batches: must be >= 0 (0 = the whole validation split)")
@@ -541,19 +561,30 @@ def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[
     need(t.keep_every >= 0, "train.keep_every: must be >= 0 (0 = keep only the last ones)")
     need(t.max_skipped_steps >= 1, "train.max_skipped_steps: must be at least 1")
     need(t.spike_factor == 0 or t.spike_factor > 1, "train.spike_factor: must be above 1 (or 0 = off)")
-    need(not t.best_metric or t.best_metric in metrics,
-         f"train.best_metric: {t.best_metric!r} is not a metric of {what}; choose one of {', '.join(metrics)} "
-         "(or leave it empty)")
+    need(
+        not t.best_metric or t.best_metric in metrics,
+        f"train.best_metric: {t.best_metric!r} is not a metric of {what}; choose one of {', '.join(metrics)} "
+        "(or leave it empty)",
+    )
     return p
 
 
 def _filter_problems(f: QualityFilterConfig, where: str) -> list[str]:
     """Ratios must be fractions and counts non-negative; 0 turns a filter off."""
     problems = []
-    ratios = {name: getattr(f, name) for name in ("min_letter_unit_ratio", "max_symbol_unit_ratio",
-                                                   "max_bullet_line_ratio", "max_ellipsis_line_ratio",
-                                                   "max_duplicate_line_ratio", "max_duplicate_line_char_ratio",
-                                                   "min_terminal_punctuation_line_ratio", "max_short_line_ratio")}
+    ratios = {
+        name: getattr(f, name)
+        for name in (
+            "min_letter_unit_ratio",
+            "max_symbol_unit_ratio",
+            "max_bullet_line_ratio",
+            "max_ellipsis_line_ratio",
+            "max_duplicate_line_ratio",
+            "max_duplicate_line_char_ratio",
+            "min_terminal_punctuation_line_ratio",
+            "max_short_line_ratio",
+        )
+    }
     ratios |= {f"max_top_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_top_ngram_char_ratios)}
     ratios |= {f"max_duplicate_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_duplicate_ngram_char_ratios)}
     for name, value in ratios.items():
@@ -570,7 +601,11 @@ def gradient_accumulation_steps(recipe, num_processes: int) -> int:
     t = recipe.train
     per_step = t.micro_batch_size * num_processes
     if t.global_batch_size % per_step:
-        raise RecipeError("train", [
-            f"train.global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
-            f"{t.micro_batch_size} x {num_processes} process(es); change one of them or the launch"])
+        raise RecipeError(
+            "train",
+            [
+                f"train.global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
+                f"{t.micro_batch_size} x {num_processes} process(es); change one of them or the launch"
+            ],
+        )
     return t.global_batch_size // per_step

@@ -24,8 +24,8 @@ _THREE_OR_MORE_BLANK_LINES = re.compile(r"\n{4,}")
 _HTML_COMMENT_OR_SCRIPT = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
 # Block-level tags become a line break so that "a</p><p>b" does not glue two paragraphs.
 _HTML_BLOCK_TAG = re.compile(
-    r"</?(?:br|p|div|li|ul|ol|tr|table|h[1-6]|blockquote|pre|section|article|header|footer)\b[^<>]*>",
-    re.IGNORECASE)
+    r"</?(?:br|p|div|li|ul|ol|tr|table|h[1-6]|blockquote|pre|section|article|header|footer)\b[^<>]*>", re.IGNORECASE
+)
 _HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 
 

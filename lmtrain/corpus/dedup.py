@@ -65,15 +65,15 @@ class MinHasher:
         n = min(self.ngram, len(codes))
         if n == 0:
             return codes
-        hashes = codes[:len(codes) - n + 1].copy()
+        hashes = codes[: len(codes) - n + 1].copy()
         for j in range(1, n):
-            hashes = hashes * _SHINGLE_BASE + codes[j:len(codes) - n + 1 + j]  # uint64 wraps, as intended
+            hashes = hashes * _SHINGLE_BASE + codes[j : len(codes) - n + 1 + j]  # uint64 wraps, as intended
         return np.unique(hashes)
 
     def signature(self, shingles: np.ndarray) -> np.ndarray:
         signature = np.full(len(self.mul), np.iinfo(np.uint64).max, dtype=np.uint64)
         for start in range(0, len(shingles), _CHUNK):
-            chunk = shingles[start:start + _CHUNK, None]
+            chunk = shingles[start : start + _CHUNK, None]
             np.minimum(signature, ((chunk * self.mul + self.add) >> np.uint64(32)).min(axis=0), out=signature)
         return signature.astype(np.uint32)
 
@@ -90,7 +90,7 @@ class Deduplicator:
         self._band_tables: list[set[int]] = [set() for _ in range(self.bands)]
 
     def check(self, text: str) -> str | None:
-        """"exact_duplicate", "near_duplicate", or None (then the document is remembered)."""
+        """ "exact_duplicate", "near_duplicate", or None (then the document is remembered)."""
         if self.cfg.exact:
             key = exact_key(text)
             if key in self._exact:
@@ -110,5 +110,11 @@ class Deduplicator:
         return None
 
     def describe(self) -> dict:
-        return {"exact": self.cfg.exact, "near": self.cfg.near, "near_threshold": self.cfg.near_threshold,
-                "ngram": self.cfg.ngram, "bands": self.bands, "rows": self.rows}
+        return {
+            "exact": self.cfg.exact,
+            "near": self.cfg.near,
+            "near_threshold": self.cfg.near_threshold,
+            "ngram": self.cfg.ngram,
+            "bands": self.bands,
+            "rows": self.rows,
+        }

@@ -25,8 +25,28 @@ UNIT = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}]+")
 _CJK = re.compile(rf"[{CJK_CHARS}]")
 _LETTER = re.compile(r"[^\W\d_]")
 
-STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with",  # Gopher's English list
-                        "的", "了", "是", "在", "和", "有", "我", "不", "这", "也"})  # the commonest Chinese function characters
+STOP_WORDS = frozenset(
+    {
+        "the",
+        "be",
+        "to",
+        "of",
+        "and",
+        "that",
+        "have",
+        "with",  # Gopher's English list
+        "的",
+        "了",
+        "是",
+        "在",
+        "和",
+        "有",
+        "我",
+        "不",
+        "这",
+        "也",
+    }
+)  # the commonest Chinese function characters
 BULLETS = ("•", "●", "○", "■", "□", "▪", "◦", "‣", "-", "*", "·")
 ELLIPSES = ("...", "…")
 TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "”", "’", ")", "。", "！", "？", "…", "」", "』", "）", "；")
@@ -35,7 +55,8 @@ SHORT_LINE_COLUMNS = 30
 _BOILERPLATE_LINE = re.compile(
     r"javascript|cookies?\b.*\b(?:use|policy|accept|consent)|privacy policy|terms of (?:use|service)"
     r"|all rights reserved|版权所有|免责声明|隐私政策|使用条款|用户协议",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 """Lines C4 and its Chinese counterparts drop as site furniture, not content."""
 
 
@@ -107,10 +128,15 @@ def _line_failure(text: str, cfg: QualityFilterConfig) -> str | None:
         return "duplicate_lines"
     if cfg.max_duplicate_line_char_ratio and duplicate_chars / sum(map(len, lines)) > cfg.max_duplicate_line_char_ratio:
         return "duplicate_line_chars"
-    if (cfg.min_terminal_punctuation_line_ratio
-            and sum(line.endswith(TERMINAL_PUNCTUATION) for line in lines) / n < cfg.min_terminal_punctuation_line_ratio):
+    if (
+        cfg.min_terminal_punctuation_line_ratio
+        and sum(line.endswith(TERMINAL_PUNCTUATION) for line in lines) / n < cfg.min_terminal_punctuation_line_ratio
+    ):
         return "few_terminal_punctuation_lines"
-    if cfg.max_short_line_ratio and sum(_columns(line) < SHORT_LINE_COLUMNS for line in lines) / n > cfg.max_short_line_ratio:
+    if (
+        cfg.max_short_line_ratio
+        and sum(_columns(line) < SHORT_LINE_COLUMNS for line in lines) / n > cfg.max_short_line_ratio
+    ):
         return "short_lines"
     return None
 
@@ -139,6 +165,6 @@ def _duplicate_ngram_chars(units: list[str], n: int) -> int:
     covered = [False] * len(units)
     for i, ngram in enumerate(zip(*(units[j:] for j in range(n)))):
         if ngram in seen:
-            covered[i:i + n] = [True] * n
+            covered[i : i + n] = [True] * n
         seen.add(ngram)
     return sum(len(u) for u, c in zip(units, covered) if c)

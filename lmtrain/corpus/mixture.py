@@ -34,11 +34,16 @@ class SourceStats:
     kept: int = 0
 
     def to_dict(self) -> dict:
-        return {"documents_read": self.corpus.documents, "skipped": dict(self.corpus.skipped),
-                "too_short_after_cleaning": self.too_short, "filtered": dict(self.filtered),
-                "boilerplate_lines_removed": self.boilerplate_lines_removed,
-                "exact_duplicates": self.duplicates["exact_duplicate"],
-                "near_duplicates": self.duplicates["near_duplicate"], "kept": self.kept}
+        return {
+            "documents_read": self.corpus.documents,
+            "skipped": dict(self.corpus.skipped),
+            "too_short_after_cleaning": self.too_short,
+            "filtered": dict(self.filtered),
+            "boilerplate_lines_removed": self.boilerplate_lines_removed,
+            "exact_duplicates": self.duplicates["exact_duplicate"],
+            "near_duplicates": self.duplicates["near_duplicate"],
+            "kept": self.kept,
+        }
 
     def why_empty(self) -> str:
         """A one-line account of where a source's documents went."""
@@ -51,8 +56,9 @@ class SourceStats:
         return ", ".join(parts)
 
 
-def source_documents(source: SourceConfig, index: int, data: DataConfig, dedup: Deduplicator | None,
-                     stats: SourceStats) -> Iterator[str]:
+def source_documents(
+    source: SourceConfig, index: int, data: DataConfig, dedup: Deduplicator | None, stats: SourceStats
+) -> Iterator[str]:
     """One source's cleaned documents that pass its quality filters and are not duplicates."""
     clean = source.clean or data.clean
     filters = source.filters or data.filters

@@ -96,16 +96,19 @@ def load_splits(recipe: FinetuneRecipe) -> Splits:
         origin = f"{d.dataset} ({d.dataset_config or 'default'})"
     held_out = "" if (d.validation_files or d.validation_split) else f" ({d.validation_fraction:.0%} held out by hash)"
     if d.max_train_examples:
-        train = train[:d.max_train_examples]
+        train = train[: d.max_train_examples]
     if d.max_validation_examples:
-        validation = validation[:d.max_validation_examples]
+        validation = validation[: d.max_validation_examples]
     if not train:
         raise UserError(f"data: no training records in {origin}; check data.train_files / data.dataset")
     if not validation:
-        raise UserError(f"data: no validation records{held_out}; add data.validation_files (or "
-                        "data.validation_split), or raise data.validation_fraction")
-    return Splits(train, validation, f"{origin}: {len(train):,} training and {len(validation):,} validation "
-                                     f"records{held_out}")
+        raise UserError(
+            f"data: no validation records{held_out}; add data.validation_files (or "
+            "data.validation_split), or raise data.validation_fraction"
+        )
+    return Splits(
+        train, validation, f"{origin}: {len(train):,} training and {len(validation):,} validation records{held_out}"
+    )
 
 
 def _hash_split(records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
@@ -154,8 +157,10 @@ def _read_json(path: Path) -> Iterator[Record]:
     try:
         rows = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON file ({exc}); a .json file must hold a list of objects "
-                        "(or use .jsonl, one object per line)") from None
+        raise UserError(
+            f"{path}: not a readable JSON file ({exc}); a .json file must hold a list of objects "
+            "(or use .jsonl, one object per line)"
+        ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{path}: a .json file must hold a list of objects (or use .jsonl, one object per line)")
     for i, row in enumerate(rows):
@@ -184,6 +189,7 @@ def _read_csv(path: Path, problems: RecordProblems) -> Iterator[Record]:
 def _read_parquet(path: Path) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path)
     except pa.ArrowException as exc:
@@ -198,9 +204,11 @@ def read_hub(dataset: str, config: str, split: str) -> Iterator[Record]:
     try:
         rows = datasets.load_dataset(dataset, config or None, split=split)
     except Exception as exc:  # offline, unknown name, missing config/split: all end the same way for the user
-        raise UserError(f"data: could not load Hub dataset {dataset!r} (config {config or 'default'}, split "
-                        f"{split!r}): {type(exc).__name__}: {exc}. The Hub may be unreachable from this machine; "
-                        "download the dataset where it is and use data.source=files with a local copy") from None
+        raise UserError(
+            f"data: could not load Hub dataset {dataset!r} (config {config or 'default'}, split "
+            f"{split!r}): {type(exc).__name__}: {exc}. The Hub may be unreachable from this machine; "
+            "download the dataset where it is and use data.source=files with a local copy"
+        ) from None
     for i, row in enumerate(rows):
         yield Record(f"{dataset}/{split} row {i}", row)
 
@@ -232,8 +240,10 @@ def stdlib_functions(packages: list[str] | None = None) -> Iterator[StdlibFuncti
     if packages is not None:
         missing = [p for p in packages if not (root / p).is_dir() and not (root / f"{p}.py").is_file()]
         if missing:
-            raise UserError(f"data.stdlib_packages: {', '.join(missing)} not found in the standard library at {root}; "
-                            "choose packages that exist there, e.g. asyncio, email, logging, unittest, xml")
+            raise UserError(
+                f"data.stdlib_packages: {', '.join(missing)} not found in the standard library at {root}; "
+                "choose packages that exist there, e.g. asyncio, email, logging, unittest, xml"
+            )
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
     found = []
     for path in sorted(root.rglob("*.py")):
@@ -267,12 +277,12 @@ def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[ast.AST, str]]
 
 def _describe_function(node, qualname: str, lines: list[str], rel: Path, package: str) -> StdlibFunction | None:
     first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-    source = textwrap.dedent("\n".join(lines[first - 1:node.end_lineno]))
+    source = textwrap.dedent("\n".join(lines[first - 1 : node.end_lineno]))
     docstring = ast.get_docstring(node, clean=True)
     code, summary = source, ""
     if docstring and node.body and isinstance(node.body[0], ast.Expr):
         doc = node.body[0]
-        kept = lines[first - 1:doc.lineno - 1] + lines[doc.end_lineno:node.end_lineno]
+        kept = lines[first - 1 : doc.lineno - 1] + lines[doc.end_lineno : node.end_lineno]
         code = textwrap.dedent("\n".join(kept)).rstrip()
         summary = " ".join(inspect.cleandoc(docstring).split("\n\n")[0].split())
         if len(node.body) == 1:  # nothing but the docstring: nothing to explain

@@ -110,8 +110,9 @@ def python_stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if installed.isdisjoint(p.relative_to(root).parts))
 
 
-def resolve_files(patterns: list[str], key: str = "data.sources",
-                  suffixes: tuple[str, ...] = FILE_SUFFIXES) -> list[Path]:
+def resolve_files(
+    patterns: list[str], key: str = "data.sources", suffixes: tuple[str, ...] = FILE_SUFFIXES
+) -> list[Path]:
     """Expand glob patterns (sorted, deduplicated); a pattern that matches no file, or a file whose type is
     not one of `suffixes`, is an error naming the recipe `key`."""
     files: dict[Path, None] = {}
@@ -122,8 +123,10 @@ def resolve_files(patterns: list[str], key: str = "data.sources",
             raise UserError(f"{key}: path {pattern!r} {what} (relative paths start at {Path.cwd()})")
         for path in matches:
             if not path.name.endswith(suffixes):
-                raise UserError(f"{key}: {path} has an unsupported file type; "
-                                f"use one of {', '.join(suffixes)} or narrow the pattern {pattern!r}")
+                raise UserError(
+                    f"{key}: {path} has an unsupported file type; "
+                    f"use one of {', '.join(suffixes)} or narrow the pattern {pattern!r}"
+                )
             files[path] = None
     return list(files)
 
@@ -157,6 +160,7 @@ def _decode_file(path: Path, stats: CorpusStats) -> str | None:
 @dataclass
 class JsonlLine:
     """One non-blank line of a JSONL file: the parsed value, or why it could not be parsed."""
+
     where: str  # path:line
     value: object = None
     problem: str = ""  # "not_utf8" or "bad_json"
@@ -212,9 +216,13 @@ def _read_parquet(path: Path, text_column: str, stats: CorpusStats) -> Iterator[
         raise UserError(f"{path}: not a readable parquet file ({exc})") from None
     schema = parquet.schema_arrow
     _require_column(path, text_column, schema.names)
-    if not pa.types.is_string(schema.field(text_column).type) and not pa.types.is_large_string(schema.field(text_column).type):
-        raise UserError(f"{path}: column {text_column!r} holds {schema.field(text_column).type}, not text; "
-                        "set the source's text_column to a string column")
+    if not pa.types.is_string(schema.field(text_column).type) and not pa.types.is_large_string(
+        schema.field(text_column).type
+    ):
+        raise UserError(
+            f"{path}: column {text_column!r} holds {schema.field(text_column).type}, not text; "
+            "set the source's text_column to a string column"
+        )
     if parquet.metadata.num_rows == 0:
         stats.skip("empty_file", str(path))
         return
@@ -242,8 +250,10 @@ def _read_csv(path: Path, text: str, text_column: str, stats: CorpusStats) -> It
 
 def _require_column(path: Path, column: str, present: list[str]) -> None:
     if column not in present:
-        raise UserError(f"{path}: no column {column!r}; columns present: {', '.join(map(repr, present)) or 'none'}. "
-                        "Set the source's text_column to one of them")
+        raise UserError(
+            f"{path}: no column {column!r}; columns present: {', '.join(map(repr, present)) or 'none'}. "
+            "Set the source's text_column to one of them"
+        )
 
 
 def _read_hub(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:
@@ -251,12 +261,14 @@ def _read_hub(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:
 
     where = f"Hub dataset {source.dataset!r} (config {source.dataset_config or 'default'}, split {source.split!r})"
     try:
-        dataset = datasets.load_dataset(source.dataset, source.dataset_config or None, split=source.split,
-                                        streaming=source.streaming)
+        dataset = datasets.load_dataset(
+            source.dataset, source.dataset_config or None, split=source.split, streaming=source.streaming
+        )
     except Exception as exc:  # offline, unknown name, missing config/split: all end the same way for the user
         raise UserError(
             f"data.sources: could not load {where}: {type(exc).__name__}: {exc}. The Hub may be unreachable from "
-            "this machine; download the dataset where it is reachable and use a local copy (kind: files) instead") from None
+            "this machine; download the dataset where it is reachable and use a local copy (kind: files) instead"
+        ) from None
     if dataset.column_names is not None:  # a streamed dataset may not know its columns before the first record
         _require_column(Path(source.dataset), source.text_column, dataset.column_names)
     rows = iter(dataset)
@@ -265,8 +277,9 @@ def _read_hub(source: SourceConfig, stats: CorpusStats) -> Iterator[str]:
         try:
             record = next(rows, None)
         except Exception as exc:  # a stream can fail mid-way; a silently truncated source is not acceptable
-            raise UserError(f"data.sources: reading {where} failed after {row} records: "
-                            f"{type(exc).__name__}: {exc}") from None
+            raise UserError(
+                f"data.sources: reading {where} failed after {row} records: {type(exc).__name__}: {exc}"
+            ) from None
         if record is None:
             return
         row += 1

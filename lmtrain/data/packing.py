@@ -69,7 +69,7 @@ class Packer:
         # The remainder always starts a block, so block starts are multiples of seq_len in `stream`;
         # documents start at the stream's first token and after every eos.
         is_start = np.zeros(cut, dtype=bool)
-        is_start[::self.seq_len] = True
+        is_start[:: self.seq_len] = True
         is_start[np.flatnonzero(blocks.reshape(-1)[:-1] == self.eos_id) + 1] = True
         index = np.arange(cut, dtype=np.int32)
         positions = index - np.maximum.accumulate(np.where(is_start, index, 0))

@@ -53,8 +53,10 @@ def prepare_data(recipe: Recipe) -> dict:
     data = recipe.data
     tokenizer_dir = Path(recipe.tokenizer.dir)
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise UserError(f"tokenizer.dir {tokenizer_dir} holds no tokenizer; train it first: "
-                        "python tokenizer/train_tokenizer.py RECIPE (with the same recipe and overrides)")
+        raise UserError(
+            f"tokenizer.dir {tokenizer_dir} holds no tokenizer; train it first: "
+            "python tokenizer/train_tokenizer.py RECIPE (with the same recipe and overrides)"
+        )
     inputs = {
         "format_version": _FORMAT_VERSION,
         "sources": [describe_source(s) for s in data.sources],
@@ -81,8 +83,13 @@ def prepare_data(recipe: Recipe) -> dict:
         start = time.perf_counter()
         staged = Path(scratch) / "data"
         manifest = _build(recipe, tokenizer_dir, staged, Path(scratch))
-        manifest = {"input_fingerprint": fingerprint, "inputs": inputs, "tokenizer_dir": str(tokenizer_dir),
-                    **manifest, "seconds": round(time.perf_counter() - start, 2)}
+        manifest = {
+            "input_fingerprint": fingerprint,
+            "inputs": inputs,
+            "tokenizer_dir": str(tokenizer_dir),
+            **manifest,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         # manifest.json is written last: a data dir without one is never mistaken for a finished one.
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _replace_dir(staged, out_dir)
@@ -103,8 +110,10 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     encoder = corpus_encoder(tokenizer_dir)
     tokenized = [tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction) for docs in streams]
     mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
-    writers = {split: SplitWriter(scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size)
-               for split in SPLITS}
+    writers = {
+        split: SplitWriter(scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size)
+        for split in SPLITS
+    }
     progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
     for source, (validation, ids) in mixture:
         writers["validation" if validation else "train"].add(source, ids)
@@ -119,8 +128,9 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     return _report(data, source_stats, mixture, writers, dedup, encoder)
 
 
-def tokenized_documents(documents: Iterator[str], encoder: CorpusEncoder, batch_size: int,
-                        validation_fraction: float) -> Iterator[tuple[bool, list[int]]]:
+def tokenized_documents(
+    documents: Iterator[str], encoder: CorpusEncoder, batch_size: int, validation_fraction: float
+) -> Iterator[tuple[bool, list[int]]]:
     """(is validation, token ids) per document, encoded a batch at a time on all cores. No batch is
     read ahead: with several sources, which copy of a cross-source duplicate is kept, and the
     documents each source reports read, follow the order the mixture takes documents in."""
@@ -155,14 +165,23 @@ class SplitWriter:
 
     def check_enough(self, split: str, seq_len: int) -> None:
         if self.packer.blocks == 0:
-            advice = ("raise data.validation_fraction or add data" if split == "validation"
-                      else "add data, lower data.validation_fraction or lower data.seq_len")
-            raise UserError(f"data: the {split} split has {self.packer.documents} document(s), {self.packer.tokens} "
-                            f"tokens: not enough for one block of data.seq_len={seq_len} tokens; {advice}")
+            advice = (
+                "raise data.validation_fraction or add data"
+                if split == "validation"
+                else "add data, lower data.validation_fraction or lower data.seq_len"
+            )
+            raise UserError(
+                f"data: the {split} split has {self.packer.documents} document(s), {self.packer.tokens} "
+                f"tokens: not enough for one block of data.seq_len={seq_len} tokens; {advice}"
+            )
 
     def stats(self) -> dict:
-        return {"documents": self.packer.documents, "tokens": self.packer.tokens, "blocks": self.packer.blocks,
-                "dropped_tail_tokens": self.packer.remainder_tokens}
+        return {
+            "documents": self.packer.documents,
+            "tokens": self.packer.tokens,
+            "blocks": self.packer.blocks,
+            "dropped_tail_tokens": self.packer.remainder_tokens,
+        }
 
     def _flush(self) -> None:
         if not self._pending:
@@ -199,8 +218,10 @@ def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture:
         skipped = Counter()
         for s in source_stats:
             skipped.update(s.corpus.skipped)
-        raise UserError(f"data.sources: the corpus is empty: no documents were read ({_skips(skipped)}); "
-                        "check the paths and text_column of data.sources")
+        raise UserError(
+            f"data.sources: the corpus is empty: no documents were read ({_skips(skipped)}); "
+            "check the paths and text_column of data.sources"
+        )
     i = mixture.exhausted
     if i is None or mixture.items[i] > 0:
         return
@@ -208,23 +229,42 @@ def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture:
     where = f"data.sources.{i} ({stats.name})"
     if stats.corpus.documents and stats.too_short == stats.corpus.documents:
         min_chars = (source.clean or data.clean).min_chars
-        raise UserError(f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
-                        f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
-                        "and that text_column names the column holding the text")
-    raise UserError(f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
-                    "input, or give it weight 0; the mixture cannot honour its weight without it")
+        raise UserError(
+            f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
+            f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
+            "and that text_column names the column holding the text"
+        )
+    raise UserError(
+        f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
+        "input, or give it weight 0; the mixture cannot honour its weight without it"
+    )
 
 
-def _report(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture,
-            writers: dict[str, SplitWriter], dedup: Deduplicator | None, encoder: CorpusEncoder) -> dict:
+def _report(
+    data: DataConfig,
+    source_stats: list[SourceStats],
+    mixture: WeightedMixture,
+    writers: dict[str, SplitWriter],
+    dedup: Deduplicator | None,
+    encoder: CorpusEncoder,
+) -> dict:
     total_weight = sum(s.weight for s in data.sources)
     shares = mixture.shares()
     sources = []
     for i, (source, stats) in enumerate(zip(data.sources, source_stats)):
-        sources.append({"name": stats.name, "kind": source.kind, "weight": source.weight,
-                        "target_token_share": round(source.weight / total_weight, 4),
-                        "token_share": round(shares[i], 4), "documents": mixture.items[i], "tokens": mixture.taken[i],
-                        "ran_out": mixture.exhausted == i, **stats.to_dict()})
+        sources.append(
+            {
+                "name": stats.name,
+                "kind": source.kind,
+                "weight": source.weight,
+                "target_token_share": round(source.weight / total_weight, 4),
+                "token_share": round(shares[i], 4),
+                "documents": mixture.items[i],
+                "tokens": mixture.taken[i],
+                "ran_out": mixture.exhausted == i,
+                **stats.to_dict(),
+            }
+        )
     skipped, examples, filtered = Counter(), {}, Counter()
     for stats in source_stats:
         skipped.update(stats.corpus.skipped)
@@ -245,11 +285,15 @@ def _report(data: DataConfig, source_stats: list[SourceStats], mixture: Weighted
         },
         "sources": sources,
         "mixture": {"ended_when_source_ran_out": ended_by},
-        "filters": {"removed": dict(filtered),
-                    "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats)},
-        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False}) | {
+        "filters": {
+            "removed": dict(filtered),
+            "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats),
+        },
+        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False})
+        | {
             "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
-            "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats)},
+            "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats),
+        },
         "encoder": encoder.stats(),
         "columns": list(split_features(data.seq_len, data.document_masking)),
         "splits": {split: writer.stats() for split, writer in writers.items()},
@@ -283,8 +327,10 @@ def _replace_dir(staged: Path, out_dir: Path) -> None:
         staged.rename(out_dir)
         return
     if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise UserError(f"data.dir {out_dir} exists and is not a prepared data directory; "
-                        "refusing to replace it. Point data.dir elsewhere or remove it")
+        raise UserError(
+            f"data.dir {out_dir} exists and is not a prepared data directory; "
+            "refusing to replace it. Point data.dir elsewhere or remove it"
+        )
     retired = staged.parent / "previous"
     out_dir.rename(retired)
     staged.rename(out_dir)

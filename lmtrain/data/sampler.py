@@ -46,7 +46,7 @@ class GlobalBatchSampler:
         if self.global_batch_size % world_size:
             raise ValueError(f"global batch {self.global_batch_size} is not divisible by {world_size} processes")
         per_rank = self.global_batch_size // world_size
-        return self.global_batch(step)[rank * per_rank:(rank + 1) * per_rank]
+        return self.global_batch(step)[rank * per_rank : (rank + 1) * per_rank]
 
     def epoch_at(self, step: int) -> float:
         """Epochs completed (fractional) after `step` optimizer steps."""

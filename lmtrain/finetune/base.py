@@ -28,6 +28,7 @@ def say(message: str) -> None:
     """Print once per launch (the main process), on stderr like the training log."""
     if PartialState().is_main_process:
         import sys
+
         print(message, file=sys.stderr, flush=True)
 
 
@@ -38,27 +39,38 @@ def check_base_model(path: str) -> AutoConfig:
     """The base model's config, after checking that `path` is a causal LM directory we can start from."""
     directory = Path(path)
     if is_adapter_dir(directory):
-        raise UserError(f"base_model: {path} is a LoRA adapter, not a full model; merge it first "
-                        f"(python finetune.py merge {path} OUT_DIR) and start from OUT_DIR")
+        raise UserError(
+            f"base_model: {path} is a LoRA adapter, not a full model; merge it first "
+            f"(python finetune.py merge {path} OUT_DIR) and start from OUT_DIR"
+        )
     if not directory.is_dir():
-        raise UserError(f"base_model: {path} does not exist; pretrain first (make smoke writes runs/smoke/final) "
-                        "or point base_model at a model directory")
+        raise UserError(
+            f"base_model: {path} does not exist; pretrain first (make smoke writes runs/smoke/final) "
+            "or point base_model at a model directory"
+        )
     if not (directory / "config.json").is_file():
-        raise UserError(f"base_model: {path} is not a model directory (no config.json); point it at a "
-                        "pretrained export such as runs/smoke/final")
+        raise UserError(
+            f"base_model: {path} is not a model directory (no config.json); point it at a "
+            "pretrained export such as runs/smoke/final"
+        )
     try:
         config = AutoConfig.from_pretrained(directory)
     except (ValueError, OSError, KeyError) as exc:
         raise UserError(f"base_model: {path}/config.json cannot be read by transformers: {exc}") from None
     architectures = getattr(config, "architectures", None) or []
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
-            architectures and not any(a.endswith("ForCausalLM") for a in architectures)):
+        architectures and not any(a.endswith("ForCausalLM") for a in architectures)
+    ):
         kind = ", ".join(architectures) or config.model_type
-        raise UserError(f"base_model: {path} is a {kind} model, not a causal language model; start from a "
-                        "pretrained causal LM directory (e.g. runs/smoke/final, or a *ForCausalLM model)")
+        raise UserError(
+            f"base_model: {path} is a {kind} model, not a causal language model; start from a "
+            "pretrained causal LM directory (e.g. runs/smoke/final, or a *ForCausalLM model)"
+        )
     if not any(directory.glob("*.safetensors")):
-        raise UserError(f"base_model: {path} has no .safetensors weights; this project loads safetensors only "
-                        "(no pickled .bin files): convert the model with save_pretrained(..., safe_serialization=True)")
+        raise UserError(
+            f"base_model: {path} has no .safetensors weights; this project loads safetensors only "
+            "(no pickled .bin files): convert the model with save_pretrained(..., safe_serialization=True)"
+        )
     if not (directory / "tokenizer.json").is_file() and not (directory / "tokenizer_config.json").is_file():
         raise UserError(f"base_model: {path} has no tokenizer; export the model with its tokenizer")
     return config
@@ -141,7 +153,7 @@ def apply_freezing(model: torch.nn.Module, cfg: FreezeConfig, head: torch.nn.Mod
         layers = model.base_model.layers
         if cfg.first_n_layers > len(layers):
             raise UserError(f"freeze.first_n_layers: {cfg.first_n_layers} but the model has {len(layers)} layers")
-        for layer in layers[:cfg.first_n_layers]:
+        for layer in layers[: cfg.first_n_layers]:
             for param in layer.parameters():
                 param.requires_grad_(False)
         frozen.append(f"layers 0-{cfg.first_n_layers - 1} of {len(layers)}")
@@ -156,25 +168,38 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, task_type: str) -> torch
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in cfg.target_modules if m not in names]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)})
-        raise UserError(f"lora.target_modules: {', '.join(missing)} not found in the model; its linear layers are "
-                        f"{', '.join(linear)}")
-    peft_config = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                 target_modules=list(cfg.target_modules),
-                                 task_type=TaskType.CAUSAL_LM if task_type == "sft" else TaskType.SEQ_CLS)
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        )
+        raise UserError(
+            f"lora.target_modules: {', '.join(missing)} not found in the model; its linear layers are "
+            f"{', '.join(linear)}"
+        )
+    peft_config = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type=TaskType.CAUSAL_LM if task_type == "sft" else TaskType.SEQ_CLS,
+    )
     return get_peft_model(model, peft_config)
 
 
 def describe_trainable(model: torch.nn.Module, frozen: str, lora: LoraConfig) -> str:
     total, trainable = parameter_count(model), parameter_count(model, trainable_only=True)
-    how = (f"LoRA r={lora.r}, alpha={lora.alpha:g} on {', '.join(lora.target_modules)}" if lora.enabled
-           else f"frozen: {frozen}" if frozen else "full fine-tuning")
+    how = (
+        f"LoRA r={lora.r}, alpha={lora.alpha:g} on {', '.join(lora.target_modules)}"
+        if lora.enabled
+        else f"frozen: {frozen}"
+        if frozen
+        else "full fine-tuning"
+    )
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%) | {how}"
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
-                  overwrite: bool = False) -> Path:
+def merge_adapter(
+    adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, overwrite: bool = False
+) -> Path:
     """Merge a LoRA adapter into its base and write a plain model directory (safetensors, config, tokenizer,
     generation config) in the base model's dtype, loadable with AutoModelForCausalLM /
     AutoModelForSequenceClassification alone."""
@@ -185,8 +210,9 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None
         if target == kept.resolve() or target in kept.resolve().parents:
             raise UserError(f"merge: {out_dir} holds {what} ({kept}); write the merged model to a new directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"merge: {out_dir} exists and is not empty; choose a new directory, or pass --overwrite to "
-                        "replace it")
+        raise UserError(
+            f"merge: {out_dir} exists and is not empty; choose a new directory, or pass --overwrite to replace it"
+        )
     merged = load_adapter_model(adapter_dir, base, merge=True)
     merged.to(AutoConfig.from_pretrained(base).dtype or torch.float32)  # loaded in fp32 for the merge
     if (adapter_dir / "generation_config.json").is_file():

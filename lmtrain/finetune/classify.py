@@ -46,8 +46,9 @@ def label_text(value) -> str | None:
     return str(value).strip() if isinstance(value, (str, int, float)) else None
 
 
-def read_examples(records: list[Record], text_column: str, label_column: str,
-                  problems: RecordProblems) -> list[tuple[str, str, str]]:
+def read_examples(
+    records: list[Record], text_column: str, label_column: str, problems: RecordProblems
+) -> list[tuple[str, str, str]]:
     """(where, text, label) of each record; missing or empty fields are recorded as problems."""
     examples = []
     for record in records:
@@ -56,7 +57,9 @@ def read_examples(records: list[Record], text_column: str, label_column: str,
             present = ", ".join(map(repr, record.row)) or "none"
             problems.add(record.where, f"no text in column {text_column!r} (fields: {present}); set data.text_column")
         elif label is None or label == "":
-            problems.add(record.where, f"no label in column {label_column!r}; set data.label_column or label the record")
+            problems.add(
+                record.where, f"no label in column {label_column!r}; set data.label_column or label the record"
+            )
         else:
             examples.append((record.where, text, label))
     return examples
@@ -77,13 +80,17 @@ class ClassifyTask(Task):
 
         counts = Counter(label for _, _, label in train)
         if len(counts) < 2:
-            raise UserError(f"data: the training data has a single class ({', '.join(counts) or 'none'}) in column "
-                            f"{d.label_column!r}, so there is nothing to tell apart; classification needs examples of "
-                            "at least two labels (check data.label_column and the files)")
+            raise UserError(
+                f"data: the training data has a single class ({', '.join(counts) or 'none'}) in column "
+                f"{d.label_column!r}, so there is nothing to tell apart; classification needs examples of "
+                "at least two labels (check data.label_column and the files)"
+            )
         self.labels = list(c.labels) or sorted(counts)
         known = set(self.labels)
-        bad = RecordProblems(f"Every label must be one of classify.labels ({', '.join(self.labels)}): fix the records, "
-                             "or add the label to classify.labels")
+        bad = RecordProblems(
+            f"Every label must be one of classify.labels ({', '.join(self.labels)}): fix the records, "
+            "or add the label to classify.labels"
+        )
         for where, _, label in train + validation:
             if label not in known:
                 bad.add(where, f"label {label!r} is not in the label set")
@@ -96,8 +103,10 @@ class ClassifyTask(Task):
         self.train_ids, self.train_y, train_note = self._tokenize(train)
         self.val_ids, self.val_y, val_note = self._tokenize(validation)
         if not self.train_ids or not self.val_ids:
-            raise UserError(f"data: no {'training' if not self.train_ids else 'validation'} example left "
-                            f"(longer than data.max_length={d.max_length} and too_long=skip); raise data.max_length")
+            raise UserError(
+                f"data: no {'training' if not self.train_ids else 'validation'} example left "
+                f"(longer than data.max_length={d.max_length} and too_long=skip); raise data.max_length"
+            )
         self.report = f"train: {train_note} | validation: {val_note}"
         # Saved with the model: inference that truncates (truncation=True) cuts where training did.
         self.tokenizer.model_max_length = d.max_length
@@ -125,7 +134,7 @@ class ClassifyTask(Task):
                     skipped += 1
                     continue
                 truncated += 1
-                tokens = tokens[:d.max_length]
+                tokens = tokens[: d.max_length]
             ids.append(np.asarray(tokens, dtype=np.int64))
             labels.append(self.label_ids[label])
         note = f"{len(ids):,} examples"
@@ -141,17 +150,25 @@ class ClassifyTask(Task):
         r = self.recipe
         check_attn_implementation(r.model.attn_implementation)
         from transformers.utils import logging as hf_logging
+
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point; we say it ourselves
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved(r.base_model), num_labels=len(self.labels), id2label=dict(enumerate(self.names)),
-                label2id={name: i for i, name in enumerate(self.names)}, pad_token_id=self.pad_id, dtype=base_dtype(r),
-                attn_implementation=r.model.attn_implementation)
+                resolved(r.base_model),
+                num_labels=len(self.labels),
+                id2label=dict(enumerate(self.names)),
+                label2id={name: i for i, name in enumerate(self.names)},
+                pad_token_id=self.pad_id,
+                dtype=base_dtype(r),
+                attn_implementation=r.model.attn_implementation,
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
-        say(f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
-            f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}")
+        say(
+            f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
+            f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}"
+        )
         return make_trainable(model, r, model.score)
 
     # -- batches and loss
@@ -165,10 +182,13 @@ class ClassifyTask(Task):
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(rows), width), dtype=np.int64)
         for r, row in enumerate(rows):
-            input_ids[r, :len(row)] = row
-            attention[r, :len(row)] = 1
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-                "labels": torch.from_numpy(y[indices])}
+            input_ids[r, : len(row)] = row
+            attention[r, : len(row)] = 1
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(y[indices]),
+        }
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -199,10 +219,13 @@ class ClassifyTask(Task):
         predictions = logits.argmax(-1).numpy()
         metrics = self.metrics()
         references = labels.numpy()
-        return {"eval_loss": loss,
-                "accuracy": metrics["accuracy"].compute(predictions=predictions, references=references)["accuracy"],
-                "macro_f1": metrics["macro_f1"].compute(predictions=predictions, references=references,
-                                                        num_labels=len(self.labels))["macro_f1"]}
+        return {
+            "eval_loss": loss,
+            "accuracy": metrics["accuracy"].compute(predictions=predictions, references=references)["accuracy"],
+            "macro_f1": metrics["macro_f1"].compute(
+                predictions=predictions, references=references, num_labels=len(self.labels)
+            )["macro_f1"],
+        }
 
     def metrics(self) -> dict:
         if self._metrics is None:
@@ -230,7 +253,12 @@ class ClassifyTask(Task):
     def describe(self) -> str:
         majority, baseline = self.majority_baseline()
         train = ", ".join(f"{label} {count:,}" for label, count in zip(self.labels, self.train_counts))
-        weights = (" | class weights " + ", ".join(f"{w:.2f}" for w in self.class_weights.tolist())
-                   if self.class_weights is not None else "")
-        return (f"classification: {self.data_description} | {self.report} | training labels: {train}{weights} | "
-                f"majority-class baseline on validation: {baseline:.3f} (always {majority!r})")
+        weights = (
+            " | class weights " + ", ".join(f"{w:.2f}" for w in self.class_weights.tolist())
+            if self.class_weights is not None
+            else ""
+        )
+        return (
+            f"classification: {self.data_description} | {self.report} | training labels: {train}{weights} | "
+            f"majority-class baseline on validation: {baseline:.3f} (always {majority!r})"
+        )

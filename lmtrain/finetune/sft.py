@@ -88,8 +88,10 @@ def conversation(record: Record, d: FinetuneDataConfig, problems: RecordProblems
     if d.messages_column in row and row[d.messages_column] is not None:
         messages = row[d.messages_column]
         if not isinstance(messages, list) or not messages:
-            problems.add(record.where, f"{d.messages_column!r} must be a non-empty list of messages "
-                                       "({\"role\": ..., \"content\": ...})")
+            problems.add(
+                record.where,
+                f'{d.messages_column!r} must be a non-empty list of messages ({{"role": ..., "content": ...}})',
+            )
             return None
     elif d.prompt_column in row and d.completion_column in row:
         prompt, completion = row[d.prompt_column], row[d.completion_column]
@@ -97,17 +99,24 @@ def conversation(record: Record, d: FinetuneDataConfig, problems: RecordProblems
             problems.add(record.where, f"{d.prompt_column!r} and {d.completion_column!r} must be strings")
             return None
         messages = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + [
-            {"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        ]
     else:
-        problems.add(record.where, f"no {d.messages_column!r} column and no {d.prompt_column!r}/"
-                                   f"{d.completion_column!r} pair (fields: {', '.join(map(repr, row)) or 'none'}); "
-                                   "set data.messages_column, or data.prompt_column and data.completion_column")
+        problems.add(
+            record.where,
+            f"no {d.messages_column!r} column and no {d.prompt_column!r}/"
+            f"{d.completion_column!r} pair (fields: {', '.join(map(repr, row)) or 'none'}); "
+            "set data.messages_column, or data.prompt_column and data.completion_column",
+        )
         return None
     checked, expected = [], "user"
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) or "role" not in message:
-            problems.add(record.where, f"message {i} must be an object with a 'role' and a string 'content', "
-                                       f"got {str(message)[:80]!r}")
+            problems.add(
+                record.where,
+                f"message {i} must be an object with a 'role' and a string 'content', got {str(message)[:80]!r}",
+            )
             return None
         role = message["role"]
         if role not in ROLES:
@@ -115,23 +124,34 @@ def conversation(record: Record, d: FinetuneDataConfig, problems: RecordProblems
             return None
         if role == "system":
             if i != 0:
-                problems.add(record.where, f"roles out of order: message {i} is a system message; only the first "
-                                           "message may be one")
+                problems.add(
+                    record.where,
+                    f"roles out of order: message {i} is a system message; only the first message may be one",
+                )
                 return None
         elif role != expected:
-            problems.add(record.where, f"roles out of order: message {i} is {role!r} where {expected!r} was "
-                                       "expected; turns alternate user → assistant (after an optional system message)")
+            problems.add(
+                record.where,
+                f"roles out of order: message {i} is {role!r} where {expected!r} was "
+                "expected; turns alternate user → assistant (after an optional system message)",
+            )
             return None
         else:
             expected = "assistant" if role == "user" else "user"
         checked.append({"role": role, "content": message["content"]})
     if not any(m["role"] == "assistant" for m in checked):
-        problems.add(record.where, "no assistant turn, so nothing to learn; add the answer as a message with role "
-                                   "'assistant' (or a completion)")
+        problems.add(
+            record.where,
+            "no assistant turn, so nothing to learn; add the answer as a message with role "
+            "'assistant' (or a completion)",
+        )
         return None
     if checked[-1]["role"] != "assistant":
-        problems.add(record.where, f"ends with a {checked[-1]['role']!r} turn that has no answer; end the conversation "
-                                   "with the assistant's answer, or drop the last turn")
+        problems.add(
+            record.where,
+            f"ends with a {checked[-1]['role']!r} turn that has no answer; end the conversation "
+            "with the assistant's answer, or drop the last turn",
+        )
         return None
     return checked
 
@@ -145,10 +165,12 @@ def render_with_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) 
         if message["role"] != "assistant":
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (upto.startswith(before) and text.startswith(upto)):
-            raise UserError("the chat template does not render a conversation as the concatenation of its turns, so "
-                            "the assistant tokens cannot be located; use sft.chat_template=chatml")
+            raise UserError(
+                "the chat template does not render a conversation as the concatenation of its turns, so "
+                "the assistant tokens cannot be located; use sft.chat_template=chatml"
+            )
         spans.append((len(before), len(upto.rstrip())))
     return text, spans
 
@@ -191,17 +213,22 @@ class TokenizeReport:
         if self.answer_cut:
             parts.append(f"{self.answer_cut:,} left out: no answer token within {max_length} tokens")
         if self.special_text:
-            parts.append(f"{self.special_text:,} left out: special-token text in a message "
-                         f"(e.g. {', '.join(self.special_text_where or [])})")
+            parts.append(
+                f"{self.special_text:,} left out: special-token text in a message "
+                f"(e.g. {', '.join(self.special_text_where or [])})"
+            )
         return ", ".join(parts)
 
 
-def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, records: list[Record], d: FinetuneDataConfig,
-                           batch_size: int = 1000) -> tuple[Tokenized, TokenizeReport]:
+def tokenize_conversations(
+    tokenizer: PreTrainedTokenizerBase, records: list[Record], d: FinetuneDataConfig, batch_size: int = 1000
+) -> tuple[Tokenized, TokenizeReport]:
     """Render, tokenize and label the records; bad records raise one UserError listing them."""
-    problems = RecordProblems("Fix these records (SFT data is a 'messages' list of {role, content} with roles system "
-                              "(optional, first), user, assistant alternating, ending with the assistant; or a "
-                              "prompt/completion pair).")
+    problems = RecordProblems(
+        "Fix these records (SFT data is a 'messages' list of {role, content} with roles system "
+        "(optional, first), user, assistant alternating, ending with the assistant; or a "
+        "prompt/completion pair)."
+    )
     specials = special_token_pattern(tokenizer)
     report = TokenizeReport(special_text_where=[])
     texts, spans = [], []
@@ -221,10 +248,12 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, records: list[Rec
 
     ids_parts, trained_parts, lengths = [], [], []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start:start + batch_size], add_special_tokens=False, return_offsets_mapping=True,
-                            verbose=False)  # long examples are handled below, not warned about
-        for ids, offsets, example_spans in zip(encoded["input_ids"], encoded["offset_mapping"],
-                                               spans[start:start + batch_size]):
+        encoded = tokenizer(
+            texts[start : start + batch_size], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )  # long examples are handled below, not warned about
+        for ids, offsets, example_spans in zip(
+            encoded["input_ids"], encoded["offset_mapping"], spans[start : start + batch_size]
+        ):
             ids = np.asarray(ids, dtype=np.int32)
             trained = assistant_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), example_spans)
             if len(ids) > d.max_length:
@@ -232,7 +261,7 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, records: list[Rec
                     report.skipped_too_long += 1
                     continue
                 report.truncated += 1
-                ids, trained = ids[:d.max_length], trained[:d.max_length]
+                ids, trained = ids[: d.max_length], trained[: d.max_length]
             if not trained[1:].any():  # the first token has no prediction: it cannot be a label
                 report.answer_cut += 1
                 continue
@@ -242,8 +271,11 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase, records: list[Rec
     report.examples = len(lengths)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    tokenized = Tokenized(np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int32),
-                          np.concatenate(trained_parts) if trained_parts else np.empty(0, bool), offsets)
+    tokenized = Tokenized(
+        np.concatenate(ids_parts) if ids_parts else np.empty(0, np.int32),
+        np.concatenate(trained_parts) if trained_parts else np.empty(0, bool),
+        offsets,
+    )
     return tokenized, report
 
 
@@ -281,18 +313,22 @@ class SftTask(Task):
         self.tokenizer = load_base_tokenizer(recipe.base_model)
         self.stop_ids, self.added_tokens = setup_chat_template(self.tokenizer, recipe.sft.chat_template)
         if self.added_tokens and (recipe.lora.enabled or recipe.freeze.embeddings or recipe.freeze.all_but_head):
-            raise UserError(f"the tokenizer of {recipe.base_model} lacks the chat tokens {', '.join(CHAT_TOKENS)}, so "
-                            "their embeddings must be trained; turn off lora.enabled and freeze.embeddings/"
-                            "all_but_head, or start from a model whose tokenizer has a chat template")
+            raise UserError(
+                f"the tokenizer of {recipe.base_model} lacks the chat tokens {', '.join(CHAT_TOKENS)}, so "
+                "their embeddings must be trained; turn off lora.enabled and freeze.embeddings/"
+                "all_but_head, or start from a model whose tokenizer has a chat template"
+            )
         splits = load_splits(recipe)
         self.data_description = splits.description
         self.train_data, train_report = tokenize_conversations(self.tokenizer, splits.train, d)
         self.val_data, val_report = tokenize_conversations(self.tokenizer, splits.validation, d)
         for name, data in (("training", self.train_data), ("validation", self.val_data)):
             if len(data) == 0:
-                raise UserError(f"data: no {name} example is left after tokenization "
-                                f"({(train_report if name == 'training' else val_report).describe(d.max_length)}); "
-                                "raise data.max_length or check the data")
+                raise UserError(
+                    f"data: no {name} example is left after tokenization "
+                    f"({(train_report if name == 'training' else val_report).describe(d.max_length)}); "
+                    "raise data.max_length or check the data"
+                )
         self.report = f"train: {train_report.describe(d.max_length)} | validation: {val_report.describe(d.max_length)}"
         self.train_lengths = self.train_data.lengths()
         self.rows = pack(self.train_lengths, d.max_length) if d.packing else None
@@ -305,8 +341,9 @@ class SftTask(Task):
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
         check_attn_implementation(r.model.attn_implementation)
-        model = AutoModelForCausalLM.from_pretrained(resolved(r.base_model), dtype=base_dtype(r),
-                                                     attn_implementation=r.model.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved(r.base_model), dtype=base_dtype(r), attn_implementation=r.model.attn_implementation
+        )
         if self.added_tokens:
             model.resize_token_embeddings(len(self.tokenizer))
             say(f"chat template: added {', '.join(CHAT_TOKENS)} to the vocabulary ({len(self.tokenizer):,} tokens)")
@@ -326,12 +363,16 @@ class SftTask(Task):
         labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
         attention = np.zeros((len(examples), width), dtype=np.int64)
         for row, (ids, trained) in enumerate(examples):
-            input_ids[row, :len(ids)] = ids
-            labels[row, :len(ids)] = np.where(trained, ids, IGNORE_INDEX)
-            attention[row, :len(ids)] = 1
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-                "labels": torch.from_numpy(labels), "use_cache": False,
-                REAL_TOKENS: torch.tensor(int(attention.sum()))}
+            input_ids[row, : len(ids)] = ids
+            labels[row, : len(ids)] = np.where(trained, ids, IGNORE_INDEX)
+            attention[row, : len(ids)] = 1
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(labels),
+            "use_cache": False,
+            REAL_TOKENS: torch.tensor(int(attention.sum())),
+        }
 
     def _packed(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
         width = max(int(self.train_lengths[row].sum()) for row in rows)
@@ -344,15 +385,20 @@ class SftTask(Task):
             for i in row.tolist():
                 ids, trained = self.train_data.example(i)
                 n = len(ids)
-                input_ids[r, at:at + n] = ids
-                labels[r, at:at + n] = np.where(trained, ids, IGNORE_INDEX)
+                input_ids[r, at : at + n] = ids
+                labels[r, at : at + n] = np.where(trained, ids, IGNORE_INDEX)
                 labels[r, at] = IGNORE_INDEX  # an example's first token would be predicted from the previous one
-                positions[r, at:at + n] = np.arange(n)
+                positions[r, at : at + n] = np.arange(n)
                 at += n
             positions[r, at:] = np.arange(width - at)  # the padding is one more "example", never a label
             real += at
-        return {"input_ids": torch.from_numpy(input_ids), "position_ids": torch.from_numpy(positions),
-                "labels": torch.from_numpy(labels), "use_cache": False, REAL_TOKENS: torch.tensor(real)}
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "position_ids": torch.from_numpy(positions),
+            "labels": torch.from_numpy(labels),
+            "use_cache": False,
+            REAL_TOKENS: torch.tensor(real),
+        }
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch[REAL_TOKENS])
@@ -381,14 +427,16 @@ class SftTask(Task):
 
     def generation_config(self) -> GenerationConfig:
         tok = self.tokenizer
-        return GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=self.stop_ids,
-                                pad_token_id=tok.pad_token_id)
+        return GenerationConfig(
+            bos_token_id=tok.bos_token_id, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id
+        )
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
         export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, self.generation_config())
 
     def fingerprints(self) -> dict[str, str]:
         import hashlib
+
         digest = hashlib.sha256()
         for data in (self.train_data, self.val_data):
             for array in (data.ids, data.trained, data.offsets):
@@ -397,11 +445,16 @@ class SftTask(Task):
 
     def describe(self) -> str:
         d = self.recipe.data
-        layout = (f"packed into {len(self.rows):,} rows of ≤{d.max_length} tokens" if self.rows is not None
-                  else f"padded per micro-batch (≤{d.max_length} tokens)")
+        layout = (
+            f"packed into {len(self.rows):,} rows of ≤{d.max_length} tokens"
+            if self.rows is not None
+            else f"padded per micro-batch (≤{d.max_length} tokens)"
+        )
         trained = int(self.train_data.trained.sum())
-        return (f"SFT: {self.data_description} | {self.report} | {trained:,} of {len(self.train_data.ids):,} training "
-                f"tokens are assistant tokens (the loss) | {layout}")
+        return (
+            f"SFT: {self.data_description} | {self.report} | {trained:,} of {len(self.train_data.ids):,} training "
+            f"tokens are assistant tokens (the loss) | {layout}"
+        )
 
 
 def model_inputs(batch: dict) -> dict:

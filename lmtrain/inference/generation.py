@@ -46,14 +46,21 @@ class SamplingSettings:
     def generate_kwargs(self) -> dict:
         if self.temperature == 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_k": self.top_k or None, "top_p": self.top_p}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_k": self.top_k or None,
+            "top_p": self.top_p,
+        }
 
     def describe(self) -> str:
         if self.temperature == 0:
             return f"greedy, {self.max_new_tokens} new tokens"
-        return (f"sampling: temperature {self.temperature}, top-k {self.top_k or 'off'}, top-p {self.top_p}, "
-                f"seed {self.seed}, {self.max_new_tokens} new tokens")
+        return (
+            f"sampling: temperature {self.temperature}, top-k {self.top_k or 'off'}, top-p {self.top_p}, "
+            f"seed {self.seed}, {self.max_new_tokens} new tokens"
+        )
 
     def record(self) -> dict:
         """The settings as written next to every batch-mode output."""
@@ -71,8 +78,9 @@ def model_kind(model_dir: str | Path) -> str:
         task_type = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("task_type")
         return "classifier" if task_type == "SEQ_CLS" else "causal_lm"
     if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: not a model directory (no config.json); "
-                        "pass a trained model such as runs/smoke/final")
+        raise UserError(
+            f"{model_dir}: not a model directory (no config.json); pass a trained model such as runs/smoke/final"
+        )
     architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
     return "classifier" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal_lm"
 
@@ -82,8 +90,10 @@ def load_model(model_dir: str | Path, base: str | None = None):
     code. The generation config of the directory (e.g. stopping at <|im_end|>) is used."""
     model_dir = Path(model_dir)
     if model_kind(model_dir) != "causal_lm":
-        raise UserError(f"{model_dir}: a classification model; it labels texts rather than generating: pass the texts "
-                        "with --prompt/--prompts-file/--input (chat needs a causal LM)")
+        raise UserError(
+            f"{model_dir}: a classification model; it labels texts rather than generating: pass the texts "
+            "with --prompt/--prompts-file/--input (chat needs a causal LM)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"  # batched prompts end where generation starts
     if is_adapter_dir(model_dir):
@@ -130,7 +140,7 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: SamplingSetti
     torch.manual_seed(settings.seed)
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     output = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-    new_tokens = output[:, batch["input_ids"].shape[1]:]
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
@@ -139,35 +149,41 @@ def generate_texts(model, tokenizer, prompts: list[str], settings: SamplingSetti
 
 def require_chat_template(tokenizer, model_dir: str | Path) -> None:
     if not tokenizer.chat_template:
-        raise UserError(f"{model_dir}: its tokenizer has no chat template, so it cannot chat. Chat with a model "
-                        "fine-tuned by finetune.py (task: sft), e.g. runs/smoke-sft/final, or continue plain text "
-                        "with --prompt (without --chat)")
+        raise UserError(
+            f"{model_dir}: its tokenizer has no chat template, so it cannot chat. Chat with a model "
+            "fine-tuned by finetune.py (task: sft), e.g. runs/smoke-sft/final, or continue plain text "
+            "with --prompt (without --chat)"
+        )
 
 
 @torch.no_grad()
 def chat_replies(model, tokenizer, conversations: list[list[dict]], settings: SamplingSettings) -> list[str]:
     """The assistant's next message for each conversation (batched, not streamed)."""
     torch.manual_seed(settings.seed)
-    batch = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, padding=True,
-                                          return_tensors="pt", return_dict=True).to(model.device)
+    batch = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
     output = model.generate(**batch, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def stream_reply(model, tokenizer, messages: list[dict], settings: SamplingSettings,
-                 write: Callable[[str], None]) -> str:
+def stream_reply(
+    model, tokenizer, messages: list[dict], settings: SamplingSettings, write: Callable[[str], None]
+) -> str:
     """Generate the assistant's next message, passing text to `write` as tokens are produced; return it."""
     torch.manual_seed(settings.seed)
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True).to(model.device)
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors = []
 
     def work():
         try:
             with torch.no_grad():
-                model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-                               streamer=streamer)
+                model.generate(
+                    **inputs, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id, streamer=streamer
+                )
         except Exception as exc:  # surfaced in the caller's thread, after the stream ends
             errors.append(exc)
             streamer.end()
@@ -184,10 +200,17 @@ def stream_reply(model, tokenizer, messages: list[dict], settings: SamplingSetti
     return "".join(pieces)
 
 
-def chat_loop(model, tokenizer, settings: SamplingSettings, system: str = "", stdin: TextIO | None = None,
-              stdout: TextIO | None = None) -> None:
+def chat_loop(
+    model,
+    tokenizer,
+    settings: SamplingSettings,
+    system: str = "",
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> None:
     """Interactive chat: one user message per line; /reset forgets the conversation, /exit (or end of input) quits."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
     def write(text: str) -> None:
         stdout.write(text)
         stdout.flush()
@@ -245,8 +268,10 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...]) -> list[tuple[str, dic
         records.append((where, record))
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems[:20])
-        raise UserError(f"{len(problems)} bad line(s) in the input:\n{listing}\nEach line must be one JSON object, "
-                        f"e.g. {{\"{fields[0]}\": \"...\"}}")
+        raise UserError(
+            f"{len(problems)} bad line(s) in the input:\n{listing}\nEach line must be one JSON object, "
+            f'e.g. {{"{fields[0]}": "..."}}'
+        )
     if not records:
         raise UserError(f"{path}: no records (one JSON object per line)")
     return records
@@ -261,17 +286,25 @@ def write_jsonl(path: str | Path | None, rows: list[dict]) -> None:
         Path(path).write_text(text, encoding="utf-8")
 
 
-def generate_batch(model, tokenizer, records: list[tuple[str, dict]], settings: SamplingSettings, model_dir: str,
-                   chat: bool, batch_size: int = 8) -> list[dict]:
+def generate_batch(
+    model,
+    tokenizer,
+    records: list[tuple[str, dict]],
+    settings: SamplingSettings,
+    model_dir: str,
+    chat: bool,
+    batch_size: int = 8,
+) -> list[dict]:
     """Each record's completion: a `messages` record (or a `prompt` with chat) through the chat template,
     else a plain continuation of `prompt`; the sampling settings and model are recorded with every output."""
     conversations, plain = [], []
     for i, (where, record) in enumerate(records):
         messages = record.get("messages")
         if messages is not None:
-            if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
-                                                         for m in messages):
-                raise UserError(f"{where}: 'messages' must be a list of {{\"role\": ..., \"content\": ...}} objects")
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in messages
+            ):
+                raise UserError(f'{where}: \'messages\' must be a list of {{"role": ..., "content": ...}} objects')
             conversations.append((i, messages))
         elif not isinstance(record.get("prompt"), str):
             raise UserError(f"{where}: 'prompt' must be a string")
@@ -283,16 +316,18 @@ def generate_batch(model, tokenizer, records: list[tuple[str, dict]], settings: 
         require_chat_template(tokenizer, model_dir)
     completions: dict[int, str] = {}
     for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start:start + batch_size]
+        chunk = conversations[start : start + batch_size]
         for (i, _), reply in zip(chunk, chat_replies(model, tokenizer, [c for _, c in chunk], settings)):
             completions[i] = reply
     for start in range(0, len(plain), batch_size):
-        chunk = plain[start:start + batch_size]
+        chunk = plain[start : start + batch_size]
         for (i, _), text in zip(chunk, generate_texts(model, tokenizer, [p for _, p in chunk], settings)):
             completions[i] = text
     recorded = settings.record()
-    return [{**record, "completion": completions[i], "settings": recorded, "model": str(model_dir)}
-            for i, (_, record) in enumerate(records)]
+    return [
+        {**record, "completion": completions[i], "settings": recorded, "model": str(model_dir)}
+        for i, (_, record) in enumerate(records)
+    ]
 
 
 # ---------------------------------------------------------------------------- classification
@@ -304,8 +339,9 @@ def classify_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> 
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     results = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                          truncation=True).to(model.device)
+        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True).to(
+            model.device
+        )
         probabilities = torch.softmax(model(**batch).logits.float(), dim=-1).cpu()
         for row in probabilities.tolist():
             best = max(range(len(row)), key=row.__getitem__)

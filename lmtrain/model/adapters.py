@@ -33,8 +33,10 @@ def is_peft(model) -> bool:
 def adapter_info(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
-        raise UserError(f"{adapter_dir}: not a LoRA adapter directory (no {ADAPTER_CONFIG}); pass the final/ or best/ "
-                        "directory of a run trained with lora.enabled=true")
+        raise UserError(
+            f"{adapter_dir}: not a LoRA adapter directory (no {ADAPTER_CONFIG}); pass the final/ or best/ "
+            "directory of a run trained with lora.enabled=true"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -47,8 +49,10 @@ def load_adapter_model(adapter_dir: str | Path, base: str | None = None, merge: 
     info = adapter_info(adapter_dir)
     base = base or info.get("base_model_name_or_path")
     if not base or not (Path(base) / "config.json").is_file():
-        raise UserError(f"{adapter_dir}: its base model {base!r} is not a model directory here; pass the base "
-                        "model directory with --base (generate.py, finetune.py merge)")
+        raise UserError(
+            f"{adapter_dir}: its base model {base!r} is not a model directory here; pass the base "
+            "model directory with --base (generate.py, finetune.py merge)"
+        )
     if info.get("task_type") == "SEQ_CLS":
         labels_path = Path(adapter_dir) / LABELS_FILE
         if not labels_path.is_file():
@@ -56,9 +60,13 @@ def load_adapter_model(adapter_dir: str | Path, base: str | None = None, merge: 
         labels = json.loads(labels_path.read_text(encoding="utf-8"))["labels"]
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
-            base, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
-            dtype=torch.float32)
+            base,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            pad_token_id=tokenizer.pad_token_id,
+            dtype=torch.float32,
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter_dir))

@@ -14,8 +14,15 @@ from lmtrain.config.recipe import recipe_to_yaml
 from lmtrain.model.adapters import LABELS_FILE, is_peft
 
 
-def export_model(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerBase, recipe, out_dir: Path,
-                 generation_config: GenerationConfig | None = None, labels: list[str] | None = None) -> None:
+def export_model(
+    accelerator: Accelerator,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe,
+    out_dir: Path,
+    generation_config: GenerationConfig | None = None,
+    labels: list[str] | None = None,
+) -> None:
     """Write safetensors weights (or the adapter), config.json, generation_config.json, the tokenizer and the
     resolved recipe to `out_dir`, loadable with plain transformers classes and no custom code. A classifier
     has no generation config; `labels` are written next to a classification adapter, whose config does
@@ -31,8 +38,9 @@ def export_model(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizer
     accelerator.wait_for_everyone()
     if generation_config is not None and not adapter:
         unwrapped.generation_config = generation_config
-    unwrapped.save_pretrained(out_dir, is_main_process=main, state_dict=state_dict,
-                              **({} if adapter else {"save_function": accelerator.save}))
+    unwrapped.save_pretrained(
+        out_dir, is_main_process=main, state_dict=state_dict, **({} if adapter else {"save_function": accelerator.save})
+    )
     if main:
         tokenizer.save_pretrained(out_dir)
         if adapter and generation_config is not None:

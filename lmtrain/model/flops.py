@@ -57,22 +57,22 @@ PEAK_BF16_FLOPS: dict[str, float] = {
     "h200": 989e12,
     "h100 nvl": 835e12,
     "h100 pcie": 756e12,
-    "h100": 989e12,         # SXM ("NVIDIA H100 80GB HBM3")
+    "h100": 989e12,  # SXM ("NVIDIA H100 80GB HBM3")
     "h800": 989e12,
     "h20": 148e12,
-    "a100": 312e12,         # SXM and PCIe
+    "a100": 312e12,  # SXM and PCIe
     "a800": 312e12,
-    "a10g": 70e12,          # AWS g5
+    "a10g": 70e12,  # AWS g5
     "a10": 125e12,
-    "a6000": 155e12,        # RTX A6000
+    "a6000": 155e12,  # RTX A6000
     "l40s": 362e12,
     "l40": 181e12,
     "l4": 121e12,
-    "rtx 4090": 165e12,     # GeForce: half rate with fp32 accumulation
+    "rtx 4090": 165e12,  # GeForce: half rate with fp32 accumulation
     "rtx 3090": 71e12,
-    "v100": 125e12,         # no bf16: fp16 tensor-core peak (SXM2), what mixed precision gets there
-    "t4": 65e12,            # no bf16: fp16 tensor-core peak
-    "mi300x": 1307e12,      # ROCm builds of torch report AMD GPUs through torch.cuda
+    "v100": 125e12,  # no bf16: fp16 tensor-core peak (SXM2), what mixed precision gets there
+    "t4": 65e12,  # no bf16: fp16 tensor-core peak
+    "mi300x": 1307e12,  # ROCm builds of torch report AMD GPUs through torch.cuda
     "mi250x": 383e12,
 }
 FP16_ONLY_KINDS = ("v100", "t4")
@@ -118,8 +118,9 @@ def peak_flops_per_device(device: torch.device) -> tuple[float, str]:
 _MEASURED: dict[tuple[str, torch.dtype, int, int], float] = {}
 
 
-def _measured_matmul_flops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 8,
-                           min_seconds: float = 0.5) -> float:
+def _measured_matmul_flops(
+    device: torch.device, dtype: torch.dtype, n: int, repeats: int = 8, min_seconds: float = 0.5
+) -> float:
     """The best of at least `repeats` timed n x n x n matmuls (after one warmup), timed for at least
     `min_seconds`, cached for the process: the best, not the mean, because a peak is what MFU divides
     by and a busy machine only slows runs down. A fixed handful of repeats right after loading a model

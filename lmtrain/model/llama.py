@@ -44,8 +44,7 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
     if m.init_from:
         model = _load_matching(m.init_from, config, m.attn_implementation)
     else:
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation,
-                                                 dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation, dtype=torch.float32)
     if m.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
@@ -54,8 +53,10 @@ def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
 def check_attn_implementation(name: str) -> None:
     """A clear error for an attention implementation this machine cannot run (before transformers' own)."""
     if name == "flash_attention_2" and not is_flash_attn_2_available():
-        raise UserError("model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
-                        "install it or use sdpa")
+        raise UserError(
+            "model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+            "install it or use sdpa"
+        )
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
@@ -63,19 +64,30 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-_ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                      "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+_ARCHITECTURE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+)
 
 
 def _load_matching(path: str, config: LlamaConfig, attn_implementation: str) -> PreTrainedModel:
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"model.init_from: {path} is not a model directory (no config.json)")
     loaded = AutoConfig.from_pretrained(path)
-    mismatches = [f"{key}: recipe {getattr(config, key)}, model {getattr(loaded, key, None)}"
-                  for key in _ARCHITECTURE_KEYS if getattr(config, key) != getattr(loaded, key, None)]
+    mismatches = [
+        f"{key}: recipe {getattr(config, key)}, model {getattr(loaded, key, None)}"
+        for key in _ARCHITECTURE_KEYS
+        if getattr(config, key) != getattr(loaded, key, None)
+    ]
     if mismatches:
-        raise UserError(f"model.init_from: {path} does not match the recipe's model/tokenizer: "
-                        + "; ".join(mismatches))
+        raise UserError(
+            f"model.init_from: {path} does not match the recipe's model/tokenizer: " + "; ".join(mismatches)
+        )
     return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
 
 

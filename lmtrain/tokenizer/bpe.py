@@ -65,12 +65,12 @@ RESERVED_TOKEN = "<|reserved_{}|>"
 
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"             # English contractions
-    rf"|[^\r\n\p{{L}}\p{{N}}]?[{_CJK}]+"         # a run of CJK characters
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"  # English contractions
+    rf"|[^\r\n\p{{L}}\p{{N}}]?[{_CJK}]+"  # a run of CJK characters
     rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_CJK}]]+"  # a word of other letters, with its leading space
-    r"|\p{N}"                                    # one digit
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"                # punctuation and symbols
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"                 # newlines; spaces (indentation stays one pre-token)
+    r"|\p{N}"  # one digit
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"  # punctuation and symbols
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"  # newlines; spaces (indentation stays one pre-token)
 )
 
 TRAINING_RECORD = "lmtrain_training.json"
@@ -98,8 +98,9 @@ SPOT_CHECK_EVERY = 256
 """CorpusEncoder also encodes one document in this many with `tokenizers`, to compare."""
 
 
-def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None = None,
-                    sample_text_column: str = "text") -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    recipe: Recipe, report_samples: dict[str, list[str]] | None = None, sample_text_column: str = "text"
+) -> PreTrainedTokenizerFast:
     """Train (or reuse, if trained with the same settings on the same corpus) and save to tokenizer.dir,
     with its quality report (lmtrain/tokenizer/report.py). `report_samples` maps a language (en, zh,
     code) to files to measure it on instead of the defaults; a reused tokenizer is re-measured only
@@ -121,11 +122,12 @@ def train_tokenizer(recipe: Recipe, report_samples: dict[str, list[str]] | None 
     corpus = _TrainingCorpus(recipe)
     backend = train_bpe(corpus.batches(), recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency)
     if corpus.chars == 0:
-        raise UserError(f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
-                        "none is left after cleaning and holding out the validation split; add data to data.sources")
+        raise UserError(
+            f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
+            "none is left after cleaning and holding out the validation split; add data to data.sources"
+        )
     learned_size = backend.get_vocab_size()
-    backend.add_special_tokens(
-        [RESERVED_TOKEN.format(i) for i in range(recipe.tokenizer.vocab_size - learned_size)])
+    backend.add_special_tokens([RESERVED_TOKEN.format(i) for i in range(recipe.tokenizer.vocab_size - learned_size)])
     assert backend.get_vocab_size() == recipe.tokenizer.vocab_size
 
     tokenizer = PreTrainedTokenizerFast(
@@ -207,8 +209,11 @@ class CorpusEncoder:
                 if fast != reference:
                     self.first_difference = text[:200]
                     self.fast = None
-                    print(f"data: tiktoken and tokenizers encode a document differently ({text[:80]!r}...); "
-                          "encoding this batch and the rest with tokenizers", file=sys.stderr)
+                    print(
+                        f"data: tiktoken and tokenizers encode a document differently ({text[:80]!r}...); "
+                        "encoding this batch and the rest with tokenizers",
+                        file=sys.stderr,
+                    )
                     break
             else:
                 self.documents["tiktoken"] += len(texts)
@@ -228,8 +233,11 @@ class CorpusEncoder:
     def stats(self) -> dict:
         """Documents encoded by each library, how many were spot-checked, and the start of the document
         that first differed (None if none did)."""
-        return {"documents": dict(self.documents), "spot_checked_documents": self.spot_checked,
-                "fell_back_to_tokenizers_at": self.first_difference}
+        return {
+            "documents": dict(self.documents),
+            "spot_checked_documents": self.spot_checked,
+            "fell_back_to_tokenizers_at": self.first_difference,
+        }
 
     def _reference(self, texts: list[str]) -> list[list[int]]:
         # encode_batch_fast runs on all cores and skips computing character offsets.
@@ -256,14 +264,28 @@ def _tiktoken_encoding(spec: dict, reference: Tokenizer) -> tiktoken.Encoding | 
     that is a whole token as that token; `tokenizers` only if its merges build it)."""
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
-            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("byte_fallback")
-            or model.get("ignore_merges") or len(steps) != 2 or any(not t["special"] for t in spec["added_tokens"])):
+    if (
+        spec.get("normalizer") is not None
+        or model.get("type") != "BPE"
+        or model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or model.get("byte_fallback")
+        or model.get("ignore_merges")
+        or len(steps) != 2
+        or any(not t["special"] for t in spec["added_tokens"])
+    ):
         return None
     split, byte_level = steps
-    if not (split["type"] == "Split" and split["pattern"].get("Regex") == SPLIT_PATTERN
-            and split["behavior"] == "Isolated" and not split["invert"] and byte_level["type"] == "ByteLevel"
-            and not byte_level["use_regex"] and not byte_level["add_prefix_space"]):
+    if not (
+        split["type"] == "Split"
+        and split["pattern"].get("Regex") == SPLIT_PATTERN
+        and split["behavior"] == "Isolated"
+        and not split["invert"]
+        and byte_level["type"] == "ByteLevel"
+        and not byte_level["use_regex"]
+        and not byte_level["add_prefix_space"]
+    ):
         return None
     byte_of = {symbol: b for b, symbol in enumerate(_byte_symbols())}
     special = {t["content"] for t in spec["added_tokens"]}
@@ -295,8 +317,7 @@ def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int)
     return _byte_level(*_train_characters(batches, vocab_size, min_frequency))
 
 
-def _train_characters(batches: Iterable[list[str]], vocab_size: int,
-                      min_frequency: int) -> tuple[Tokenizer, list[str]]:
+def _train_characters(batches: Iterable[list[str]], vocab_size: int, min_frequency: int) -> tuple[Tokenizer, list[str]]:
     """The character-level BPE that `train_bpe` converts, and its non-ASCII alphabet."""
     batches = iter(batches)
     counts = np.zeros(0x110000, dtype=np.int64)
@@ -338,11 +359,13 @@ def bpe_trainer(vocab_size: int, min_frequency: int) -> trainers.BpeTrainer:
 def new_tokenizer(model: models.BPE | None = None) -> Tokenizer:
     """A tokenizer with this project's pre-tokenization and decoder (untrained without `model`)."""
     tokenizer = Tokenizer(model or models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        # use_regex=False: the Split above already did the splitting; this only maps bytes to symbols.
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            # use_regex=False: the Split above already did the splitting; this only maps bytes to symbols.
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -352,8 +375,11 @@ def _training_settings(recipe: Recipe) -> dict:
     return {
         "format_version": _FORMAT_VERSION,
         "split_pattern": SPLIT_PATTERN,
-        "alphabet": {"coverage": ALPHABET_COVERAGE, "max_share": ALPHABET_MAX_SHARE,
-                     "sample_chars": ALPHABET_SAMPLE_CHARS},
+        "alphabet": {
+            "coverage": ALPHABET_COVERAGE,
+            "max_share": ALPHABET_MAX_SHARE,
+            "sample_chars": ALPHABET_SAMPLE_CHARS,
+        },
         "special_tokens": list(SPECIAL_TOKENS),
         "vocab_size": recipe.tokenizer.vocab_size,
         "min_frequency": recipe.tokenizer.min_frequency,
@@ -369,7 +395,7 @@ def _count_chars(texts: list[str], counts: np.ndarray) -> int:
     """Add the code points of `texts` to `counts`; returns how many there were."""
     code_points = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     found = np.bincount(code_points)
-    counts[:len(found)] += found
+    counts[: len(found)] += found
     return len(code_points)
 
 
@@ -423,7 +449,7 @@ def _byte_level(char_level: Tokenizer, alphabet: list[str]) -> Tokenizer:
         spelled = spell(char)  # one symbol per byte
         for k in range(2, len(spelled) + 1):
             if spelled[:k] not in vocab:
-                merge(spelled[:k - 1], spelled[k - 1])
+                merge(spelled[: k - 1], spelled[k - 1])
     for left, right in json.loads(char_level.to_str())["model"]["merges"]:
         merge(spell(left), spell(right))
     tokenizer = new_tokenizer(models.BPE(vocab=vocab, merges=merges))
@@ -490,7 +516,7 @@ class _TrainingCorpus:
                     self.held_out.append(text)
                     held_out_chars += len(text)
                 continue
-            text = text[:int(min(len(text), budget - self.chars))]
+            text = text[: int(min(len(text), budget - self.chars))]
             batch.append(text)
             self.chars += len(text)
             if len(batch) == batch_size or self.chars >= budget:
@@ -502,9 +528,11 @@ class _TrainingCorpus:
             yield batch
 
     def stats(self) -> dict:
-        return {"documents": self.documents_read,
-                "sources": {s.name: s.to_dict() for s in self.source_stats},
-                "skipped": dict(sum((s.corpus.skipped for s in self.source_stats), Counter()))}
+        return {
+            "documents": self.documents_read,
+            "sources": {s.name: s.to_dict() for s in self.source_stats},
+            "skipped": dict(sum((s.corpus.skipped for s in self.source_stats), Counter())),
+        }
 
 
 def _reuse(directory: Path, model_max_length: int) -> PreTrainedTokenizerFast:

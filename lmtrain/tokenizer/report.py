@@ -45,29 +45,35 @@ BUILT_IN_CHINESE = (
 )
 
 
-def write_quality_report(recipe: Recipe, held_out: list[str], sample_paths: dict[str, list[str]],
-                         text_column: str = "text") -> dict:
+def write_quality_report(
+    recipe: Recipe, held_out: list[str], sample_paths: dict[str, list[str]], text_column: str = "text"
+) -> dict:
     """Measure the tokenizer in tokenizer.dir on the samples and write REPORT next to it."""
     directory = Path(recipe.tokenizer.dir)
     encoder = Tokenizer.from_file(str(directory / "tokenizer.json"))
     samples = held_out_samples(recipe, held_out, sample_paths, text_column)
     report = {
         "bytes_per_token": {lang: bytes_per_token(encoder, texts) for lang, (_, texts) in samples.items()},
-        "samples": {lang: {"source": source, "documents": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
-                    for lang, (source, texts) in samples.items()},
+        "samples": {
+            lang: {"source": source, "documents": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
+            for lang, (source, texts) in samples.items()
+        },
         "vocabulary_share_by_script": vocabulary_share_by_script(encoder),
     }
     (directory / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
 
-def held_out_samples(recipe: Recipe, held_out: list[str], sample_paths: dict[str, list[str]],
-                     text_column: str = "text") -> dict:
+def held_out_samples(
+    recipe: Recipe, held_out: list[str], sample_paths: dict[str, list[str]], text_column: str = "text"
+) -> dict:
     """{language: (where the sample comes from, texts)} for en, zh and code."""
     code = _held_out_stdlib(recipe)
-    samples = {"en": ("comments and docstrings of held-out standard-library files", [python_prose(t) for t in code]),
-               "zh": _chinese_sample(held_out),
-               "code": ("held-out standard-library .py files", code)}
+    samples = {
+        "en": ("comments and docstrings of held-out standard-library files", [python_prose(t) for t in code]),
+        "zh": _chinese_sample(held_out),
+        "code": ("held-out standard-library .py files", code),
+    }
     for lang, paths in sample_paths.items():
         if paths:
             texts = read_sample(paths, text_column)
@@ -86,8 +92,7 @@ def vocabulary_share_by_script(encoder: Tokenizer) -> dict[str, float]:
     """Share of the learned (non-special) tokens by the script of their text."""
     byte_of = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
     special = {t.content for t in encoder.get_added_tokens_decoder().values()}
-    counts = Counter(_script(bytes(byte_of[c] for c in token))
-                     for token in encoder.get_vocab() if token not in special)
+    counts = Counter(_script(bytes(byte_of[c] for c in token)) for token in encoder.get_vocab() if token not in special)
     total = sum(counts.values())
     return {script: round(n / total, 4) for script, n in counts.most_common()}
 

@@ -35,10 +35,23 @@ _NAME = re.compile(r"^step_(\d{8})$")
 
 # Recipe keys that may change between a checkpoint and its resumption without altering the run.
 HARMLESS_CHANGES = (
-    "run_dir", "tokenizer.dir", "data.dir", "data.batch_size", "train.log_every", "train.eval_every",
-    "train.eval_batches", "train.report_to", "train.checkpoint_every", "train.keep_last", "train.keep_every",
-    "train.resume", "train.allow_resume_changes", "train.overwrite", "train.max_skipped_steps",
-    "train.spike_factor", "train.best_metric",
+    "run_dir",
+    "tokenizer.dir",
+    "data.dir",
+    "data.batch_size",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.report_to",
+    "train.checkpoint_every",
+    "train.keep_last",
+    "train.keep_every",
+    "train.resume",
+    "train.allow_resume_changes",
+    "train.overwrite",
+    "train.max_skipped_steps",
+    "train.spike_factor",
+    "train.best_metric",
 )
 
 
@@ -59,8 +72,9 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: str | Path, step: int, state: dict,
-                    keep_last: int, keep_every: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, run_dir: str | Path, step: int, state: dict, keep_last: int, keep_every: int
+) -> Path:
     """Save the training state of every rank plus `state` (JSON) as checkpoint `step`; all ranks call this.
     Older checkpoints are pruned only after the new one is complete. A failure on any rank raises
     CheckpointError on every rank (none is left waiting for the others)."""
@@ -109,9 +123,11 @@ def _on_all_ranks(accelerator: Accelerator, action, step: int, root: Path, clean
         flag = torch.tensor([float(failed)], device=accelerator.device)
         failed = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
     if failed:
-        raise CheckpointError(f"could not save checkpoint step {step} under {root}: "
-                              f"{failure or 'another process failed to write its part'}. Earlier checkpoints are "
-                              "untouched; free space or fix permissions, then rerun to resume")
+        raise CheckpointError(
+            f"could not save checkpoint step {step} under {root}: "
+            f"{failure or 'another process failed to write its part'}. Earlier checkpoints are "
+            "untouched; free space or fix permissions, then rerun to resume"
+        )
 
 
 def complete_checkpoints(run_dir: str | Path) -> tuple[list[Checkpoint], list[str]]:
@@ -160,12 +176,16 @@ def resolve_resume(run_dir: str | Path, resume: str) -> tuple[Checkpoint | None,
     path = Path(resume)
     match = _NAME.match(path.name)
     if not path.is_dir() or not match:
-        raise UserError(f"train.resume: {resume} is not a checkpoint directory (run_dir/checkpoints/step_NNNNNNNN); "
-                        "use auto, never, or such a path")
+        raise UserError(
+            f"train.resume: {resume} is not a checkpoint directory (run_dir/checkpoints/step_NNNNNNNN); "
+            "use auto, never, or such a path"
+        )
     problem = verify(path)
     if problem:
-        raise UserError(f"train.resume: checkpoint {path} is unusable: {problem}. Pick another one, or use auto "
-                        "to take the newest complete checkpoint")
+        raise UserError(
+            f"train.resume: checkpoint {path} is unusable: {problem}. Pick another one, or use auto "
+            "to take the newest complete checkpoint"
+        )
     return Checkpoint(path, int(match.group(1))), []
 
 
@@ -182,8 +202,9 @@ def recipe_differences(saved: dict, current: dict, prefix: str = "") -> list[tup
     return differences
 
 
-def check_resume_compatible(saved_state: dict, recipe: dict, fingerprints: dict[str, str],
-                            allow_changes: bool) -> list[str]:
+def check_resume_compatible(
+    saved_state: dict, recipe: dict, fingerprints: dict[str, str], allow_changes: bool
+) -> list[str]:
     """Notes on harmless changes; raises for changes that would silently alter the run unless allowed."""
     notes, blocking = [], []
     for key, old, new in recipe_differences(saved_state["recipe"], recipe):
@@ -194,9 +215,11 @@ def check_resume_compatible(saved_state: dict, recipe: dict, fingerprints: dict[
             blocking.append(f"{name}: content changed since the checkpoint")
     if blocking and not allow_changes:
         listing = "\n".join(f"  - {line}" for line in blocking)
-        raise UserError("the checkpoint was made by a different run than this recipe describes:\n"
-                        f"{listing}\nrestore the recipe and inputs, start a new run_dir, or set "
-                        "train.allow_resume_changes=true to continue anyway")
+        raise UserError(
+            "the checkpoint was made by a different run than this recipe describes:\n"
+            f"{listing}\nrestore the recipe and inputs, start a new run_dir, or set "
+            "train.allow_resume_changes=true to continue anyway"
+        )
     return notes + [f"{line} (allowed by train.allow_resume_changes)" for line in blocking]
 
 

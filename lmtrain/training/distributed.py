@@ -26,8 +26,10 @@ def resolve_precision(setting: str) -> str:
     """Accelerate's mixed_precision value for the recipe's `train.precision`."""
     bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if setting == "bf16" and not bf16_ok:
-        raise UserError("train.precision: bf16 needs a GPU with bf16 support and none was found; "
-                        "use train.precision=auto (fp32 here) or fp32")
+        raise UserError(
+            "train.precision: bf16 needs a GPU with bf16 support and none was found; "
+            "use train.precision=auto (fp32 here) or fp32"
+        )
     if setting == "auto":
         return "bf16" if bf16_ok else "no"
     return "bf16" if setting == "bf16" else "no"
@@ -36,8 +38,11 @@ def resolve_precision(setting: str) -> str:
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """An Accelerator whose view of the world matches the launcher's, checked."""
     # DeepSpeed's ZeRO-3 calls these torch collectives on every step; torch warns each time.
-    warnings.filterwarnings("ignore", category=FutureWarning,
-                            message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated")
+    warnings.filterwarnings(
+        "ignore",
+        category=FutureWarning,
+        message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
+    )
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, rather than have DeepSpeed warn that it guessed
     world = launch_world_size()
@@ -55,16 +60,20 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         kwargs_handlers=handlers,
     )
     if accelerator.num_processes != world:
-        raise UserError(f"the launcher started {world} processes but Accelerate sees {accelerator.num_processes}; "
-                        "check the accelerate config (num_processes, distributed_type)")
+        raise UserError(
+            f"the launcher started {world} processes but Accelerate sees {accelerator.num_processes}; "
+            "check the accelerate config (num_processes, distributed_type)"
+        )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # The recipe is the source of truth: DeepSpeed's "auto" values are filled from it (we feed
         # batches ourselves, so Accelerate cannot infer them), and fixed values must agree with it.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        _fill_from_recipe(ds_config, "train_micro_batch_size_per_gpu", recipe.train.micro_batch_size,
-                          "train.micro_batch_size")
-        _fill_from_recipe(ds_config, "gradient_accumulation_steps", accum,
-                          "train.global_batch_size / (micro_batch_size x processes)")
+        _fill_from_recipe(
+            ds_config, "train_micro_batch_size_per_gpu", recipe.train.micro_batch_size, "train.micro_batch_size"
+        )
+        _fill_from_recipe(
+            ds_config, "gradient_accumulation_steps", accum, "train.global_batch_size / (micro_batch_size x processes)"
+        )
         _fill_from_recipe(ds_config, "gradient_clipping", recipe.train.grad_clip, "train.grad_clip")
     return accelerator
 
@@ -74,5 +83,7 @@ def _fill_from_recipe(ds_config: dict, key: str, value, recipe_key: str) -> None
     if current == "auto":
         ds_config[key] = value
     elif current != value:
-        raise UserError(f"the DeepSpeed config sets {key}={current} but the recipe gives {value} ({recipe_key}); "
-                        f'set {key} to "auto" in the DeepSpeed config so that the recipe decides')
+        raise UserError(
+            f"the DeepSpeed config sets {key}={current} but the recipe gives {value} ({recipe_key}); "
+            f'set {key} to "auto" in the DeepSpeed config so that the recipe decides'
+        )

@@ -123,13 +123,15 @@ def fit(recipe, task: Task) -> FitResult:
 
     model = task.build_model()
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
-    optimizer = torch.optim.AdamW(decay_param_groups(model, t.weight_decay), lr=t.lr,
-                                  betas=tuple(t.adam_betas), eps=t.adam_eps)
+    optimizer = torch.optim.AdamW(
+        decay_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     # Built on the prepared optimizer (ZeRO-3 regroups parameters) and stepped by us once per
     # optimizer step (Accelerate's scheduler wrapper would step it once per process).
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps, min_lr_rate=t.min_lr_ratio)
+        optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps, min_lr_rate=t.min_lr_ratio
+    )
 
     state = {"step": 0, "tokens_seen": 0, "skipped_steps": 0, "first_eval_loss": None, "best": None}
     notes = []
@@ -137,8 +139,10 @@ def fit(recipe, task: Task) -> FitResult:
         saved = resume_from.state()
         notes = check_resume_compatible(saved, recipe_dict, task.fingerprints(), t.allow_resume_changes)
         if accelerator.distributed_type == DistributedType.DEEPSPEED and saved["world_size"] != world:
-            raise UserError(f"{resume_from.path} holds DeepSpeed shards of {saved['world_size']} processes and this "
-                            f"launch has {world}; resume with {saved['world_size']} processes")
+            raise UserError(
+                f"{resume_from.path} holds DeepSpeed shards of {saved['world_size']} processes and this "
+                f"launch has {world}; resume with {saved['world_size']} processes"
+            )
         accelerator.load_state(str(resume_from.path))
         scheduler.load_state_dict(saved["scheduler"])
         state = {key: saved[key] for key in state}
@@ -156,14 +160,20 @@ def fit(recipe, task: Task) -> FitResult:
     for line in warnings:
         log.print(f"warning: {line}")
     trainable = f" ({n_trainable:,} trainable)" if n_trainable != n_params else ""
-    log.print(f"model: {type(accelerator.unwrap_model(model)).__name__}, {n_params:,} parameters{trainable} | "
-              f"device {accelerator.device}, {world} process(es), precision {accelerator.mixed_precision} | "
-              f"{flops_per_tok / 1e6:,.1f} MFLOP/token, peak {peak_flops / 1e12:.3g} TFLOP/s per device ({peak_label})")
-    log.print(arithmetic.describe() + f" | {task.train_size:,} training examples "
-              f"(≈{sampler.epoch_at(t.max_steps):.2f} epochs) | {task.describe()}")
+    log.print(
+        f"model: {type(accelerator.unwrap_model(model)).__name__}, {n_params:,} parameters{trainable} | "
+        f"device {accelerator.device}, {world} process(es), precision {accelerator.mixed_precision} | "
+        f"{flops_per_tok / 1e6:,.1f} MFLOP/token, peak {peak_flops / 1e12:.3g} TFLOP/s per device ({peak_label})"
+    )
+    log.print(
+        arithmetic.describe() + f" | {task.train_size:,} training examples "
+        f"(≈{sampler.epoch_at(t.max_steps):.2f} epochs) | {task.describe()}"
+    )
     if resume_from is not None:
-        log.print(f"resuming from {resume_from.path} at step {state['step']:,} "
-                  f"({format_count(state['tokens_seen'])} tokens seen)")
+        log.print(
+            f"resuming from {resume_from.path} at step {state['step']:,} "
+            f"({format_count(state['tokens_seen'])} tokens seen)"
+        )
         for note in notes:
             log.print(f"  changed since the checkpoint: {note}")
 
@@ -176,16 +186,27 @@ def fit(recipe, task: Task) -> FitResult:
         return _result(state, t.max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])
 
     def checkpoint(step: int) -> Path:
-        saved = {**state, "scheduler": scheduler.state_dict(), "recipe": recipe_dict,
-                 "fingerprints": task.fingerprints(), "world_size": world, "epoch": sampler.epoch_at(step)}
+        saved = {
+            **state,
+            "scheduler": scheduler.state_dict(),
+            "recipe": recipe_dict,
+            "fingerprints": task.fingerprints(),
+            "world_size": world,
+            "epoch": sampler.epoch_at(step),
+        }
         return save_checkpoint(accelerator, run_dir, step, saved, t.keep_last, t.keep_every)
 
     def run_eval(step: int) -> float:
         metrics = task.evaluate(model, accelerator)
         log.write({"step": step, **metrics})
         if t.best_metric:
-            _update_best(state, metrics, step, t.best_metric, lambda: _export_atomically(task, accelerator, model,
-                                                                                          run_dir / "best"))
+            _update_best(
+                state,
+                metrics,
+                step,
+                t.best_metric,
+                lambda: _export_atomically(task, accelerator, model, run_dir / "best"),
+            )
         return metrics["eval_loss"]
 
     eval_loss = state["first_eval_loss"]
@@ -193,8 +214,13 @@ def fit(recipe, task: Task) -> FitResult:
         eval_loss = state["first_eval_loss"] = run_eval(0)
 
     fault_steps = _fault_steps() if accelerator.is_main_process else set()
-    progress = tqdm(total=t.max_steps, initial=state["step"], desc="train", dynamic_ncols=True,
-                    disable=not (accelerator.is_main_process and sys.stderr.isatty()))
+    progress = tqdm(
+        total=t.max_steps,
+        initial=state["step"],
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (accelerator.is_main_process and sys.stderr.isatty()),
+    )
     start = window_start = time.perf_counter()
     eval_seconds = window_eval_seconds = 0.0
     window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens
@@ -227,9 +253,17 @@ def fit(recipe, task: Task) -> FitResult:
                 optimizer.zero_grad(set_to_none=True)
                 state["skipped_steps"] += 1
                 consecutive_skips += 1
-                log.write({"step": step, "event": "skipped_nonfinite", "loss": _finite_or_none(step_loss.item()),
-                           "grad_norm": _finite_or_none(grad_norm), "data_indices": indices.tolist(), "rank": rank},
-                          every_rank=True)
+                log.write(
+                    {
+                        "step": step,
+                        "event": "skipped_nonfinite",
+                        "loss": _finite_or_none(step_loss.item()),
+                        "grad_norm": _finite_or_none(grad_norm),
+                        "data_indices": indices.tolist(),
+                        "rank": rank,
+                    },
+                    every_rank=True,
+                )
             else:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -243,8 +277,9 @@ def fit(recipe, task: Task) -> FitResult:
             state["step"] = step
             progress.update(1)
             diverged = consecutive_skips >= t.max_skipped_steps
-            save_now = (stop_now or diverged or step == t.max_steps
-                        or (t.checkpoint_every and step % t.checkpoint_every == 0))
+            save_now = (
+                stop_now or diverged or step == t.max_steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
+            )
 
             if step % t.log_every == 0 or save_now:  # a checkpoint closes the window: its state holds no partial one
                 now = time.perf_counter()
@@ -253,13 +288,19 @@ def fit(recipe, task: Task) -> FitResult:
                 state["tokens_seen"] += int(tokens)
                 tokens_per_s = tokens / seconds
                 tokens_per_s_device = tokens_per_s / world
-                log.write({
-                    "step": step, "loss": loss_sum / (window_updates * world) if window_updates else None,
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": _finite_or_none(grad_norm),
-                    "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": tokens_per_s_device,
-                    "mfu": tokens_per_s_device * flops_per_tok / peak_flops, "tokens_seen": state["tokens_seen"],
-                    "eta_s": (t.max_steps - step) * seconds / window_steps,
-                })
+                log.write(
+                    {
+                        "step": step,
+                        "loss": loss_sum / (window_updates * world) if window_updates else None,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": _finite_or_none(grad_norm),
+                        "tokens_per_s": tokens_per_s,
+                        "tokens_per_s_per_device": tokens_per_s_device,
+                        "mfu": tokens_per_s_device * flops_per_tok / peak_flops,
+                        "tokens_seen": state["tokens_seen"],
+                        "eta_s": (t.max_steps - step) * seconds / window_steps,
+                    }
+                )
                 window_start, window_eval_seconds, window_steps, window_updates = now, 0.0, 0, 0
                 window.zero_()
 
@@ -274,15 +315,18 @@ def fit(recipe, task: Task) -> FitResult:
                 raise TrainingStopped(
                     f"{consecutive_skips} steps in a row had a non-finite loss or gradient norm (last: step {step}); "
                     f"stopped after saving {path}. Lower train.lr, raise train.warmup_steps or check the data "
-                    f"indices logged in {run_dir / 'metrics.jsonl'}, then resume")
+                    f"indices logged in {run_dir / 'metrics.jsonl'}, then resume"
+                )
             if save_now:
                 path = checkpoint(step)
                 if stop_now:
                     progress.close()
                     accelerator.end_training()
-                    raise Preempted(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step:,}; "
-                                    f"checkpoint saved in {path}. Run the same command again to resume",
-                                    stop.exit_code)
+                    raise Preempted(
+                        f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step:,}; "
+                        f"checkpoint saved in {path}. Run the same command again to resume",
+                        stop.exit_code,
+                    )
     progress.close()
     seconds = time.perf_counter() - start
 
@@ -291,21 +335,36 @@ def fit(recipe, task: Task) -> FitResult:
     done = t.max_steps - first_step + 1
     train_seconds = seconds - eval_seconds
     best = state["best"]
-    best_text = (f" | best {best['metric']} {best['value']:.4f} at step {best['step']:,} → {run_dir / 'best'}"
-                 if best else "")
-    log.print(f"done: {done:,} steps{f' (from step {first_step - 1:,})' if first_step > 1 else ''}, "
-              f"{format_count(state['tokens_seen'])} tokens seen, in {format_duration(seconds)} "
-              f"({done / max(train_seconds, 1e-9):.2f} steps/s training) | eval loss {state['first_eval_loss']:.3f} → "
-              f"{eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}) | skipped steps {state['skipped_steps']}"
-              f"{best_text} | model: {final_dir}")
+    best_text = (
+        f" | best {best['metric']} {best['value']:.4f} at step {best['step']:,} → {run_dir / 'best'}" if best else ""
+    )
+    log.print(
+        f"done: {done:,} steps{f' (from step {first_step - 1:,})' if first_step > 1 else ''}, "
+        f"{format_count(state['tokens_seen'])} tokens seen, in {format_duration(seconds)} "
+        f"({done / max(train_seconds, 1e-9):.2f} steps/s training) | eval loss {state['first_eval_loss']:.3f} → "
+        f"{eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}) | skipped steps {state['skipped_steps']}"
+        f"{best_text} | model: {final_dir}"
+    )
     return _result(state, t.max_steps, seconds, train_seconds, eval_loss, final_dir, first_step - 1)
 
 
-def _result(state: dict, steps: int, seconds: float, train_seconds: float, eval_loss: float, final_dir: Path,
-            resumed_from: int) -> FitResult:
+def _result(
+    state: dict, steps: int, seconds: float, train_seconds: float, eval_loss: float, final_dir: Path, resumed_from: int
+) -> FitResult:
     best = state["best"] or {}
-    return FitResult(steps, state["tokens_seen"], seconds, train_seconds, state["first_eval_loss"], eval_loss,
-                     final_dir, resumed_from, state["skipped_steps"], best.get("step"), best.get("value"))
+    return FitResult(
+        steps,
+        state["tokens_seen"],
+        seconds,
+        train_seconds,
+        state["first_eval_loss"],
+        eval_loss,
+        final_dir,
+        resumed_from,
+        state["skipped_steps"],
+        best.get("step"),
+        best.get("value"),
+    )
 
 
 def _agree(accelerator: Accelerator, stop_requested: bool, bad_step: bool) -> tuple[bool, bool]:
@@ -317,20 +376,32 @@ def _agree(accelerator: Accelerator, stop_requested: bool, bad_step: bool) -> tu
     return stop, skip
 
 
-def _check_spike(log: MetricsLog, step: int, loss: float, recent: deque, factor: float, indices: np.ndarray,
-                 rank: int) -> None:
+def _check_spike(
+    log: MetricsLog, step: int, loss: float, recent: deque, factor: float, indices: np.ndarray, rank: int
+) -> None:
     if factor and len(recent) >= 10:
         mean = sum(recent) / len(recent)
         if loss > factor * mean:
-            log.write({"step": step, "event": "loss_spike", "loss": loss, "running_mean": mean,
-                       "data_indices": indices.tolist(), "rank": rank}, every_rank=True)
+            log.write(
+                {
+                    "step": step,
+                    "event": "loss_spike",
+                    "loss": loss,
+                    "running_mean": mean,
+                    "data_indices": indices.tolist(),
+                    "rank": rank,
+                },
+                every_rank=True,
+            )
     recent.append(loss)
 
 
 def _update_best(state: dict, metrics: dict, step: int, metric: str, export) -> None:
     if metric not in metrics:
-        raise UserError(f"train.best_metric: {metric!r} is not an evaluation metric of this task; "
-                        f"choose one of {', '.join(sorted(metrics))}")
+        raise UserError(
+            f"train.best_metric: {metric!r} is not an evaluation metric of this task; "
+            f"choose one of {', '.join(sorted(metrics))}"
+        )
     value = metrics[metric]
     lower_is_better = metric.endswith(("loss", "ppl"))
     best = state["best"]
@@ -360,14 +431,17 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
     different = False
     if previous.is_file():
         import yaml
+
         saved = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
         different = any(key not in HARMLESS_CHANGES for key, _, _ in recipe_differences(saved, recipe_dict))
     if not (has_checkpoints or different):
         return
     if not t.overwrite:
         what = "checkpoints" if has_checkpoints else "the outputs of a run with a different recipe"
-        raise UserError(f"{run_dir} holds {what} and train.resume={t.resume}; use another run_dir, resume it "
-                        "(train.resume=auto), or set train.overwrite=true to replace it")
+        raise UserError(
+            f"{run_dir} holds {what} and train.resume={t.resume}; use another run_dir, resume it "
+            "(train.resume=auto), or set train.overwrite=true to replace it"
+        )
     if accelerator.is_main_process:
         shutil.rmtree(root, ignore_errors=True)
         for name in ("final", "best", "metrics.jsonl"):
@@ -407,11 +481,14 @@ def eval_shard(size: int, accelerator: Accelerator, micro_batch: int, max_batche
     count = min(size, max_batches * micro_batch) if max_batches else size
     per_rank = count // world
     if per_rank == 0:
-        raise UserError(f"the validation split has {size} examples, fewer than the {world} processes; "
-                        "add validation data")
+        raise UserError(
+            f"the validation split has {size} examples, fewer than the {world} processes; add validation data"
+        )
     first = accelerator.process_index * per_rank
-    return [np.arange(start, min(start + micro_batch, first + per_rank))
-            for start in range(first, first + per_rank, micro_batch)]
+    return [
+        np.arange(start, min(start + micro_batch, first + per_rank))
+        for start in range(first, first + per_rank, micro_batch)
+    ]
 
 
 @torch.no_grad()
@@ -440,8 +517,11 @@ class MetricsLog:
         if accelerator.is_main_process:
             kept = []
             if after_step and path.is_file():
-                kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                        if line and json.loads(line)["step"] <= after_step]
+                kept = [
+                    line
+                    for line in path.read_text(encoding="utf-8").splitlines()
+                    if line and json.loads(line)["step"] <= after_step
+                ]
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             self.file = path.open("a", encoding="utf-8")
 
@@ -468,20 +548,26 @@ class MetricsLog:
 
 def _format_record(r: dict) -> str:
     if r.get("event") == "skipped_nonfinite":
-        return (f"step {r['step']:>6} | SKIPPED: non-finite loss {r['loss']} / grad norm {r['grad_norm']} on rank "
-                f"{r['rank']} | data indices {r['data_indices']}")
+        return (
+            f"step {r['step']:>6} | SKIPPED: non-finite loss {r['loss']} / grad norm {r['grad_norm']} on rank "
+            f"{r['rank']} | data indices {r['data_indices']}"
+        )
     if r.get("event") == "loss_spike":
-        return (f"step {r['step']:>6} | loss spike on rank {r['rank']}: {r['loss']:.4f} vs running mean "
-                f"{r['running_mean']:.4f} | data indices {r['data_indices']}")
+        return (
+            f"step {r['step']:>6} | loss spike on rank {r['rank']}: {r['loss']:.4f} vs running mean "
+            f"{r['running_mean']:.4f} | data indices {r['data_indices']}"
+        )
     if "eval_loss" in r:
         extra = "".join(f" | {k} {v:.4f}" for k, v in r.items() if k not in ("step", "eval_loss", "eval_ppl"))
         ppl = f" | ppl {r['eval_ppl']:,.2f}" if "eval_ppl" in r else ""
         return f"step {r['step']:>6} | eval loss {r['eval_loss']:.4f}{ppl}{extra}"
     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "n/a"
     grad = f"{r['grad_norm']:.3f}" if r["grad_norm"] is not None else "n/a"
-    return (f"step {r['step']:>6} | loss {loss} | lr {r['lr']:.2e} | grad {grad} | "
-            f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/device) | MFU {100 * r['mfu']:.1f}% | "
-            f"{format_count(r['tokens_seen'])} tok | eta {format_duration(r['eta_s'])}")
+    return (
+        f"step {r['step']:>6} | loss {loss} | lr {r['lr']:.2e} | grad {grad} | "
+        f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/device) | MFU {100 * r['mfu']:.1f}% | "
+        f"{format_count(r['tokens_seen'])} tok | eta {format_duration(r['eta_s'])}"
+    )
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -31,8 +31,12 @@ class StopRequest:
         if self.signal_name == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: abort without saving
         self.signal_name = self.signal_name or name
-        print(f"\n{name} received: stopping at the end of this step and saving a checkpoint "
-              "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        print(
+            f"\n{name} received: stopping at the end of this step and saving a checkpoint "
+            "(press Ctrl-C again to abort without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @property
     def exit_code(self) -> int:

@@ -48,8 +48,12 @@ class PretrainTask(Task):
         if not self.document_masking:
             return {"input_ids": input_ids, "labels": input_ids, "use_cache": False}
         position_ids = torch.from_numpy(np.asarray(rows["position_ids"], dtype=np.int64))
-        return {"input_ids": input_ids, "position_ids": position_ids,
-                "labels": document_labels(input_ids, position_ids), "use_cache": False}
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "labels": document_labels(input_ids, position_ids),
+            "use_cache": False,
+        }
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].numel()
@@ -62,13 +66,16 @@ class PretrainTask(Task):
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
         t = self.tokenizer
-        generation = GenerationConfig(bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
-                                      pad_token_id=t.pad_token_id)
+        generation = GenerationConfig(
+            bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id
+        )
         export_model(accelerator, model, t, self.recipe, out_dir, generation)
 
     def fingerprints(self) -> dict[str, str]:
-        return {"tokenizer": self.manifest["inputs"]["tokenizer_fingerprint"],
-                "data": self.manifest["content_fingerprint"]}
+        return {
+            "tokenizer": self.manifest["inputs"]["tokenizer_fingerprint"],
+            "data": self.manifest["content_fingerprint"],
+        }
 
     def describe(self) -> str:
         masking = ", document masking" if self.document_masking else ""
@@ -87,8 +94,10 @@ class BlockRows:
         self.blocks, self.views = blocks, None
         if getattr(blocks, "_indices", None) is None and len(blocks):
             try:
-                self.views = {name: [_chunk_view(chunk) for chunk in blocks.data.column(name).chunks]
-                              for name in blocks.column_names}
+                self.views = {
+                    name: [_chunk_view(chunk) for chunk in blocks.data.column(name).chunks]
+                    for name in blocks.column_names
+                }
             except (TypeError, pa.ArrowException):
                 self.views = None
         lengths = {tuple(len(view) for view in views) for views in (self.views or {}).values()}
@@ -102,8 +111,10 @@ class BlockRows:
         if not self.views or not len(indices) or indices.min() < 0 or indices.max() >= len(self.blocks):
             return self.blocks[indices.tolist()]  # (and its error for an index out of range)
         chunks = np.searchsorted(self.starts, indices, side="right") - 1
-        return {name: np.stack([views[c][i - self.starts[c]] for c, i in zip(chunks, indices)])
-                for name, views in self.views.items()}
+        return {
+            name: np.stack([views[c][i - self.starts[c]] for c, i in zip(chunks, indices)])
+            for name, views in self.views.items()
+        }
 
 
 def _chunk_view(chunk: pa.Array) -> np.ndarray:
@@ -116,18 +127,26 @@ def load_packed_splits(recipe: Recipe) -> tuple[dict, datasets.Dataset, datasets
     """The data manifest and the packed train/validation blocks, checked against the recipe."""
     manifest = read_manifest(recipe.data.dir)
     if manifest is None:
-        raise UserError(f"{recipe.data.dir}: no prepared data (manifest.json missing); "
-                        "run `python data_prep/prepare.py RECIPE` with the same recipe first")
+        raise UserError(
+            f"{recipe.data.dir}: no prepared data (manifest.json missing); "
+            "run `python data_prep/prepare.py RECIPE` with the same recipe first"
+        )
     inputs = manifest["inputs"]
     if inputs["seq_len"] != recipe.data.seq_len:
-        raise UserError(f"{recipe.data.dir}: data was packed with seq_len {inputs['seq_len']} but the recipe says "
-                        f"data.seq_len={recipe.data.seq_len}; rerun data_prep/prepare.py with this recipe")
+        raise UserError(
+            f"{recipe.data.dir}: data was packed with seq_len {inputs['seq_len']} but the recipe says "
+            f"data.seq_len={recipe.data.seq_len}; rerun data_prep/prepare.py with this recipe"
+        )
     if inputs["tokenizer_fingerprint"] != tokenizer_fingerprint(recipe.tokenizer.dir):
-        raise UserError(f"{recipe.data.dir}: data was tokenized with a different tokenizer than the one in "
-                        f"{recipe.tokenizer.dir}; rerun data_prep/prepare.py with this recipe")
+        raise UserError(
+            f"{recipe.data.dir}: data was tokenized with a different tokenizer than the one in "
+            f"{recipe.tokenizer.dir}; rerun data_prep/prepare.py with this recipe"
+        )
     if inputs.get("document_masking", False) != recipe.data.document_masking:
-        raise UserError(f"{recipe.data.dir}: data was packed with data.document_masking="
-                        f"{inputs.get('document_masking', False)} but the recipe says {recipe.data.document_masking}; "
-                        "rerun data_prep/prepare.py with this recipe")
+        raise UserError(
+            f"{recipe.data.dir}: data was packed with data.document_masking="
+            f"{inputs.get('document_masking', False)} but the recipe says {recipe.data.document_masking}; "
+            "rerun data_prep/prepare.py with this recipe"
+        )
     splits = datasets.load_from_disk(recipe.data.dir)
     return manifest, splits["train"].with_format("numpy"), splits["validation"].with_format("numpy")
