@@ -397,9 +397,10 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
 def our_loop(args: argparse.Namespace, turns: Turns) -> None:
     """`python train.py RECIPE run_dir=...`, with a stop after each of the loop's log records."""
     from lmtrain.training import loop as trainer
+    from lmtrain.training import metrics_log
     from lmtrain.training import pretrain as pretraining
 
-    write, evaluate, save = trainer.MetricsLog.write, pretraining.PretrainTask.evaluate, trainer.save_checkpoint
+    write, evaluate, save = metrics_log.MetricsLog.write, pretraining.PretrainTask.evaluate, trainer.save_checkpoint
 
     def write_then_stop(self, record: dict, every_rank: bool = False) -> None:
         start = time.perf_counter()
@@ -418,7 +419,7 @@ def our_loop(args: argparse.Namespace, turns: Turns) -> None:
 
         return timed
 
-    trainer.MetricsLog.write = write_then_stop
+    metrics_log.MetricsLog.write = write_then_stop
     pretraining.PretrainTask.evaluate = excluded(evaluate)
     trainer.save_checkpoint = excluded(save)
     sys.argv = ["train.py", args.recipe, f"run_dir={args.run_dir}"]

@@ -398,7 +398,7 @@ def test_metric_modules_load_offline_with_evaluate(tmp_path):
 
 
 def test_freezing_keeps_frozen_weights_bit_identical_and_out_of_the_optimizer(base, tmp_path, capfd):
-    from lmtrain.training.loop import decay_param_groups
+    from lmtrain.training.optim import decay_param_groups
 
     train = write_jsonl(tmp_path / "sft.jsonl", sft_rows(48))
     r = recipe(

@@ -34,7 +34,8 @@ from lmtrain.finetune.base import (
 from lmtrain.finetune.metrics import load_metric
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import check_attn_implementation
-from lmtrain.training.loop import Task, eval_shard, to_device
+from lmtrain.training.evaluation import eval_shard
+from lmtrain.training.task import Task, to_device
 
 
 def label_text(value) -> str | None:

@@ -40,7 +40,8 @@ from lmtrain.finetune.base import (
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import check_attn_implementation
 from lmtrain.tokenizer.bpe import CHAT_TOKENS
-from lmtrain.training.loop import Task, eval_shard, to_device
+from lmtrain.training.evaluation import eval_shard
+from lmtrain.training.task import Task, to_device
 
 IM_START, IM_END = CHAT_TOKENS
 CHATML_TEMPLATE = (

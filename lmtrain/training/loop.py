@@ -8,7 +8,6 @@ live in lmtrain/training/distributed.py; the loop below reads the same on 1 CPU 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,7 +22,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from lmtrain.config.batch import BatchArithmetic
 from lmtrain.config.recipe import recipe_to_dict, recipe_to_yaml
@@ -42,53 +40,15 @@ from lmtrain.training.checkpoint import (
     save_checkpoint,
 )
 from lmtrain.training.distributed import make_accelerator
+from lmtrain.training.metrics_log import MetricsLog
+from lmtrain.training.optim import build_optimizer, build_scheduler
 from lmtrain.training.preemption import StopRequest
+from lmtrain.training.task import Task, to_device
 
 SPIKE_WINDOW = 50
 # Fault injection for the reliability tests and benchmark: a comma-separated list of steps whose loss
 # is made NaN on the main process, to prove that every rank skips those steps together.
 NONFINITE_FAULT_ENV = "LMTRAIN_FAULT_NONFINITE_STEPS"
-
-
-class Task:
-    """What `fit` trains. Subclasses set `seq_len` (tokens per sequence) and `train_size` (examples)."""
-
-    seq_len: int
-    train_size: int
-    head_width: int | None = None
-    """The output layer's width for MFU, when it is not the vocabulary (a classification head's labels)."""
-
-    def build_model(self) -> torch.nn.Module:
-        """The model, built after the Accelerator (so that ZeRO-3 partitions it while it is built)."""
-        raise NotImplementedError
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """Model inputs (with labels) for these training examples, on the CPU."""
-        raise NotImplementedError
-
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
-
-    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
-        """Validation metrics, `eval_loss` among them; every process calls it."""
-        raise NotImplementedError
-
-    def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        """Write the trained model as a plain Hugging Face directory; every process calls it."""
-        raise NotImplementedError
-
-    def fingerprints(self) -> dict[str, str]:
-        """Content hashes of the inputs (tokenizer, data) that a resumed run must share."""
-        return {}
-
-    def describe(self) -> str:
-        """A banner line about the data."""
-        return ""
-
-    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        """Tokens the model learns from in `batch` (padding excluded)."""
-        mask = batch.get("attention_mask")
-        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
 
 
 @dataclass
@@ -123,15 +83,9 @@ def fit(recipe, task: Task) -> FitResult:
 
     model = task.build_model()
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
-    optimizer = torch.optim.AdamW(
-        decay_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps
-    )
+    optimizer = build_optimizer(model, t)
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Built on the prepared optimizer (ZeRO-3 regroups parameters) and stepped by us once per
-    # optimizer step (Accelerate's scheduler wrapper would step it once per process).
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps, min_lr_rate=t.min_lr_ratio
-    )
+    scheduler = build_scheduler(optimizer, t)
 
     state = {"step": 0, "tokens_seen": 0, "skipped_steps": 0, "first_eval_loss": None, "best": None}
     notes = []
@@ -450,11 +404,6 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
     accelerator.wait_for_everyone()
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors moved to `device`; flags such as use_cache pass through."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _fault_steps() -> set[int]:
     raw = os.environ.get(NONFINITE_FAULT_ENV, "")
     return {int(s) for s in raw.split(",") if s.strip()}
@@ -462,112 +411,6 @@ def _fault_steps() -> set[int]:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (linear and embedding weights), none on norms and biases; frozen
-    parameters are left out, so the optimizer holds no state for them."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def eval_shard(size: int, accelerator: Accelerator, micro_batch: int, max_batches: int) -> list[np.ndarray]:
-    """This process's micro-batches of the first evaluation examples: the same examples on any number
-    of processes, an equal share each (equal, so that every rank runs as many forwards as ZeRO-3 needs)."""
-    world = accelerator.num_processes
-    count = min(size, max_batches * micro_batch) if max_batches else size
-    per_rank = count // world
-    if per_rank == 0:
-        raise UserError(
-            f"the validation split has {size} examples, fewer than the {world} processes; add validation data"
-        )
-    first = accelerator.process_index * per_rank
-    return [
-        np.arange(start, min(start + micro_batch, first + per_rank))
-        for start in range(first, first + per_rank, micro_batch)
-    ]
-
-
-@torch.no_grad()
-def mean_eval_loss(model, accelerator: Accelerator, chunks: list[np.ndarray], batch_fn, loss_fn) -> float:
-    """Example-weighted mean loss over `chunks` on all processes."""
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    was_training = model.training
-    model.eval()
-    for chunk in chunks:
-        batch = to_device(batch_fn(chunk), accelerator.device)
-        totals[0] += loss_fn(model, batch).double() * len(chunk)
-        totals[1] += len(chunk)
-    model.train(was_training)
-    loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
-    return loss_sum / count
-
-
-class MetricsLog:
-    """One dense console line and one JSON line (run_dir/metrics.jsonl) per event, mirrored to the
-    Accelerate trackers. Shared files are written by the main process only; on resume, records
-    after the checkpoint's step (about to be redone) are dropped."""
-
-    def __init__(self, accelerator: Accelerator, path: Path, after_step: int = 0):
-        self.accelerator = accelerator
-        self.file = None
-        if accelerator.is_main_process:
-            kept = []
-            if after_step and path.is_file():
-                kept = [
-                    line
-                    for line in path.read_text(encoding="utf-8").splitlines()
-                    if line and json.loads(line)["step"] <= after_step
-                ]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            self.file = path.open("a", encoding="utf-8")
-
-    def print(self, message: str) -> None:
-        if self.accelerator.is_main_process:
-            tqdm.write(message, file=sys.stderr)
-
-    def write(self, record: dict, every_rank: bool = False) -> None:
-        """Log `record`; an `every_rank` record (a rank-local event) is printed by the rank that saw it."""
-        if every_rank:
-            tqdm.write(_format_record(record), file=sys.stderr)
-            if self.file is not None:
-                self.file.write(json.dumps(record) + "\n")
-                self.file.flush()
-            return
-        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-        self.accelerator.log(scalars, step=record["step"])
-        if self.file is None:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        self.print(_format_record(record))
-
-
-def _format_record(r: dict) -> str:
-    if r.get("event") == "skipped_nonfinite":
-        return (
-            f"step {r['step']:>6} | SKIPPED: non-finite loss {r['loss']} / grad norm {r['grad_norm']} on rank "
-            f"{r['rank']} | data indices {r['data_indices']}"
-        )
-    if r.get("event") == "loss_spike":
-        return (
-            f"step {r['step']:>6} | loss spike on rank {r['rank']}: {r['loss']:.4f} vs running mean "
-            f"{r['running_mean']:.4f} | data indices {r['data_indices']}"
-        )
-    if "eval_loss" in r:
-        extra = "".join(f" | {k} {v:.4f}" for k, v in r.items() if k not in ("step", "eval_loss", "eval_ppl"))
-        ppl = f" | ppl {r['eval_ppl']:,.2f}" if "eval_ppl" in r else ""
-        return f"step {r['step']:>6} | eval loss {r['eval_loss']:.4f}{ppl}{extra}"
-    loss = f"{r['loss']:.4f}" if r["loss"] is not None else "n/a"
-    grad = f"{r['grad_norm']:.3f}" if r["grad_norm"] is not None else "n/a"
-    return (
-        f"step {r['step']:>6} | loss {loss} | lr {r['lr']:.2e} | grad {grad} | "
-        f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/device) | MFU {100 * r['mfu']:.1f}% | "
-        f"{format_count(r['tokens_seen'])} tok | eta {format_duration(r['eta_s'])}"
-    )
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

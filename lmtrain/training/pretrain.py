@@ -19,7 +19,8 @@ from lmtrain.errors import UserError
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import build_model, llama_config
 from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
-from lmtrain.training.loop import Task, eval_shard, mean_eval_loss
+from lmtrain.training.evaluation import eval_shard, mean_eval_loss
+from lmtrain.training.task import Task
 
 
 class PretrainTask(Task):

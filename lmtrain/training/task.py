@@ -1,0 +1,55 @@
+"""What `fit` trains: the `Task` interface that pretraining, SFT and classification implement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+
+class Task:
+    """What `fit` trains. Subclasses set `seq_len` (tokens per sequence) and `train_size` (examples)."""
+
+    seq_len: int
+    train_size: int
+    head_width: int | None = None
+    """The output layer's width for MFU, when it is not the vocabulary (a classification head's labels)."""
+
+    def build_model(self) -> torch.nn.Module:
+        """The model, built after the Accelerator (so that ZeRO-3 partitions it while it is built)."""
+        raise NotImplementedError
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """Model inputs (with labels) for these training examples, on the CPU."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
+        """Validation metrics, `eval_loss` among them; every process calls it."""
+        raise NotImplementedError
+
+    def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
+        """Write the trained model as a plain Hugging Face directory; every process calls it."""
+        raise NotImplementedError
+
+    def fingerprints(self) -> dict[str, str]:
+        """Content hashes of the inputs (tokenizer, data) that a resumed run must share."""
+        return {}
+
+    def describe(self) -> str:
+        """A banner line about the data."""
+        return ""
+
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens the model learns from in `batch` (padding excluded)."""
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors moved to `device`; flags such as use_cache pass through."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
