@@ -197,6 +197,12 @@ class ClassifyTask(Task):
         weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
         return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weight)
 
+    def loss_targets(self, batch: dict[str, torch.Tensor]) -> float:
+        """Cross-entropy with class weights is a weighted mean: its terms weigh the weights of their labels."""
+        if self.class_weights is None:
+            return batch["labels"].numel()
+        return float(self.class_weights[batch["labels"].cpu()].sum())
+
     # -- evaluation and export
 
     @torch.no_grad()
@@ -205,16 +211,23 @@ class ClassifyTask(Task):
         process computes the same numbers from the gathered predictions."""
         t = self.recipe.train
         chunks = eval_shard(len(self.val_ids), accelerator, t.micro_batch_size, t.eval_batches)
-        logits, labels = [], []
+        logits, labels, counted = [], [], []
         was_training = model.training
         model.eval()
         for chunk in chunks:
-            batch = to_device(self._batch(self.val_ids, self.val_y, chunk), accelerator.device)
+            batch = to_device(self._batch(self.val_ids, self.val_y, chunk.indices), accelerator.device)
             logits.append(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float())
             labels.append(batch["labels"])
+            counted.append(torch.full_like(batch["labels"], chunk.counted, dtype=torch.bool))
         model.train(was_training)
-        logits = accelerator.gather(torch.cat(logits)).cpu()
-        labels = accelerator.gather(torch.cat(labels)).cpu()
+
+        # Processes may hold different numbers of examples: pad to one length before gathering, then drop the
+        # stand-ins, so that every example counts once (what gather_for_metrics does for a dataloader).
+        def gathered(rows: list[torch.Tensor]) -> torch.Tensor:
+            return accelerator.gather(accelerator.pad_across_processes(torch.cat(rows))).cpu()
+
+        keep = gathered(counted)  # padding is False: dropped too
+        logits, labels = gathered(logits)[keep], gathered(labels)[keep]
         weight = self.class_weights
         loss = torch.nn.functional.cross_entropy(logits, labels, weight=weight).item()
         predictions = logits.argmax(-1).numpy()

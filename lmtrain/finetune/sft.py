@@ -40,8 +40,8 @@ from lmtrain.finetune.base import (
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import check_attn_implementation
 from lmtrain.tokenizer.bpe import CHAT_TOKENS
-from lmtrain.training.evaluation import eval_shard
-from lmtrain.training.task import Task, to_device
+from lmtrain.training.evaluation import eval_shard, mean_eval_loss
+from lmtrain.training.task import Task
 
 IM_START, IM_END = CHAT_TOKENS
 CHATML_TEMPLATE = (
@@ -413,17 +413,8 @@ class SftTask(Task):
     def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
         """Mean loss per assistant token over the validation examples (padded, never packed)."""
         t = self.recipe.train
-        totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-        was_training = model.training
-        model.eval()
-        for chunk in eval_shard(len(self.val_data), accelerator, t.micro_batch_size, t.eval_batches):
-            batch = to_device(self._padded(self.val_data, chunk), accelerator.device)
-            count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-            totals[0] += model(**model_inputs(batch)).loss.double() * count
-            totals[1] += count
-        model.train(was_training)
-        loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
-        loss = loss_sum / count
+        batches = eval_shard(len(self.val_data), accelerator, t.micro_batch_size, t.eval_batches)
+        loss = mean_eval_loss(model, accelerator, batches, lambda idx: self._padded(self.val_data, idx), self)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
 
     def generation_config(self) -> GenerationConfig:

@@ -1,6 +1,16 @@
-"""Evaluation on the validation split: which examples each process scores, and the mean loss over all of them."""
+"""Evaluation on the validation split: which examples each process scores, and the mean loss over all of them.
+
+Every example counts exactly once on any number of processes. The examples are split into contiguous
+shares that differ by at most one; a process whose share runs out before the others still runs as many
+forwards as they do (under ZeRO-3 every forward gathers parameters from all ranks, so a rank that stopped
+early would hang the rest), on a stand-in example that is not counted: the padding and de-duplication
+that Accelerate's `gather_for_metrics` does for a prepared dataloader.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,33 +20,39 @@ from lmtrain.errors import UserError
 from lmtrain.training.task import to_device
 
 
-def eval_shard(size: int, accelerator: Accelerator, micro_batch: int, max_batches: int) -> list[np.ndarray]:
-    """This process's micro-batches of the first evaluation examples: the same examples on any number
-    of processes, an equal share each (equal, so that every rank runs as many forwards as ZeRO-3 needs)."""
-    world = accelerator.num_processes
+@dataclass(frozen=True)
+class EvalBatch:
+    indices: np.ndarray
+    """Validation examples this forward reads."""
+    counted: bool = True
+    """False for a stand-in forward that keeps this process in step with the others; its results are dropped."""
+
+
+def eval_shard(size: int, accelerator: Accelerator, micro_batch: int, max_batches: int) -> list[EvalBatch]:
+    """This process's forwards over the first min(size, max_batches × micro_batch) validation examples
+    (all of them when max_batches is 0): the same examples on any number of processes, each counted once."""
+    if size == 0:
+        raise UserError("the validation split is empty; add validation data (see data.validation_fraction)")
+    world, rank = accelerator.num_processes, accelerator.process_index
     count = min(size, max_batches * micro_batch) if max_batches else size
-    per_rank = count // world
-    if per_rank == 0:
-        raise UserError(
-            f"the validation split has {size} examples, fewer than the {world} processes; add validation data"
-        )
-    first = accelerator.process_index * per_rank
-    return [
-        np.arange(start, min(start + micro_batch, first + per_rank))
-        for start in range(first, first + per_rank, micro_batch)
-    ]
+    share = np.array_split(np.arange(count), world)[rank]
+    forwards = math.ceil(math.ceil(count / world) / micro_batch)
+    batches = [EvalBatch(share[i * micro_batch : (i + 1) * micro_batch]) for i in range(forwards)]
+    return [b if len(b.indices) else EvalBatch(np.zeros(1, dtype=np.int64), counted=False) for b in batches]
 
 
 @torch.no_grad()
-def mean_eval_loss(model, accelerator: Accelerator, chunks: list[np.ndarray], batch_fn, loss_fn) -> float:
-    """Example-weighted mean loss over `chunks` on all processes."""
+def mean_eval_loss(model, accelerator: Accelerator, batches: list[EvalBatch], batch_fn, task) -> float:
+    """The mean loss per loss target (`task.loss_targets`) over the counted `batches` of all processes."""
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     was_training = model.training
     model.eval()
-    for chunk in chunks:
-        batch = to_device(batch_fn(chunk), accelerator.device)
-        totals[0] += loss_fn(model, batch).double() * len(chunk)
-        totals[1] += len(chunk)
+    for eval_batch in batches:
+        batch = to_device(batch_fn(eval_batch.indices), accelerator.device)
+        loss = task.loss(model, batch)
+        if eval_batch.counted:
+            targets = task.loss_targets(batch)
+            totals += torch.stack([loss.double() * targets, torch.tensor(targets, dtype=torch.float64)]).to(totals)
     model.train(was_training)
-    loss_sum, count = accelerator.reduce(totals, reduction="sum").tolist()
-    return loss_sum / count
+    loss_sum, targets = accelerator.reduce(totals, reduction="sum").tolist()
+    return loss_sum / targets

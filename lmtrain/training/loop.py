@@ -4,6 +4,10 @@ A `Task` says what is trained (model, batches, loss, evaluation, export); `fit` 
 else: the optimizer and schedule, gradient accumulation, checkpoints and exact resumption,
 preemption, numerical guards, logging and best-on-validation selection. Processes and DeepSpeed
 live in lmtrain/training/distributed.py; the loop below reads the same on 1 CPU or 512 GPUs.
+
+    fit               set-up, then per step: train_step → update or skip → log → evaluate → checkpoint
+    train_step        one optimizer step's forward/backward over its micro-batches, loss weighted by targets
+    ThroughputWindow  the counters between two log records, and the log record they make
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +45,14 @@ from lmtrain.training.checkpoint import (
     save_checkpoint,
 )
 from lmtrain.training.distributed import make_accelerator
+from lmtrain.training.faults import with_injected_faults
 from lmtrain.training.metrics_log import MetricsLog
 from lmtrain.training.optim import build_optimizer, build_scheduler
 from lmtrain.training.preemption import StopRequest
 from lmtrain.training.task import Task, to_device
 
 SPIKE_WINDOW = 50
-# Fault injection for the reliability tests and benchmark: a comma-separated list of steps whose loss
-# is made NaN on the main process, to prove that every rank skips those steps together.
-NONFINITE_FAULT_ENV = "LMTRAIN_FAULT_NONFINITE_STEPS"
+GIB = 2**30
 
 
 @dataclass
@@ -72,21 +76,194 @@ class TrainingStopped(UserError):
 
 def fit(recipe, task: Task) -> FitResult:
     """Train `task` as `recipe.train` says, resuming from run_dir/checkpoints when there is one."""
-    t = recipe.train
-    run_dir = Path(recipe.run_dir)
+    t, run_dir = recipe.train, Path(recipe.run_dir)
     accelerator = make_accelerator(recipe)
     rank, world = accelerator.process_index, accelerator.num_processes
+    model, optimizer, scheduler, state, log, sampler = _set_up(recipe, task, accelerator)
+    final_dir = run_dir / "final"
+    if state["step"] >= t.max_steps:
+        return _already_complete(task, accelerator, model, state, log, final_dir, t.max_steps)
+
+    def run_eval(step: int) -> float:
+        metrics = task.evaluate(model, accelerator)
+        log.write({"step": step, **metrics})
+        if t.best_metric:
+            export_best = lambda: _export_atomically(task, accelerator, model, run_dir / "best")  # noqa: E731
+            _update_best(state, metrics, step, t.best_metric, export_best)
+        return metrics["eval_loss"]
+
+    eval_loss = state["first_eval_loss"]
+    if state["step"] == 0:
+        eval_loss = state["first_eval_loss"] = run_eval(0)
+    step_fn = with_injected_faults(train_step, accelerator.is_main_process)
+    accum = accelerator.gradient_accumulation_steps
+    window = ThroughputWindow(accelerator, _flops_per_token(accelerator, model, task))
+    recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
+    first_step, consecutive_skips, start = state["step"] + 1, 0, time.perf_counter()
+    progress = tqdm(total=t.max_steps, initial=state["step"], desc="train", dynamic_ncols=True,
+                    disable=not (accelerator.is_main_process and sys.stderr.isatty()))  # fmt: skip
+    model.train()
+    with StopRequest() as stop:
+        for step in range(first_step, t.max_steps + 1):
+            indices = sampler.rank_batch(step - 1, rank, world)
+            result = step_fn(step, task, model, accelerator, indices, accum, t.grad_clip)
+            stop_now, skip = _agree(accelerator, stop.signal_name is not None, not result.finite)
+            if skip:  # under DeepSpeed the engine has already refused the update (non-finite norm)
+                state["skipped_steps"] += 1
+                consecutive_skips += 1
+                log.write({"step": step, "event": "skipped_nonfinite", "loss": _finite_or_none(result.mean_loss),
+                           "grad_norm": _finite_or_none(result.grad_norm), "data_indices": indices.tolist(),
+                           "rank": rank}, every_rank=True)  # fmt: skip
+            else:
+                optimizer.step()
+                consecutive_skips = 0
+                _check_spike(log, step, result.mean_loss, recent_losses, t.spike_factor, indices, rank)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            window.add(result, updated=not skip)
+            state["step"] = step
+            progress.update(1)
+            diverged = consecutive_skips >= t.max_skipped_steps
+            periodic = t.checkpoint_every and step % t.checkpoint_every == 0
+            save_now = stop_now or diverged or step == t.max_steps or periodic
+            if step % t.log_every == 0 or save_now:  # a checkpoint closes the window: its state holds no partial one
+                log.write(window.record(step, state, scheduler.get_last_lr()[0], t.max_steps))
+            if step % t.eval_every == 0 or step == t.max_steps:
+                with window.excluded():
+                    eval_loss = run_eval(step)
+            if save_now:
+                path = _checkpoint(accelerator, run_dir, step, state, scheduler, recipe, task, sampler)
+            if diverged:
+                raise TrainingStopped(
+                    f"{consecutive_skips} steps in a row had a non-finite loss or gradient norm (last: step {step}); "
+                    f"stopped after saving {path}. Lower train.lr, raise train.warmup_steps or check the data "
+                    f"indices logged in {run_dir / 'metrics.jsonl'}, then resume"
+                )
+            if stop_now:
+                progress.close()
+                accelerator.end_training()
+                raise Preempted(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step:,}; "
+                                f"checkpoint saved in {path}. Run the same command again to resume", stop.exit_code)  # fmt: skip
+    progress.close()
+    seconds = time.perf_counter() - start
+    task.export(accelerator, model, final_dir)
+    accelerator.end_training()
+    _print_summary(log, state, first_step, t.max_steps, seconds, window.excluded_seconds, eval_loss, final_dir)
+    return _result(state, t.max_steps, seconds, seconds - window.excluded_seconds, eval_loss, final_dir, first_step - 1)
+
+
+@dataclass
+class StepResult:
+    """One optimizer step on this process."""
+
+    loss_sum: float
+    """Sum over this process's loss targets of their loss (the mean loss × `targets`)."""
+    targets: float
+    tokens: int
+    grad_norm: float
+    """The global gradient norm before clipping (NaN when not known)."""
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.targets, 1e-12)
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.grad_norm) and math.isfinite(self.loss_sum)
+
+
+def train_step(
+    step: int, task: Task, model, accelerator: Accelerator, indices: np.ndarray, accum: int, grad_clip: float
+) -> StepResult:
+    """Forward and backward over the step's micro-batches, then clip. The step's gradient is that of the mean
+    loss over all of its loss targets, on every process together: each micro-batch's mean is weighted by its
+    targets (so that micro-batches with few answer tokens do not weigh as much as full ones), whatever the
+    micro-batch size, accumulation or number of processes."""
+    batches = [task.batch(micro) for micro in np.split(indices, accum)]
+    targets = [task.loss_targets(batch) for batch in batches]
+    step_targets = _sum_over_processes(accelerator, sum(targets))
+    # accelerator.backward divides by the accumulation steps and the processes' gradients are averaged:
+    # scaling by accum × world / step_targets leaves Σ (mean_i × targets_i) / step_targets.
+    scale = accum * accelerator.num_processes / max(step_targets, 1e-12)
+    loss_sum, tokens, grad_norm = torch.zeros((), dtype=torch.float64, device=accelerator.device), 0, None
+    for batch, n in zip(batches, targets):
+        batch = to_device(batch, accelerator.device)
+        with accelerator.accumulate(model):
+            loss = task.loss(model, batch)
+            accelerator.backward(loss * (n * scale))
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+        loss_sum += loss.detach().double() * n
+        tokens += task.count_tokens(batch)
+    return StepResult(loss_sum.item(), sum(targets), tokens, float(grad_norm) if grad_norm is not None else math.nan)
+
+
+class ThroughputWindow:
+    """The counters between two log records (losses, loss targets, tokens, wall time less evaluation), summed
+    over processes when the record is made."""
+
+    def __init__(self, accelerator: Accelerator, flops_per_token: float):
+        self.accelerator, self.flops_per_token = accelerator, flops_per_token
+        self.peak_flops, _ = peak_flops_per_device(accelerator.device)
+        self.totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss sum, targets, tokens
+        self.steps, self.grad_norm, self.excluded_seconds = 0, math.nan, 0.0
+        self.start, self._excluded_in_window = time.perf_counter(), 0.0
+
+    def add(self, result: StepResult, updated: bool) -> None:
+        """A step's counts; the loss of a skipped (non-finite) step is left out, its tokens are not."""
+        if updated:
+            self.totals[0] += result.loss_sum
+            self.totals[1] += result.targets
+        self.totals[2] += result.tokens
+        self.steps += 1
+        self.grad_norm = result.grad_norm
+
+    @contextmanager
+    def excluded(self):
+        """A context whose time (evaluation) is not training time."""
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self._excluded_in_window += seconds
+        self.excluded_seconds += seconds
+
+    def record(self, step: int, state: dict, lr: float, max_steps: int) -> dict:
+        """The log record of the window ending at `step` (adds its tokens to `state`), and a new window."""
+        now = time.perf_counter()
+        seconds = max(now - self.start - self._excluded_in_window, 1e-9)
+        loss_sum, targets, tokens = self.accelerator.reduce(self.totals, reduction="sum").tolist()
+        state["tokens_seen"] += int(tokens)
+        per_device = tokens / seconds / self.accelerator.num_processes
+        record = {
+            "step": step, "loss": loss_sum / targets if targets else None, "lr": lr,
+            "grad_norm": _finite_or_none(self.grad_norm), "tokens_per_s": tokens / seconds,
+            "tokens_per_s_per_device": per_device, "mfu": per_device * self.flops_per_token / self.peak_flops,
+            "tokens_seen": state["tokens_seen"], "eta_s": (max_steps - step) * seconds / self.steps,
+        }  # fmt: skip
+        if self.accelerator.device.type == "cuda":
+            record["gpu_mem_allocated_gib"] = torch.cuda.max_memory_allocated(self.accelerator.device) / GIB
+            record["gpu_mem_reserved_gib"] = torch.cuda.max_memory_reserved(self.accelerator.device) / GIB
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
+        self.totals.zero_()
+        self.steps, self.start, self._excluded_in_window = 0, now, 0.0
+        return record
+
+
+def _set_up(recipe, task: Task, accelerator: Accelerator):
+    """The model, optimizer and schedule (restored from the checkpoint to resume from, if any), the run state,
+    the log with its banner, and the sampler."""
+    t, run_dir = recipe.train, Path(recipe.run_dir)
+    world = accelerator.num_processes
     recipe_dict = recipe_to_dict(recipe)
     resume_from, warnings = resolve_resume(run_dir, t.resume)
     _guard_run_dir(run_dir, recipe_dict, resume_from, t, accelerator)
     set_seed(t.seed)
-
     model = task.build_model()
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
     optimizer = build_optimizer(model, t)
+    fused = " (fused)" if optimizer.defaults.get("fused") else ""
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, t)
-
     state = {"step": 0, "tokens_seen": 0, "skipped_steps": 0, "first_eval_loss": None, "best": None}
     notes = []
     if resume_from is not None:
@@ -109,15 +286,15 @@ def fit(recipe, task: Task) -> FitResult:
     sampler = GlobalBatchSampler(task.train_size, t.global_batch_size, t.seed)
     accum = accelerator.gradient_accumulation_steps
     arithmetic = BatchArithmetic(world, t.micro_batch_size, accum, t.global_batch_size, task.seq_len, t.max_steps)
-    flops_per_tok = flops_per_token(accelerator.unwrap_model(model).config, task.seq_len, task.head_width)
     peak_flops, peak_label = peak_flops_per_device(accelerator.device)
     for line in warnings:
         log.print(f"warning: {line}")
     trainable = f" ({n_trainable:,} trainable)" if n_trainable != n_params else ""
     log.print(
         f"model: {type(accelerator.unwrap_model(model)).__name__}, {n_params:,} parameters{trainable} | "
-        f"device {accelerator.device}, {world} process(es), precision {accelerator.mixed_precision} | "
-        f"{flops_per_tok / 1e6:,.1f} MFLOP/token, peak {peak_flops / 1e12:.3g} TFLOP/s per device ({peak_label})"
+        f"device {accelerator.device}, {world} process(es), precision {accelerator.mixed_precision}, "
+        f"AdamW{fused} | {_flops_per_token(accelerator, model, task) / 1e6:,.1f} MFLOP/token, "
+        f"peak {peak_flops / 1e12:.3g} TFLOP/s per device ({peak_label})"
     )
     log.print(
         arithmetic.describe() + f" | {task.train_size:,} training examples "
@@ -130,176 +307,57 @@ def fit(recipe, task: Task) -> FitResult:
         )
         for note in notes:
             log.print(f"  changed since the checkpoint: {note}")
+    return model, optimizer, scheduler, state, log, sampler
 
-    final_dir = run_dir / "final"
-    if state["step"] >= t.max_steps:
-        if not any((final_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
-            task.export(accelerator, model, final_dir)  # stopped after the last checkpoint, before the export
-        log.print(f"run already complete: {state['step']:,} of {t.max_steps:,} steps; final model in {final_dir}")
-        accelerator.end_training()
-        return _result(state, t.max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])
 
-    def checkpoint(step: int) -> Path:
-        saved = {
-            **state,
-            "scheduler": scheduler.state_dict(),
-            "recipe": recipe_dict,
-            "fingerprints": task.fingerprints(),
-            "world_size": world,
-            "epoch": sampler.epoch_at(step),
-        }
-        return save_checkpoint(accelerator, run_dir, step, saved, t.keep_last, t.keep_every)
+def _flops_per_token(accelerator: Accelerator, model, task: Task) -> float:
+    return flops_per_token(accelerator.unwrap_model(model).config, task.seq_len, task.head_width)
 
-    def run_eval(step: int) -> float:
-        metrics = task.evaluate(model, accelerator)
-        log.write({"step": step, **metrics})
-        if t.best_metric:
-            _update_best(
-                state,
-                metrics,
-                step,
-                t.best_metric,
-                lambda: _export_atomically(task, accelerator, model, run_dir / "best"),
-            )
-        return metrics["eval_loss"]
 
-    eval_loss = state["first_eval_loss"]
-    if state["step"] == 0:
-        eval_loss = state["first_eval_loss"] = run_eval(0)
+def _checkpoint(accelerator, run_dir: Path, step: int, state: dict, scheduler, recipe, task: Task, sampler) -> Path:
+    saved = {
+        **state,
+        "scheduler": scheduler.state_dict(),
+        "recipe": recipe_to_dict(recipe),
+        "fingerprints": task.fingerprints(),
+        "world_size": accelerator.num_processes,
+        "epoch": sampler.epoch_at(step),
+    }
+    t = recipe.train
+    return save_checkpoint(accelerator, run_dir, step, saved, t.keep_last, t.keep_every)
 
-    fault_steps = _fault_steps() if accelerator.is_main_process else set()
-    progress = tqdm(
-        total=t.max_steps,
-        initial=state["step"],
-        desc="train",
-        dynamic_ncols=True,
-        disable=not (accelerator.is_main_process and sys.stderr.isatty()),
-    )
-    start = window_start = time.perf_counter()
-    eval_seconds = window_eval_seconds = 0.0
-    window = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, tokens
-    window_steps = window_updates = consecutive_skips = 0
-    recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
-    first_step = state["step"] + 1
-    model.train()
-    with StopRequest() as stop:
-        for step in range(first_step, t.max_steps + 1):
-            indices = sampler.rank_batch(step - 1, rank, world)
-            step_loss = torch.zeros((), device=accelerator.device)
-            step_tokens = 0
-            for micro_indices in np.split(indices, accum):
-                batch = to_device(task.batch(micro_indices), accelerator.device)
-                with accelerator.accumulate(model):
-                    loss = task.loss(model, batch)
-                    if step in fault_steps:
-                        loss = loss * float("nan")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-                step_loss += loss.detach() / accum
-                step_tokens += task.count_tokens(batch)
-            grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-            local_bad = not (math.isfinite(grad_norm) and torch.isfinite(step_loss).item())
-            stop_now, skip = _agree(accelerator, stop.signal_name is not None, local_bad)
-            if skip:
-                # Under DeepSpeed the engine has already refused the update (non-finite norm);
-                # elsewhere we do not apply it.
-                optimizer.zero_grad(set_to_none=True)
-                state["skipped_steps"] += 1
-                consecutive_skips += 1
-                log.write(
-                    {
-                        "step": step,
-                        "event": "skipped_nonfinite",
-                        "loss": _finite_or_none(step_loss.item()),
-                        "grad_norm": _finite_or_none(grad_norm),
-                        "data_indices": indices.tolist(),
-                        "rank": rank,
-                    },
-                    every_rank=True,
-                )
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                consecutive_skips = 0
-                window[0] += step_loss.double()
-                window_updates += 1
-                _check_spike(log, step, step_loss.item(), recent_losses, t.spike_factor, indices, rank)
-            window[1] += step_tokens
-            window_steps += 1
-            scheduler.step()
-            state["step"] = step
-            progress.update(1)
-            diverged = consecutive_skips >= t.max_skipped_steps
-            save_now = (
-                stop_now or diverged or step == t.max_steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
-            )
 
-            if step % t.log_every == 0 or save_now:  # a checkpoint closes the window: its state holds no partial one
-                now = time.perf_counter()
-                seconds = max(now - window_start - window_eval_seconds, 1e-9)
-                loss_sum, tokens = accelerator.reduce(window, reduction="sum").tolist()
-                state["tokens_seen"] += int(tokens)
-                tokens_per_s = tokens / seconds
-                tokens_per_s_device = tokens_per_s / world
-                log.write(
-                    {
-                        "step": step,
-                        "loss": loss_sum / (window_updates * world) if window_updates else None,
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": _finite_or_none(grad_norm),
-                        "tokens_per_s": tokens_per_s,
-                        "tokens_per_s_per_device": tokens_per_s_device,
-                        "mfu": tokens_per_s_device * flops_per_tok / peak_flops,
-                        "tokens_seen": state["tokens_seen"],
-                        "eta_s": (t.max_steps - step) * seconds / window_steps,
-                    }
-                )
-                window_start, window_eval_seconds, window_steps, window_updates = now, 0.0, 0, 0
-                window.zero_()
-
-            if step % t.eval_every == 0 or step == t.max_steps:
-                eval_start = time.perf_counter()
-                eval_loss = run_eval(step)
-                window_eval_seconds += time.perf_counter() - eval_start
-                eval_seconds += time.perf_counter() - eval_start
-
-            if diverged:
-                path = checkpoint(step)
-                raise TrainingStopped(
-                    f"{consecutive_skips} steps in a row had a non-finite loss or gradient norm (last: step {step}); "
-                    f"stopped after saving {path}. Lower train.lr, raise train.warmup_steps or check the data "
-                    f"indices logged in {run_dir / 'metrics.jsonl'}, then resume"
-                )
-            if save_now:
-                path = checkpoint(step)
-                if stop_now:
-                    progress.close()
-                    accelerator.end_training()
-                    raise Preempted(
-                        f"stopped by {stop.signal_name or 'a signal on another rank'} after step {step:,}; "
-                        f"checkpoint saved in {path}. Run the same command again to resume",
-                        stop.exit_code,
-                    )
-    progress.close()
-    seconds = time.perf_counter() - start
-
-    task.export(accelerator, model, final_dir)
+def _already_complete(task: Task, accelerator, model, state: dict, log: MetricsLog, final_dir: Path, max_steps: int):
+    if not any((final_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+        task.export(accelerator, model, final_dir)  # stopped after the last checkpoint, before the export
+    log.print(f"run already complete: {state['step']:,} of {max_steps:,} steps; final model in {final_dir}")
     accelerator.end_training()
-    done = t.max_steps - first_step + 1
-    train_seconds = seconds - eval_seconds
+    return _result(state, max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])
+
+
+def _print_summary(log: MetricsLog, state: dict, first_step: int, max_steps: int, seconds: float,
+                   eval_seconds: float, eval_loss: float, final_dir: Path) -> None:  # fmt: skip
+    done = max_steps - first_step + 1
     best = state["best"]
     best_text = (
-        f" | best {best['metric']} {best['value']:.4f} at step {best['step']:,} → {run_dir / 'best'}" if best else ""
+        f" | best {best['metric']} {best['value']:.4f} at step {best['step']:,} → {final_dir.parent / 'best'}"
+        if best
+        else ""
     )
     log.print(
         f"done: {done:,} steps{f' (from step {first_step - 1:,})' if first_step > 1 else ''}, "
         f"{format_count(state['tokens_seen'])} tokens seen, in {format_duration(seconds)} "
-        f"({done / max(train_seconds, 1e-9):.2f} steps/s training) | eval loss {state['first_eval_loss']:.3f} → "
-        f"{eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}) | skipped steps {state['skipped_steps']}"
-        f"{best_text} | model: {final_dir}"
+        f"({done / max(seconds - eval_seconds, 1e-9):.2f} steps/s training) | eval loss "
+        f"{state['first_eval_loss']:.3f} → {eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}) | "
+        f"skipped steps {state['skipped_steps']}{best_text} | model: {final_dir}"
     )
-    return _result(state, t.max_steps, seconds, train_seconds, eval_loss, final_dir, first_step - 1)
+
+
+def _sum_over_processes(accelerator: Accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(total, reduction="sum").item()
 
 
 def _result(
@@ -402,11 +460,6 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
             path = run_dir / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-
-
-def _fault_steps() -> set[int]:
-    raw = os.environ.get(NONFINITE_FAULT_ENV, "")
-    return {int(s) for s in raw.split(",") if s.strip()}
 
 
 def _finite_or_none(value: float) -> float | None:

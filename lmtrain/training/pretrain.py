@@ -62,7 +62,7 @@ class PretrainTask(Task):
     def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
         t = self.recipe.train
         chunks = eval_shard(len(self.val_blocks), accelerator, t.micro_batch_size, t.eval_batches)
-        loss = mean_eval_loss(model, accelerator, chunks, lambda idx: self._batch(self.val_rows, idx), self.loss)
+        loss = mean_eval_loss(model, accelerator, chunks, lambda idx: self._batch(self.val_rows, idx), self)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from lmtrain.data.packing import IGNORE_INDEX
+
 
 class Task:
     """What `fit` trains. Subclasses set `seq_len` (tokens per sequence) and `train_size` (examples)."""
@@ -26,7 +28,14 @@ class Task:
         raise NotImplementedError
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean loss over the batch's loss targets (`loss_targets`)."""
         return model(**batch).loss
+
+    def loss_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms `loss` averages over: labelled next tokens (labels are shifted by one inside the
+        model; -100 is ignored). The loop weighs each micro-batch's mean by this count, so that an optimizer
+        step averages over every target of the step, on every rank, whatever the micro-batch size."""
+        return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
 
     def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
         """Validation metrics, `eval_loss` among them; every process calls it."""
