@@ -69,8 +69,11 @@ def _format_record(r: dict) -> str:
         return f"step {r['step']:>6} | eval loss {r['eval_loss']:.4f}{ppl}{extra}"
     loss = f"{r['loss']:.4f}" if r["loss"] is not None else "n/a"
     grad = f"{r['grad_norm']:.3f}" if r["grad_norm"] is not None else "n/a"
+    memory = ""
+    if "gpu_mem_allocated_gib" in r:  # peaks over the window, on this process's GPU
+        memory = f" | GPU mem {r['gpu_mem_allocated_gib']:.1f} GiB alloc, {r['gpu_mem_reserved_gib']:.1f} reserved"
     return (
         f"step {r['step']:>6} | loss {loss} | lr {r['lr']:.2e} | grad {grad} | "
         f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/device) | MFU {100 * r['mfu']:.1f}% | "
-        f"{format_count(r['tokens_seen'])} tok | eta {format_duration(r['eta_s'])}"
+        f"{format_count(r['tokens_seen'])} tok | eta {format_duration(r['eta_s'])}{memory}"
     )
