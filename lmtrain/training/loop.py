@@ -119,6 +119,7 @@ def fit(recipe, task: Task) -> FitResult:
                 consecutive_skips = 0
                 _check_spike(log, step, result.mean_loss, recent_losses, t.spike_factor, indices, rank)
             optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]  # the rate this step applied (or would have, if skipped)
             scheduler.step()
             window.add(result, updated=not skip)
             state["step"] = step
@@ -127,7 +128,7 @@ def fit(recipe, task: Task) -> FitResult:
             periodic = t.checkpoint_every and step % t.checkpoint_every == 0
             save_now = stop_now or diverged or step == t.max_steps or periodic
             if step % t.log_every == 0 or save_now:  # a checkpoint closes the window: its state holds no partial one
-                log.write(window.record(step, state, scheduler.get_last_lr()[0], t.max_steps))
+                log.write(window.record(step, state, lr, t.max_steps))
             if step % t.eval_every == 0 or step == t.max_steps:
                 with window.excluded():
                     eval_loss = run_eval(step)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import torch
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
 def build_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
@@ -15,12 +17,46 @@ def build_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup, then cosine decay to `min_lr_ratio` of the peak. Built on the prepared optimizer (ZeRO-3
-    regroups parameters) and stepped once per optimizer step by the loop (Accelerate's scheduler wrapper would
-    step it once per process)."""
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps, min_lr_rate=t.min_lr_ratio
+    """`train.schedule` as a LambdaLR over `lr_factor`. Built on the prepared optimizer (ZeRO-3 regroups
+    parameters) and stepped once per optimizer step by the loop (Accelerate's scheduler wrapper would step it
+    once per process).
+
+    A checkpoint stores the scheduler's step count, not the schedule's shape, so a run resumed with another
+    max_steps or decay_steps follows the new shape from the step it reached: what extending a WSD run needs.
+    """
+    factor = partial(
+        lr_factor,
+        schedule=t.schedule,
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps,
+        decay_steps=t.wsd_decay_steps(),
+        min_lr_ratio=t.min_lr_ratio,
     )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def lr_factor(
+    step: int, *, schedule: str, warmup_steps: int, max_steps: int, decay_steps: int, min_lr_ratio: float
+) -> float:
+    """The learning rate after `step` scheduler steps, as a fraction of the peak `train.lr`.
+
+    Every schedule warms up linearly from 0, so switching schedules changes only what follows the warmup
+    (transformers' get_wsd_schedule would start its warmup at min_lr_ratio instead), and every schedule
+    reaches min_lr_ratio at max_steps."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if schedule == "wsd":
+        decay_start = max_steps - decay_steps
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start) / max(1, decay_steps)
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+    if schedule == "cosine":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}")  # the recipe loader admits only the names above
 
 
 def decay_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
