@@ -58,7 +58,8 @@ def test_jsonl_bad_lines_are_counted_with_file_and_line(tmp_path, capsys):
     docs, stats = read([path])
     assert docs == ["one", "two"]
     assert stats.skipped == {"bad_json": 1, "missing_text_field": 3}
-    assert stats.examples["bad_json"] == [f"{path}:2"]
+    assert [e.split(": ")[0] for e in stats.examples["bad_json"]] == [f"{path}:2"]
+    assert "not valid JSON" in stats.examples["bad_json"][0]
     assert [e.split(": ")[0] for e in stats.examples["missing_text_field"]] == [f"{path}:3", f"{path}:5", f"{path}:7"]
     assert f"{path}:2" in capsys.readouterr().err  # warned, not silently dropped
 
@@ -83,8 +84,8 @@ def test_non_utf8_is_skipped_per_file_and_per_jsonl_line(tmp_path):
     docs, stats = read([tmp_path / "*.txt", tmp_path / "d.jsonl"])
     assert docs == ["fine", "good"]
     assert stats.skipped == {"not_utf8": 3}
-    assert stats.examples["not_utf8"][0].startswith(f"{tmp_path / 'latin1.txt'}: byte 3")
-    assert stats.examples["not_utf8"][1] == f"{tmp_path / 'd.jsonl'}:2"
+    assert stats.examples["not_utf8"][0].startswith(f"{tmp_path / 'latin1.txt'}: not UTF-8 (byte 3)")
+    assert stats.examples["not_utf8"][1].startswith(f"{tmp_path / 'd.jsonl'}:2: not UTF-8 (byte 13)")
     assert stats.examples["not_utf8"][2].startswith(f"{tmp_path / 'd.jsonl'}:3")
 
 
@@ -103,7 +104,7 @@ def test_parquet_text_column_and_nulls(tmp_path):
     docs, stats = read([path], text_column="body")
     assert docs == ["alpha", "gamma 伽马"]
     assert stats.skipped == {"missing_text_field": 1}
-    assert stats.examples["missing_text_field"][0].startswith(f"{path}: row 2")
+    assert stats.examples["missing_text_field"][0] == f"{path} row 1: no string field 'body' (null)"  # 0-based
 
 
 def test_parquet_without_the_text_column_names_file_column_and_columns_present(tmp_path):
@@ -198,3 +199,53 @@ def test_unreachable_hub_dataset_is_a_user_error(streaming):
     with pytest.raises(UserError) as err:
         list(read_source(source, CorpusStats()))
     assert "'nobody/no-such-corpus-xyz'" in str(err.value) and "unreachable" in str(err.value)
+
+
+HAND_MADE = "Title line\nstill the title\n\nFirst paragraph, one line.\n\n\n   \nSecond paragraph\nends here.\n"
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("file", [HAND_MADE]),
+        ("paragraphs", ["Title line\nstill the title", "First paragraph, one line.", "Second paragraph\nends here."]),
+        (
+            "lines",
+            ["Title line", "still the title", "First paragraph, one line.", "Second paragraph", "ends here."],
+        ),
+    ],
+)
+def test_txt_documents_modes(tmp_path, mode, expected):
+    (tmp_path / "book.txt").write_text(HAND_MADE, encoding="utf-8")
+    docs, stats = read([tmp_path / "book.txt"], txt_documents=mode)
+    assert docs == expected
+    assert stats.documents == len(expected) and not stats.skipped
+
+
+def test_txt_paragraph_with_bad_bytes_is_skipped_whole_and_named(tmp_path):
+    (tmp_path / "t.txt").write_bytes(b"good one\n\nbad \xff line\nits second line\n\nlast\n")
+    docs, stats = read([tmp_path / "t.txt"], txt_documents="paragraphs")
+    assert docs == ["good one", "last"]
+    assert stats.skipped == {"not_utf8": 1}
+    assert stats.examples["not_utf8"][0].startswith(f"{tmp_path / 't.txt'}:3: not UTF-8 (line 3, byte 4)")
+
+
+def test_blank_txt_in_lines_mode_is_an_empty_file(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n\n", encoding="utf-8")
+    docs, stats = read([tmp_path / "blank.txt"], txt_documents="lines")
+    assert docs == [] and stats.skipped == {"empty_file": 1}
+
+
+def test_json_list_files_are_a_pretraining_source_too(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "a"}, {"body": "b"}, {"text": "c"}]), encoding="utf-8")
+    docs, stats = read([tmp_path / "d.json"])
+    assert docs == ["a", "c"]
+    assert stats.examples["missing_text_field"] == [f"{tmp_path / 'd.json'} item 1: no string field 'text' (absent)"]
+
+
+def test_unknown_source_kind_names_the_key_and_the_kinds():
+    with pytest.raises(UserError) as err:
+        list(read_source(SourceConfig(kind="fils", paths=["x"]), CorpusStats(), "data.sources.2"))
+    message = str(err.value)
+    assert "data.sources.2.kind: unknown source kind 'fils'; did you mean 'files'?" in message
+    assert "files, hub, python_stdlib" in message

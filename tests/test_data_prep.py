@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,9 +142,10 @@ def test_end_to_end_on_txt_jsonl_parquet_csv(corpus, recipe_path):
     assert docs["read"] == docs["kept"] == len(texts)
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"] == len(texts)
     assert 0 < manifest["splits"]["validation"]["documents"] < len(texts) / 2
+    assert manifest["sources"][0]["validation_by"] == "documents" and manifest["notes"] == []
     assert docs["skipped"] == {"bad_json": 1, "missing_text_field": 1}
     jsonl = str(corpus[0] / "part.jsonl")
-    assert docs["skip_examples"]["bad_json"] == [f"{jsonl}:16"]
+    assert [e.split(": ")[0] for e in docs["skip_examples"]["bad_json"]] == [f"{jsonl}:16"]
     assert docs["skip_examples"]["missing_text_field"][0].startswith(f"{jsonl}:17")
     on_disk = json.loads((Path(recipe.data.dir) / "manifest.json").read_text(encoding="utf-8"))
     assert on_disk == manifest
@@ -238,14 +240,22 @@ def test_cleaning_keeps_nothing(recipe_path):
         prepare_data(load_recipe(recipe_path, ["data.clean.min_chars=100000"]))
 
 
-def test_empty_validation_split(recipe_path):
-    with pytest.raises(UserError, match=r"validation split has 0 document.*raise data\.validation_fraction"):
+def test_too_small_validation_split_proposes_a_fraction_that_works(recipe_path):
+    with pytest.raises(UserError, match=r"validation split has .* raise data\.validation_fraction to ") as error:
         prepare_data(load_recipe(recipe_path, ["data.validation_fraction=0.0001"]))
+    fraction = re.search(r"validation_fraction to ([0-9.]+)", str(error.value)).group(1)
+    manifest = prepare_data(load_recipe(recipe_path, [f"data.validation_fraction={fraction}"]))
+    assert manifest["splits"]["validation"]["blocks"] >= 1
 
 
-def test_train_split_too_small_for_one_block(recipe_path):
-    with pytest.raises(UserError, match=r"the train split .* not enough for one block of data\.seq_len=100000"):
+def test_train_split_too_small_for_one_block_proposes_a_seq_len_that_works(recipe_path):
+    with pytest.raises(
+        UserError, match=r"the train split .* not enough for one block of data\.seq_len=100000"
+    ) as error:
         prepare_data(load_recipe(recipe_path, ["data.seq_len=100000"]))
+    seq_len = re.search(r"lower data\.seq_len to (\d+) or less", str(error.value)).group(1)
+    manifest = prepare_data(load_recipe(recipe_path, [f"data.seq_len={seq_len}"]))
+    assert manifest["splits"]["train"]["blocks"] >= 1 and manifest["splits"]["validation"]["blocks"] >= 1
 
 
 def test_missing_parquet_column_is_reported(corpus, recipe_path):

@@ -29,11 +29,14 @@ TASK_METRICS = {"sft": ("eval_loss", "eval_ppl"), "classify": ("eval_loss", "acc
 class FinetuneDataConfig:
     """Labelled examples: where they come from, which columns hold what, and how long they may be."""
 
-    source: Literal["files", "hub", "python_stdlib"] = "files"
-    """files: local .jsonl / .jsonl.gz / .json / .csv / .parquet files (train_files, validation_files); hub: a
-    Hugging Face Hub dataset (dataset, dataset_config, train_split, validation_split); python_stdlib: examples
-    made from the running interpreter's standard library, offline on any machine (sft: a function's code →
-    its docstring; classify: a function's code → the package it comes from, one of data.stdlib_packages)."""
+    source: str = "files"
+    """A source kind, the same registry as pretraining's data.sources.N.kind (lmtrain/corpus/sources.py; a
+    new one is one function there). files: local .jsonl / .jsonl.gz / .json / .csv / .parquet files
+    (train_files, validation_files); hub: a Hugging Face Hub dataset (dataset, dataset_config, train_split,
+    validation_split); python_stdlib: examples made from the running interpreter's standard library, offline
+    on any machine (sft: a function's code → its docstring; classify: a function's code → the package it
+    comes from, one of data.stdlib_packages). Another kind reads train_files as `paths`, train_split and
+    validation_split as `split`, dataset and dataset_config."""
     train_files: list[str] = field(default_factory=list)
     """For source=files: glob patterns of the training files."""
     validation_files: list[str] = field(default_factory=list)
@@ -48,7 +51,8 @@ class FinetuneDataConfig:
     """For source=hub: the validation split (empty = hold out validation_fraction of the training split)."""
     validation_fraction: float = 0.1
     """Share of the training records held out for validation (chosen by a hash of each record, so the split
-    is stable) when no validation files or split are given."""
+    is stable) when no validation files or split are given. If the hash holds out none (few records), the
+    round(validation_fraction × records) records, at least one, nearest to being held out are."""
     max_train_examples: int = 0
     """Use at most this many training records, the first ones (0 = all)."""
     max_validation_examples: int = 0
@@ -172,12 +176,18 @@ class FinetuneRecipe:
 
         d = self.data
         need(bool(self.base_model), "base_model: give the pretrained model directory, e.g. runs/smoke/final")
+        need(bool(d.source), "data.source: name the source kind, e.g. files, hub or python_stdlib")
         if d.source == "files":
             need(bool(d.train_files), "data.train_files: source 'files' needs at least one glob pattern")
-        else:
+            need(
+                not d.validation_split,
+                "data.validation_split: files have no splits; give data.validation_files (or neither, to hold out "
+                "data.validation_fraction)",
+            )
+        elif d.source in ("hub", "python_stdlib"):
             need(
                 not d.train_files and not d.validation_files,
-                f"data.train_files/validation_files: only read with data.source=files (it is {d.source!r})",
+                f"data.train_files/validation_files: not read with data.source={d.source} (files reads them)",
             )
         if d.source == "hub":
             need(bool(d.dataset), "data.dataset: source 'hub' needs a dataset name")

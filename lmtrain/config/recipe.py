@@ -127,13 +127,14 @@ class DedupConfig:
 
 @dataclass
 class SourceConfig:
-    """Where raw text comes from."""
+    """Where raw text comes from. The same keys describe fine-tuning data (lmtrain/corpus/records.py)."""
 
-    kind: Literal["python_stdlib", "files", "hub"] = "python_stdlib"
-    """python_stdlib: the .py files of the running interpreter's standard library (offline,
-    on every machine); files: local files matched by `paths`; hub: a Hugging Face Hub dataset."""
+    kind: str = "python_stdlib"
+    """A registered source kind (lmtrain/corpus/sources.py; a new one is one function there). Built in:
+    python_stdlib: the .py files of the running interpreter's standard library (offline, on every machine);
+    files: local files matched by `paths`; hub: a Hugging Face Hub dataset."""
     paths: list[str] = field(default_factory=list)
-    """For kind=files: glob patterns of .txt, .jsonl, .jsonl.gz, .parquet or .csv files."""
+    """For kind=files: glob patterns of .txt, .jsonl, .jsonl.gz, .json, .parquet or .csv files."""
     dataset: str = ""
     """For kind=hub: the dataset name, e.g. `HuggingFaceFW/fineweb-edu`."""
     dataset_config: str = ""
@@ -141,7 +142,19 @@ class SourceConfig:
     split: str = "train"
     """For kind=hub: the split to read."""
     text_column: str = "text"
-    """For .jsonl/.parquet/.csv files and hub datasets: the column that holds the text."""
+    """For .jsonl/.json/.parquet/.csv files and hub datasets: the column that holds the text."""
+    txt_documents: Literal["file", "paragraphs", "lines"] = "file"
+    """What one document of a .txt file is. file: the whole file (a book, an article, a source file: it keeps
+    its context, which document masking would cut at every paragraph); paragraphs: each run of lines between
+    blank lines (a dump of many short texts); lines: each non-blank line (one review, one sentence per line).
+    A large single file needs no splitting: `validation_by: auto` then holds out its tail."""
+    validation_by: Literal["auto", "documents", "spans"] = "auto"
+    """How data.validation_fraction of this source is held out. documents: whole documents, chosen by a hash
+    of their text; spans: the last validation_fraction of the source's characters (cut at a line break),
+    for sources of a few large documents, which whole documents cannot split finely; auto: documents when
+    the source has at least 5 / validation_fraction documents (5 expected in validation), else spans, noted
+    in the log and the manifest. auto and spans hold the first 5 / validation_fraction documents (spans:
+    all of them) in memory before the first one is used."""
     max_documents: int = 0
     """Read at most this many documents (0 = all)."""
     name: str = ""
@@ -187,7 +200,8 @@ class DataConfig:
     seq_len: int = 256
     """Tokens per packed block, the model's training context."""
     validation_fraction: float = 0.02
-    """Share of documents (chosen by a hash of their text) held out for validation."""
+    """Share of every source held out for validation: whole documents chosen by a hash of their text, or, for a
+    source of few documents, the tail of its text (data.sources.N.validation_by)."""
     batch_size: int = 1000
     """Documents per tokenizer batch; the tokenizer encodes a batch on all cores."""
     document_masking: bool = False
@@ -236,9 +250,21 @@ class TrainConfig:
     """Sequences per forward/backward pass on one process."""
     lr: float = 3e-4
     """Peak learning rate, reached after warmup."""
+    schedule: Literal["cosine", "wsd", "linear"] = "cosine"
+    """The learning rate after the warmup. cosine: a half cosine from lr down to lr x min_lr_ratio at
+    max_steps; linear: a straight line down to it; wsd (warmup-stable-decay): constant at lr, then a straight
+    line down to lr x min_lr_ratio over the last decay_steps steps. Until its decay begins, WSD's learning rate
+    does not depend on max_steps, so any checkpoint of the stable phase can be extended into a longer run
+    (resume it with a larger max_steps and allow_resume_changes) or annealed into a finished model with a short
+    decay, and one run yields models for several token budgets; cosine commits to max_steps from step 1."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr x min_lr_ratio."""
+    """Every schedule ends at lr x min_lr_ratio at max_steps."""
     warmup_steps: int = 30
+    """Steps of linear warmup from 0 to lr, the same for every schedule."""
+    decay_steps: int = 0
+    """For schedule wsd: the steps of the final decay, at most max_steps - warmup_steps (0 = a fifth of
+    max_steps: a decay of 10-20% of the run matched cosine in Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations")."""
     weight_decay: float = 0.1
     """Applied to the weights of linear layers and embeddings; never to norms or biases."""
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -280,6 +306,10 @@ class TrainConfig:
     spike_factor: float = 3.0
     """Log a loss spike, with the batch's data indices, when a step's loss exceeds this multiple of the
     mean of the previous 50 steps (0 = off)."""
+
+    def wsd_decay_steps(self) -> int:
+        """decay_steps with its default applied."""
+        return self.decay_steps or self.max_steps // 5
 
 
 @dataclass
@@ -428,7 +458,9 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            problems.append(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+            guess = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            problems.append(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}{hint}")
             return choices[0]
         return value
     if origin is list:
@@ -481,6 +513,7 @@ def _check_values(r: Recipe) -> list[str]:
     need(len(r.data.sources) > 0, "data.sources: list at least one source")
     for i, s in enumerate(r.data.sources):
         where = f"data.sources.{i}"
+        need(bool(s.kind), f"{where}.kind: name the source kind, e.g. files, hub or python_stdlib")
         if s.kind == "files":
             need(len(s.paths) > 0, f"{where}.paths: kind 'files' needs at least one glob pattern")
         if s.kind == "hub":
@@ -548,6 +581,21 @@ def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[
     need(t.lr > 0, "train.lr: must be positive")
     need(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio: must be between 0 and 1")
     need(0 <= t.warmup_steps <= t.max_steps, "train.warmup_steps: must be between 0 and train.max_steps")
+    need(t.decay_steps >= 0, "train.decay_steps: must be >= 0 (0 = a fifth of train.max_steps)")
+    if t.schedule == "wsd":
+        room = t.max_steps - t.warmup_steps
+        need(
+            t.wsd_decay_steps() <= room,
+            f"train.decay_steps: a decay of {t.wsd_decay_steps()} steps"
+            f"{' (the default, a fifth of train.max_steps)' if not t.decay_steps else ''} does not fit after "
+            f"{t.warmup_steps} warmup steps in {t.max_steps}; set train.decay_steps to at most {room}",
+        )
+    else:
+        need(
+            t.decay_steps == 0,
+            f"train.decay_steps: only train.schedule=wsd has a decay phase (this recipe uses {t.schedule}); "
+            "set train.schedule=wsd or train.decay_steps=0",
+        )
     need(
         len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
         "train.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]",

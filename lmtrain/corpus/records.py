@@ -1,4 +1,5 @@
-"""Fine-tuning records: read from local files, the Hub or the standard library, each with its location.
+"""Fine-tuning records: read from any registered source (lmtrain/corpus/sources.py: local files, the Hub, a
+kind of your own) with the same readers as pretraining, or made from the standard library.
 
 Every record keeps where it came from (`file:line`, `dataset/split row N`), so that any problem the
 tasks find in it (lmtrain/finetune/sft.py, lmtrain/finetune/classify.py) names the record and what to do.
@@ -13,10 +14,9 @@ library, real code and documentation written by people that exists on every mach
 from __future__ import annotations
 
 import ast
-import csv
+import dataclasses
 import hashlib
 import inspect
-import io
 import json
 import re
 import sysconfig
@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.config.finetune import FinetuneRecipe
-from lmtrain.corpus.sources import is_validation_document, jsonl_lines, resolve_files
+from lmtrain.config.finetune import FinetuneDataConfig, FinetuneRecipe
+from lmtrain.config.recipe import SourceConfig
+from lmtrain.corpus.sources import Request, is_validation_document, source_kind, source_label
 from lmtrain.errors import UserError
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 MAX_LISTED_PROBLEMS = 20
 
 SFT_INSTRUCTION = "Explain what this Python function does."
@@ -77,24 +77,23 @@ def load_splits(recipe: FinetuneRecipe) -> Splits:
     """Training and validation records as the recipe's data section says."""
     d = recipe.data
     if d.source == "python_stdlib":
+        # Not the registered python_stdlib source (whole files as text): labelled examples made from it.
         records = list(stdlib_sft_records() if recipe.task == "sft" else stdlib_classify_records(d.stdlib_packages))
         train, validation = _hash_split(records, d.validation_fraction)
         origin = f"python_stdlib ({stdlib_root()})"
-    elif d.source == "files":
-        train = list(read_files(d.train_files, "data.train_files"))
-        if d.validation_files:
-            validation = list(read_files(d.validation_files, "data.validation_files"))
-        else:
-            train, validation = _hash_split(train, d.validation_fraction)
-        origin = ", ".join(d.train_files)
+        held_out = True
     else:
-        train = list(read_hub(d.dataset, d.dataset_config, d.train_split))
-        if d.validation_split:
-            validation = list(read_hub(d.dataset, d.dataset_config, d.validation_split))
-        else:
+        config = source_config(d)
+        train = read_records(config, "data.train_files" if d.source == "files" else "data")
+        validation_config = _validation_config(d, config)
+        held_out = validation_config is None
+        if held_out:
             train, validation = _hash_split(train, d.validation_fraction)
-        origin = f"{d.dataset} ({d.dataset_config or 'default'})"
-    held_out = "" if (d.validation_files or d.validation_split) else f" ({d.validation_fraction:.0%} held out by hash)"
+        else:
+            key = "data.validation_files" if d.validation_files else "data.validation_split"
+            validation = read_records(validation_config, key)
+        origin = ", ".join(d.train_files) if d.source == "files" else source_label(config, 0)
+    how = f" ({d.validation_fraction:.0%} held out by hash)" if held_out else ""
     if d.max_train_examples:
         train = train[: d.max_train_examples]
     if d.max_validation_examples:
@@ -103,114 +102,66 @@ def load_splits(recipe: FinetuneRecipe) -> Splits:
         raise UserError(f"data: no training records in {origin}; check data.train_files / data.dataset")
     if not validation:
         raise UserError(
-            f"data: no validation records{held_out}; add data.validation_files (or "
-            "data.validation_split), or raise data.validation_fraction"
+            f"data: no validation records{how}: {origin} has a single record; add records, or give "
+            "data.validation_files (or data.validation_split)"
+            if held_out
+            else f"data: no validation records in {d.validation_files or d.validation_split}; check that key"
         )
     return Splits(
-        train, validation, f"{origin}: {len(train):,} training and {len(validation):,} validation records{held_out}"
+        train, validation, f"{origin}: {len(train):,} training and {len(validation):,} validation records{how}"
     )
 
 
+def source_config(d: FinetuneDataConfig) -> SourceConfig:
+    """The training data as a source: the keys pretraining's data.sources use, read by the same readers."""
+    return SourceConfig(
+        kind=d.source,
+        paths=list(d.train_files),
+        dataset=d.dataset,
+        dataset_config=d.dataset_config,
+        split=d.train_split,
+    )
+
+
+def _validation_config(d: FinetuneDataConfig, train: SourceConfig) -> SourceConfig | None:
+    if d.validation_files:
+        return dataclasses.replace(train, paths=list(d.validation_files))
+    if d.validation_split:
+        return dataclasses.replace(train, split=d.validation_split)
+    return None
+
+
 def _hash_split(records: list[Record], fraction: float) -> tuple[list[Record], list[Record]]:
-    """Deterministic split by a hash of each record's content: the same on every run and machine."""
+    """Deterministic split by a hash of each record's content: the same on every run and machine. When
+    the hash holds out no record (few records, a small fraction), the round(fraction x n) records (at least
+    one) whose hashes come nearest to being held out are, so that a small data set still has validation."""
     train, validation = [], []
-    for record in records:
-        key = json.dumps(record.row, sort_keys=True, ensure_ascii=False, default=str)
+    keys = [json.dumps(r.row, sort_keys=True, ensure_ascii=False, default=str) for r in records]
+    for record, key in zip(records, keys):
         (validation if is_validation_document(key, fraction) else train).append(record)
-    return train, validation
+    if len(records) < 2:  # a lone record trains; the caller says that validation needs more
+        return records, []
+    if validation:
+        return train, validation
+    order = sorted(range(len(records)), key=lambda i: hashlib.blake2b(keys[i].encode(), digest_size=8).digest())
+    held = set(order[: max(1, round(fraction * len(records)))])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-# ---------------------------------------------------------------------------- local files and the Hub
-
-
-def read_files(patterns: list[str], key: str) -> Iterator[Record]:
-    """Records of .jsonl(.gz) (one JSON object per line), .json (a list of objects), .csv (a header row)
-    and .parquet files. A line that is not a JSON object is an error naming the file and line."""
-    problems = RecordProblems("Fix or remove these lines; every line of a .jsonl file must be one JSON object.")
+def read_records(config: SourceConfig, key: str) -> list[Record]:
+    """Every record of a registered source (lmtrain/corpus/sources.py), each with its location; records that
+    cannot be read (a line that is not a JSON object, a CSV row with a field too many) are one error."""
+    problems = RecordProblems("Fix or remove these records; every record must be an object with named fields.")
     records = []
-    for path in resolve_files(patterns, key, SUFFIXES):
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            records.extend(_read_jsonl(path, problems))
-        elif path.suffix == ".json":
-            records.extend(_read_json(path))
-        elif path.suffix == ".csv":
-            records.extend(_read_csv(path, problems))
-        else:
-            records.extend(_read_parquet(path))
-    problems.raise_if_any()
-    return iter(records)
-
-
-def _read_jsonl(path: Path, problems: RecordProblems) -> Iterator[Record]:
-    for line in jsonl_lines(path, "re-create it"):
-        if line.problem == "not_utf8":
-            problems.add(line.where, f"not UTF-8 ({line.detail}); save the file as UTF-8")
-        elif line.problem:
-            problems.add(line.where, f"not valid JSON ({line.detail})")
-        elif not isinstance(line.value, dict):
-            problems.add(line.where, f"a JSON {type(line.value).__name__}, not an object with named fields")
-        else:
-            yield Record(line.where, line.value)
-
-
-def _read_json(path: Path) -> Iterator[Record]:
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(
-            f"{path}: not a readable JSON file ({exc}); a .json file must hold a list of objects "
-            "(or use .jsonl, one object per line)"
-        ) from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{path}: a .json file must hold a list of objects (or use .jsonl, one object per line)")
-    for i, row in enumerate(rows):
-        yield Record(f"{path} item {i}", row)
-
-
-def _read_csv(path: Path, problems: RecordProblems) -> Iterator[Record]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    csv.field_size_limit(2**31 - 1)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    start = 2
-    for row in reader:
-        where = f"{path}:{start}"
-        start = reader.line_num + 1
-        extra = row.pop(None, [])  # DictReader files extra fields under None, and gives missing ones None
-        if extra or None in row.values():
-            fields = sum(value is not None for value in row.values()) + len(extra)
-            problems.add(where, f"{fields} field(s) where the header has {len(row)}; quote fields that hold commas")
+    for row in source_kind(config.kind, key).read(config, Request(key)):
+        if row.problem == "empty_file":
             continue
-        yield Record(where, dict(row))
-
-
-def _read_parquet(path: Path) -> Iterator[Record]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowException as exc:
-        raise UserError(f"{path}: not a readable parquet file ({exc})") from None
-    for i, row in enumerate(table.to_pylist()):
-        yield Record(f"{path} row {i}", row)
-
-
-def read_hub(dataset: str, config: str, split: str) -> Iterator[Record]:
-    import datasets  # slow to import; only Hub data needs it here
-
-    try:
-        rows = datasets.load_dataset(dataset, config or None, split=split)
-    except Exception as exc:  # offline, unknown name, missing config/split: all end the same way for the user
-        raise UserError(
-            f"data: could not load Hub dataset {dataset!r} (config {config or 'default'}, split "
-            f"{split!r}): {type(exc).__name__}: {exc}. The Hub may be unreachable from this machine; "
-            "download the dataset where it is and use data.source=files with a local copy"
-        ) from None
-    for i, row in enumerate(rows):
-        yield Record(f"{dataset}/{split} row {i}", row)
+        if row.problem:
+            problems.add(row.where, row.detail or row.problem.replace("_", " "))
+        else:
+            records.append(Record(row.where, row.values))
+    problems.raise_if_any()
+    return records
 
 
 # ---------------------------------------------------------------------------- the standard library

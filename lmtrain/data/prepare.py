@@ -1,13 +1,15 @@
 """Data preparation: raw sources -> cleaned, filtered, deduplicated, mixed, packed `datasets` on disk.
 
-    per source: read (corpus.py) -> clean -> quality filters -> dedup (mixture.py, one index
-    across sources) -> assign split by a hash of the text -> tokenize (batches, all cores)
+    per source: read (sources.py) -> clean -> quality filters -> dedup (mixture.py, one index
+    across sources) -> assign split (whole documents by a hash of the text; the tail of the text
+    for a source of few documents) -> tokenize (batches, all cores)
     then: weighted mixture by tokens -> pack into seq_len blocks (packing.py) -> Arrow shards
 
 The whole run is one pass over lazy streams: memory holds one batch of documents per source and
 one batch of blocks per split, whatever the corpus size. data.dir then holds `train` and
 `validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
 `position_ids`), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
+how each source's validation text was held out (and why, in `notes`, where by spans),
 the achieved token share of every source, and a sha256 of the packed content. The input
 fingerprint covers the sources (including file sizes and mtimes), cleaning, filter, dedup and
 packing settings and the tokenizer content: a re-run with the same inputs reuses data.dir; any
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -44,7 +47,7 @@ from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer,
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 """Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
 
 
@@ -106,7 +109,7 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     data = recipe.data
     eos_id = load_tokenizer(tokenizer_dir).eos_token_id
     dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
-    streams, source_stats = open_sources(data, dedup)
+    streams, source_stats = open_sources(data, dedup, split=True)
     encoder = corpus_encoder(tokenizer_dir)
     tokenized = [tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction) for docs in streams]
     mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
@@ -122,8 +125,7 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     for writer in writers.values():
         writer.close()
     _check_not_empty(data, source_stats, mixture)
-    for split, writer in writers.items():
-        writer.check_enough(split, data.seq_len)
+    _check_enough(data, writers)
     DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
     return _report(data, source_stats, mixture, writers, dedup, encoder)
 
@@ -163,18 +165,6 @@ class SplitWriter:
         self._flush()
         self.writer.close()
 
-    def check_enough(self, split: str, seq_len: int) -> None:
-        if self.packer.blocks == 0:
-            advice = (
-                "raise data.validation_fraction or add data"
-                if split == "validation"
-                else "add data, lower data.validation_fraction or lower data.seq_len"
-            )
-            raise UserError(
-                f"data: the {split} split has {self.packer.documents} document(s), {self.packer.tokens} "
-                f"tokens: not enough for one block of data.seq_len={seq_len} tokens; {advice}"
-            )
-
     def stats(self) -> dict:
         return {
             "documents": self.packer.documents,
@@ -209,6 +199,31 @@ class SplitWriter:
 def split_features(seq_len: int, document_masking: bool) -> Features:
     block = List(Value("int32"), length=seq_len)
     return Features({"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block})
+
+
+def _check_enough(data: DataConfig, writers: dict[str, SplitWriter]) -> None:
+    """Each split must fill at least one block; if one does not, say by how much, and what would fill it."""
+    tokens = {split: writer.packer.tokens for split, writer in writers.items()}
+    share = {"train": 1 - data.validation_fraction, "validation": data.validation_fraction}
+    for split, writer in writers.items():
+        if writer.packer.blocks:
+            continue
+        fixes = []
+        if split == "validation":
+            # Held-out tokens grow in proportion to the fraction (exactly for spans, on average for documents);
+            # a quarter more covers the cut moving to a line break and uneven token density.
+            fraction = math.ceil(1.25 * data.seq_len / max(sum(tokens.values()), 1) * 1000) / 1000
+            if fraction < 0.5:
+                fixes.append(f"raise data.validation_fraction to {fraction:g}")
+        smallest = min(tokens.values())
+        if smallest >= 8:
+            fixes.append(f"lower data.seq_len to {smallest} or less (the {min(tokens, key=tokens.get)} split's tokens)")
+        missing = math.ceil((data.seq_len - tokens[split]) / share[split])
+        fixes.append(f"add at least {missing:,} tokens of text to data.sources")
+        raise UserError(
+            f"data: the {split} split has {writer.packer.documents} document(s), {tokens[split]:,} tokens: not enough "
+            f"for one block of data.seq_len={data.seq_len} tokens; {'; or '.join(fixes)}"
+        )
 
 
 def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture) -> None:
@@ -297,6 +312,7 @@ def _report(
         "encoder": encoder.stats(),
         "columns": list(split_features(data.seq_len, data.document_masking)),
         "splits": {split: writer.stats() for split, writer in writers.items()},
+        "notes": [f"{s.name}: {s.validation_note}" for s in source_stats if s.validation_note],
         "content_fingerprint": digest.hexdigest(),
     }
 

@@ -498,7 +498,9 @@ class _TrainingCorpus:
         self.recipe = recipe
         self.chars = 0
         self.held_out: list[str] = []
-        streams, self.source_stats = open_sources(recipe.data, Deduplicator(DedupConfig(exact=True, near=False)))
+        streams, self.source_stats = open_sources(
+            recipe.data, Deduplicator(DedupConfig(exact=True, near=False)), split=True
+        )
         self.mixture = WeightedMixture(streams, [s.weight for s in recipe.data.sources], size=len)
 
     @property
