@@ -38,7 +38,7 @@ def main() -> None:
         "--gpu-kind", default="h100", help="for the peak FLOP/s: h100, h200, a100, l40s, ... (default h100)"
     )
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilization (default 0.4)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # flags may follow the overrides
     recipe = load_recipe(args.recipe, args.overrides)
 
     if args.plan:

@@ -12,7 +12,7 @@ from lmtrain.data.prepare import prepare_data
 
 
 def main() -> None:
-    args = recipe_parser(__doc__.splitlines()[0]).parse_args()
+    args = recipe_parser(__doc__.splitlines()[0]).parse_intermixed_args()
     recipe = load_recipe(args.recipe, args.overrides)
     manifest = prepare_data(recipe)
     docs = manifest["documents"]

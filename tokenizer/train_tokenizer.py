@@ -34,7 +34,7 @@ def main() -> None:
         metavar="NAME",
         help="the column holding the text in .jsonl/.parquet/.csv sample files (default: text)",
     )
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     recipe = load_recipe(args.recipe, args.overrides)
     start = time.perf_counter()
     samples = {"en": args.en_sample, "zh": args.zh_sample, "code": args.code_sample}
