@@ -5,7 +5,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 
 from lmtrain.config.recipe import QualityFilterConfig  # noqa: E402
-from lmtrain.corpus.filters import UNIT, filter_document  # noqa: E402
+from lmtrain.corpus.filters import UNIT, _line_failure, filter_document  # noqa: E402
 
 ON = QualityFilterConfig(enabled=True)
 
@@ -143,3 +143,111 @@ def test_zero_thresholds_turn_filters_off():
         drop_boilerplate_lines=False,
     )
     assert filter_document("#... x\n- y\n- y", off).reason is None
+
+
+# ---------------------------------------------------------------- each threshold at its boundary, one filter at a time
+
+OFF = dict(
+    min_units=0,
+    max_units=0,
+    min_mean_word_length=0,
+    max_mean_word_length=0,
+    min_letter_unit_ratio=0,
+    max_symbol_unit_ratio=0,
+    min_stop_words=0,
+    max_bullet_line_ratio=0,
+    max_ellipsis_line_ratio=0,
+    max_duplicate_line_ratio=0,
+    max_duplicate_line_char_ratio=0,
+    max_top_ngram_char_ratios=[],
+    max_duplicate_ngram_char_ratios=[],
+    min_terminal_punctuation_line_ratio=0,
+    max_short_line_ratio=0,
+    drop_boilerplate_lines=False,
+)
+
+
+def only(text: str, **setting) -> str | None:
+    """The reason with every filter off except `setting`."""
+    return filter_document(text, QualityFilterConfig(enabled=True, **{**OFF, **setting})).reason
+
+
+def test_unit_count_bounds_are_inclusive():
+    assert only("a b c", min_units=3) is None and only("a b", min_units=3) == "too_few_units"
+    assert only("a", min_units=0) is None and only("... !", min_units=0) == "too_few_units"  # at least one unit
+    assert only("a b c", max_units=3) is None and only("a b c d", max_units=3) == "too_many_units"
+
+
+def test_mean_word_length_bounds_are_inclusive():
+    assert only("abc de fghi", min_mean_word_length=3) is None  # (3 + 2 + 4) / 3 = 3
+    assert only("ab cd", min_mean_word_length=3) == "mean_word_length"  # only the lower bound set: still checked
+    assert only("abcd efgh", max_mean_word_length=4) is None
+    assert only("abcd efghi", max_mean_word_length=4) == "mean_word_length"  # 4.5
+    # one word and one CJK character: words are half the units, which is enough to judge their length
+    assert only("ab 河", min_mean_word_length=3) == "mean_word_length"
+    assert only("ab 河水", min_mean_word_length=3) is None  # words are a third: exempt
+
+
+def test_symbol_ratio_counts_hashes_and_both_ellipses():
+    assert only("a b c d # …", max_symbol_unit_ratio=0.5) is None  # 2 symbols / 4 units = 0.5
+    assert only("a b c d # ... …", max_symbol_unit_ratio=0.5) == "symbol_ratio"  # 3 / 4
+    assert only("a b c d ... …", max_symbol_unit_ratio=0.25) == "symbol_ratio"  # 2 / 4
+    assert only("a b c d # #", max_symbol_unit_ratio=0.25) == "symbol_ratio"
+
+
+def test_letter_and_stop_word_bounds_are_inclusive():
+    assert only("a b 1 2", min_letter_unit_ratio=0.5) is None and only("a 1 2", min_letter_unit_ratio=0.5) == (
+        "letter_ratio"
+    )
+    assert only("the and river", min_stop_words=2) is None
+    assert only("the river", min_stop_words=2) == "too_few_stop_words"
+
+
+def test_line_ratio_bounds_are_inclusive():
+    assert only("- a\nb", max_bullet_line_ratio=0.5) is None
+    assert only("- a\n• b\nc", max_bullet_line_ratio=0.5) == "bullet_lines"
+    assert only("a...\nb", max_ellipsis_line_ratio=0.5) is None
+    assert only("a...\nb…\nc", max_ellipsis_line_ratio=0.5) == "ellipsis_lines"
+    assert only("a.\nb", min_terminal_punctuation_line_ratio=0.5) is None
+    assert only("a.\nb\nc", min_terminal_punctuation_line_ratio=0.5) == "few_terminal_punctuation_lines"
+
+
+def test_duplicate_lines_and_their_characters():
+    assert only("a\nb\nc\na", max_duplicate_line_ratio=0.25) is None  # 1 repeated line of 4
+    assert only("a\nb\na\na", max_duplicate_line_ratio=0.25) == "duplicate_lines"  # 2 of 4
+    # 12 characters; the repeats "aaaa" and "bb" are 6 of them
+    assert only("aaaa\nbb\naaaa\nbb", max_duplicate_line_char_ratio=0.5) is None
+    assert only("aaaa\nbb\naaaa\nbb", max_duplicate_line_char_ratio=0.45) == "duplicate_line_chars"
+
+
+def test_short_lines_are_those_under_30_columns():
+    thirty, twenty_nine = "x" * 30, "y" * 29
+    assert only(f"{thirty}\n{twenty_nine}", max_short_line_ratio=0.5) is None  # 1 short line of 2
+    assert only(f"{thirty}\n{twenty_nine}\n{'z' * 29}", max_short_line_ratio=0.5) == "short_lines"
+
+
+def test_top_bigram_ratio_counts_characters():
+    # units aa bb aa bb cc dd: 12 characters; the bigram (aa, bb) occurs twice: 2 * 4 / 12 = 2/3; no trigram repeats
+    text = "aa bb aa bb cc dd"
+    assert only(text, max_top_ngram_char_ratios=[2 / 3]) is None
+    assert only(text, max_top_ngram_char_ratios=[0.6]) == "top_2gram_ratio"
+    assert only(text, max_top_ngram_char_ratios=[0, 0.01]) is None  # 0 turns the bigram check off
+    assert only("aaaaaaaa b c", max_top_ngram_char_ratios=[0.5]) is None  # a bigram seen once is no repetition
+
+
+def test_duplicate_5gram_ratio_counts_each_covered_unit_once():
+    # 5-grams of b a a b a b a b a b b: those at 4 and 5 repeat those at 2 and 3, covering units 4..9: 6 of 11 chars
+    text = "b a a b a b a b a b b"
+    assert only(text, max_duplicate_ngram_char_ratios=[6 / 11]) is None
+    assert only(text, max_duplicate_ngram_char_ratios=[0.5]) == "duplicate_5gram_ratio"
+    # a repeated 5-gram with no repeated 6-gram: a b c d e x a b c d e, 5 of 11 chars
+    assert only("a b c d e x a b c d e", max_duplicate_ngram_char_ratios=[0.4]) == "duplicate_5gram_ratio"
+
+
+def test_boilerplate_count_is_zero_when_not_dropping():
+    verdict = filter_document("a b\nAll rights reserved", QualityFilterConfig(enabled=True, **OFF))
+    assert (verdict.text, verdict.reason, verdict.boilerplate_lines) == ("a b\nAll rights reserved", None, 0)
+
+
+def test_a_text_without_lines_has_no_lines():
+    assert _line_failure("\n  \n", QualityFilterConfig(enabled=True)) == "no_lines"

@@ -29,13 +29,67 @@ def test_ranks_take_disjoint_slices_that_cover_the_global_batch():
         assert len(set(np.concatenate(slices))) == 12
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 6])
+def expected_stream(num_blocks: int, seed: int, epochs: int) -> np.ndarray:
+    """The training stream as the module documents it, built here with numpy alone: epoch e is the permutation of
+    numpy's generator seeded with [seed, e], and the epochs follow each other."""
+    return np.concatenate([np.random.default_rng([seed, e]).permutation(num_blocks) for e in range(epochs)])
+
+
+def test_global_batches_are_consecutive_slices_of_the_documented_stream():
+    num_blocks, batch, seed = 10, 4, 3
+    stream = expected_stream(num_blocks, seed, epochs=3)
+    sampler = GlobalBatchSampler(num_blocks, batch, seed)
+    for step in range(7):  # 28 positions: steps 2 and 4 straddle the epoch boundaries at 10 and 20
+        assert sampler.global_batch(step).tolist() == stream[step * batch : (step + 1) * batch].tolist()
+    assert sampler.global_batch(2).tolist() == [*stream[8:10], *stream[10:12]]
+
+
+def test_a_batch_larger_than_the_data_spans_several_epochs():
+    sampler = GlobalBatchSampler(num_blocks=3, global_batch_size=8, seed=9)
+    stream = expected_stream(3, 9, epochs=6)
+    assert sampler.global_batch(0).tolist() == stream[:8].tolist()
+    assert sampler.global_batch(1).tolist() == stream[8:16].tolist()
+    assert sampler.global_batch(0).dtype == np.int64
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
 def test_same_order_on_any_rank_count(world):
-    reference = GlobalBatchSampler(500, 6, seed=42)
-    sampler = GlobalBatchSampler(500, 6, seed=42)
-    for step in range(0, 200, 17):
-        joined = np.concatenate([sampler.rank_batch(step, r, world) for r in range(world)])
-        assert np.array_equal(joined, reference.global_batch(step))
+    """Rank r of `world` takes stream positions [s*G + r*G/world, s*G + (r+1)*G/world): the union over ranks is the
+    global batch, whatever the rank count, and no position is given to two ranks."""
+    num_blocks, batch, seed = 50, 8, 42
+    stream = expected_stream(num_blocks, seed, epochs=5)
+    sampler = GlobalBatchSampler(num_blocks, batch, seed)
+    per_rank = batch // world
+    for step in range(
+        0, 30, 3
+    ):  # 240 positions, epoch boundaries inside steps 6 and 18 (50 and 150 are not multiples of 8)
+        base = step * batch
+        slices = [sampler.rank_batch(step, rank, world) for rank in range(world)]
+        for rank, piece in enumerate(slices):
+            start = base + rank * per_rank
+            assert piece.tolist() == stream[start : start + per_rank].tolist()
+        assert np.concatenate(slices).tolist() == stream[base : base + batch].tolist()
+        if base // num_blocks == (base + batch - 1) // num_blocks:  # inside one epoch: the blocks themselves differ
+            assert len(set(np.concatenate(slices).tolist())) == batch
+
+
+def test_epoch_at_counts_fractional_epochs():
+    sampler = GlobalBatchSampler(num_blocks=40, global_batch_size=8, seed=0)
+    assert [sampler.epoch_at(s) for s in (0, 1, 5, 7)] == [0.0, 0.2, 1.0, 1.4]
+
+
+def test_the_epoch_cache_follows_the_epoch_asked_for():
+    sampler = GlobalBatchSampler(num_blocks=6, global_batch_size=2, seed=11)
+    later, first = sampler.epoch_order(1).tolist(), sampler.epoch_order(0).tolist()
+    assert first == np.random.default_rng([11, 0]).permutation(6).tolist()
+    assert later == np.random.default_rng([11, 1]).permutation(6).tolist()
+    assert sampler.epoch_order(1).tolist() == later and first != later
+
+
+def test_at_least_one_block():
+    with pytest.raises(ValueError, match="^the sampler needs at least one block$"):
+        GlobalBatchSampler(num_blocks=0, global_batch_size=4, seed=0)
+    assert GlobalBatchSampler(num_blocks=1, global_batch_size=3, seed=0).global_batch(5).tolist() == [0, 0, 0]
 
 
 def test_jump_equals_replay():
