@@ -25,7 +25,7 @@ def main() -> None:
         action="store_true",
         help="check the recipe, base model and data; print what would be trained; train nothing",
     )
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # flags may follow the overrides
     from lmtrain.config.finetune import FinetuneRecipe
     from lmtrain.config.recipe import load_recipe
 

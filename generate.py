@@ -3,6 +3,7 @@
 Continue text (pretrained models):
     python generate.py runs/smoke/final --prompt "def fibonacci(n):" --max-new-tokens 64
     python generate.py runs/smoke/final --prompts-file prompts.txt --temperature 0.8 --top-p 0.95
+    python generate.py runs/smoke/final --prompt "import os" --temperature 0.7 --top-k 40 --repetition-penalty 1.1 --seed 1
 Chat (models fine-tuned with task: sft; the tokenizer's chat template, tokens streamed as they come):
     python generate.py runs/smoke-sft/final --chat                          # interactive; /reset, /exit
     python generate.py runs/smoke-sft/final --chat --prompt "Explain what this Python function does. ..."
@@ -39,7 +40,15 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding; > 0 samples")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for sampling")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of torch's generator for sampling: the same seed, the same text"
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 discourages repeating tokens already present, e.g. 1.1 (default 1.0 = off)",
+    )
     parser.add_argument(
         "--base", help="for a LoRA adapter: its base model directory (default: the one recorded in the adapter)"
     )
@@ -56,7 +65,9 @@ def main() -> None:
         raise UserError("--output is batch mode's file out: pass the JSONL file in with --input")
     if args.system and not args.chat:
         raise UserError("--system is a chat setting: add --chat")
-    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    settings = SamplingSettings(
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.repetition_penalty
+    )
     if model_kind(args.model_dir) == "classifier":
         return classify(args)
     if args.input:

@@ -40,11 +40,13 @@ COLORS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"
 # ---------------------------------------------------------------------------- fixtures
 
 
-def make_base_model(out: Path, vocab_size: int = 512) -> Path:
-    """A tiny "pretrained" Llama with this project's tokenizer design (ChatML tokens reserved, no template)."""
+def make_base_model(out: Path, vocab_size: int = 512, extra_texts: tuple[str, ...] = ()) -> Path:
+    """A tiny "pretrained" Llama with this project's tokenizer design (ChatML tokens reserved, no template);
+    `extra_texts` join the tokenizer's training text (e.g. Chinese, so that it learns Chinese tokens)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     texts = [p.read_text(encoding="utf-8") for p in sorted(root.glob("*.py"))[:25]]
     texts += [" ".join(VOCAB + FILLER + COLORS)] * 20 + ["What is 3 plus 4? The sum is 7. Repeat the word red."] * 20
+    texts += list(extra_texts)
     backend = new_tokenizer()
     backend.train_from_iterator(texts, bpe_trainer(vocab_size, 2))
     backend.add_special_tokens([RESERVED_TOKEN.format(i) for i in range(vocab_size - backend.get_vocab_size())])
@@ -309,6 +311,7 @@ def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_
         "top_k": 5,
         "top_p": 1.0,
         "seed": 3,
+        "repetition_penalty": 1.0,
         "do_sample": True,
     }
     # Interactive chat: one message per line, /reset, end of input quits.

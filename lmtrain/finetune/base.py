@@ -1,4 +1,5 @@
-"""What SFT and classification share: the pretrained base, freezing, LoRA, export and merge.
+"""What SFT and classification share: the pretrained base, the `FinetuneTask` set-up both tasks build on,
+freezing, LoRA, export and merge.
 
 A fine-tuned model is exported as a plain Hugging Face directory (safetensors, config, tokenizer with
 its chat template, generation config), or, with LoRA, as a peft adapter directory (adapter_config.json,
@@ -12,16 +13,19 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from lmtrain.config.finetune import FinetuneRecipe, FreezeConfig, LoraConfig
+from lmtrain.corpus.records import Splits, load_splits
 from lmtrain.errors import UserError
 from lmtrain.model.adapters import adapter_info, is_adapter_dir, load_adapter_model
-from lmtrain.model.llama import enable_activation_checkpointing, parameter_count
+from lmtrain.model.export import export_model
+from lmtrain.model.llama import check_attn_implementation, enable_activation_checkpointing, parameter_count
 from lmtrain.training.distributed import resolve_precision
+from lmtrain.training.task import Task
 
 
 def say(message: str) -> None:
@@ -99,6 +103,61 @@ def base_fingerprint(path: str) -> str:
 def resolved(path: str) -> str:
     """An absolute path for a local directory (so that an adapter finds its base from anywhere)."""
     return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+class FinetuneTask(Task):
+    """What SFT and classification do alike: check the base model and load its tokenizer (on construction),
+    read the data splits, load the base weights in `base_dtype` and make them trainable, export, and
+    fingerprint the base and the tokenized data for resume. Subclasses load the model class they train
+    (`load_pretrained`), name its output layer (`head`) and hash their tokenized data (`hash_data`)."""
+
+    def __init__(self, recipe: FinetuneRecipe):
+        self.recipe = recipe
+        self.seq_len = recipe.data.max_length
+        check_base_model(recipe.base_model)
+        self.tokenizer = load_base_tokenizer(recipe.base_model)
+
+    def read_splits(self) -> Splits:
+        """The recipe's training and validation records (after any tokenizer set-up, which may reject the
+        recipe before the data is read)."""
+        splits = load_splits(self.recipe)
+        self.data_description = splits.description
+        return splits
+
+    def load_pretrained(self, path: str, **kwargs) -> torch.nn.Module:
+        """The base weights at `path` in the model class the task trains; kwargs go to from_pretrained."""
+        raise NotImplementedError
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The output layer (trained by freeze.all_but_head)."""
+        raise NotImplementedError
+
+    def hash_data(self, digest) -> None:
+        """Feed the tokenized training and validation data to `digest` (a hashlib object)."""
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        r = self.recipe
+        check_attn_implementation(r.model.attn_implementation)
+        model = self.load_pretrained(
+            resolved(r.base_model), dtype=base_dtype(r), attn_implementation=r.model.attn_implementation
+        )
+        return make_trainable(model, r, self.head(model))
+
+    def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
+        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, **self.export_extras())
+
+    def export_extras(self) -> dict:
+        """Further arguments of export_model (a generation config, label names)."""
+        return {}
+
+    def fingerprints(self) -> dict[str, str]:
+        digest = hashlib.sha256()
+        self.hash_data(digest)
+        return {"base_model": base_fingerprint(self.recipe.base_model), "data": digest.hexdigest()}
 
 
 # ---------------------------------------------------------------------------- what is trained

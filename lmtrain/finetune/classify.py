@@ -10,9 +10,7 @@ processes) and computes accuracy and macro-F1 with the metric modules shipped in
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,22 +18,12 @@ from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification
 
 from lmtrain.config.finetune import FinetuneRecipe
-from lmtrain.corpus.records import Record, RecordProblems, load_splits
+from lmtrain.corpus.records import Record, RecordProblems
 from lmtrain.errors import UserError
-from lmtrain.finetune.base import (
-    base_dtype,
-    base_fingerprint,
-    check_base_model,
-    load_base_tokenizer,
-    make_trainable,
-    resolved,
-    say,
-)
+from lmtrain.finetune.base import FinetuneTask, say
 from lmtrain.finetune.metrics import load_metric
-from lmtrain.model.export import export_model
-from lmtrain.model.llama import check_attn_implementation
 from lmtrain.training.evaluation import eval_shard
-from lmtrain.training.task import Task, to_device
+from lmtrain.training.task import to_device
 
 
 def label_text(value) -> str | None:
@@ -66,14 +54,11 @@ def read_examples(
     return examples
 
 
-class ClassifyTask(Task):
+class ClassifyTask(FinetuneTask):
     def __init__(self, recipe: FinetuneRecipe):
-        self.recipe = recipe
+        super().__init__(recipe)
         d, c = recipe.data, recipe.classify
-        check_base_model(recipe.base_model)
-        self.tokenizer = load_base_tokenizer(recipe.base_model)
-        splits = load_splits(recipe)
-        self.data_description = splits.description
+        splits = self.read_splits()
         problems = RecordProblems("Fix or remove these records: each needs a text and a label.")
         train = read_examples(splits.train, d.text_column, d.label_column, problems)
         validation = read_examples(splits.validation, d.text_column, d.label_column, problems)
@@ -119,7 +104,6 @@ class ClassifyTask(Task):
         else:
             weights = None
         self.class_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
-        self.seq_len = d.max_length
         self.head_width = len(self.labels)
         self.train_size = len(self.train_ids)
         self.pad_id = self.tokenizer.pad_token_id
@@ -147,30 +131,30 @@ class ClassifyTask(Task):
 
     # -- model
 
-    def build_model(self) -> torch.nn.Module:
-        r = self.recipe
-        check_attn_implementation(r.model.attn_implementation)
+    def load_pretrained(self, path: str, **kwargs) -> torch.nn.Module:
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point; we say it ourselves
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved(r.base_model),
+                path,
                 num_labels=len(self.labels),
                 id2label=dict(enumerate(self.names)),
                 label2id={name: i for i, name in enumerate(self.names)},
                 pad_token_id=self.pad_id,
-                dtype=base_dtype(r),
-                attn_implementation=r.model.attn_implementation,
+                **kwargs,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
         say(
             f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
-            f"({', '.join(self.names)}) on the last token; decoder weights from {r.base_model}"
+            f"({', '.join(self.names)}) on the last token; decoder weights from {self.recipe.base_model}"
         )
-        return make_trainable(model, r, model.score)
+        return model
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.score
 
     # -- batches and loss
 
@@ -246,18 +230,16 @@ class ClassifyTask(Task):
             self._metrics = {name: load_metric(name) for name in ("accuracy", "macro_f1")}
         return self._metrics
 
-    def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, labels=self.names)
+    def export_extras(self) -> dict:
+        return {"labels": self.names}
 
-    def fingerprints(self) -> dict[str, str]:
-        digest = hashlib.sha256()
+    def hash_data(self, digest) -> None:
         for ids, y in ((self.train_ids, self.train_y), (self.val_ids, self.val_y)):
             for row in ids:
                 digest.update(row.tobytes())
                 digest.update(b"|")
             digest.update(y.tobytes())
         digest.update("\n".join(self.labels).encode())
-        return {"base_model": base_fingerprint(self.recipe.base_model), "data": digest.hexdigest()}
 
     def majority_baseline(self) -> tuple[str, float]:
         """The accuracy on validation of always answering the most frequent training label."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,32 +24,30 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerBase
 
 from lmtrain.config.finetune import FinetuneDataConfig, FinetuneRecipe
-from lmtrain.corpus.records import Record, RecordProblems, load_splits
+from lmtrain.corpus.records import Record, RecordProblems
 from lmtrain.data.packing import IGNORE_INDEX
 from lmtrain.errors import UserError
-from lmtrain.finetune.base import (
-    base_dtype,
-    base_fingerprint,
-    check_base_model,
-    load_base_tokenizer,
-    make_trainable,
-    resolved,
-    say,
-)
-from lmtrain.model.export import export_model
-from lmtrain.model.llama import check_attn_implementation
+from lmtrain.finetune.base import FinetuneTask, say
 from lmtrain.tokenizer.bpe import CHAT_TOKENS
 from lmtrain.training.evaluation import eval_shard, mean_eval_loss
-from lmtrain.training.task import Task
 
 IM_START, IM_END = CHAT_TOKENS
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-"""ChatML: <|im_start|>role\\ncontent<|im_end|>\\n per message; the generation prompt opens an assistant turn."""
+"""ChatML: <|im_start|>role\\ncontent<|im_end|>\\n per message; the generation prompt opens an assistant turn.
+The {% generation %} markers enclose what SFT trains (the answer and its <|im_end|>), so that
+apply_chat_template(..., return_assistant_tokens_mask=True, return_dict=True) gives the same mask on the
+exported tokenizer (what TRL's assistant-only loss reads)."""
 ROLES = ("system", "user", "assistant")
 REAL_TOKENS = "real_tokens"
 """Batch key (not a model input) with the number of non-padding tokens, for the throughput log."""
@@ -306,12 +303,10 @@ def pack(lengths: np.ndarray, max_length: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------- the task
 
 
-class SftTask(Task):
+class SftTask(FinetuneTask):
     def __init__(self, recipe: FinetuneRecipe):
-        self.recipe = recipe
+        super().__init__(recipe)
         d = recipe.data
-        check_base_model(recipe.base_model)
-        self.tokenizer = load_base_tokenizer(recipe.base_model)
         self.stop_ids, self.added_tokens = setup_chat_template(self.tokenizer, recipe.sft.chat_template)
         if self.added_tokens and (recipe.lora.enabled or recipe.freeze.embeddings or recipe.freeze.all_but_head):
             raise UserError(
@@ -319,8 +314,7 @@ class SftTask(Task):
                 "their embeddings must be trained; turn off lora.enabled and freeze.embeddings/"
                 "all_but_head, or start from a model whose tokenizer has a chat template"
             )
-        splits = load_splits(recipe)
-        self.data_description = splits.description
+        splits = self.read_splits()
         self.train_data, train_report = tokenize_conversations(self.tokenizer, splits.train, d)
         self.val_data, val_report = tokenize_conversations(self.tokenizer, splits.validation, d)
         for name, data in (("training", self.train_data), ("validation", self.val_data)):
@@ -333,22 +327,20 @@ class SftTask(Task):
         self.report = f"train: {train_report.describe(d.max_length)} | validation: {val_report.describe(d.max_length)}"
         self.train_lengths = self.train_data.lengths()
         self.rows = pack(self.train_lengths, d.max_length) if d.packing else None
-        self.seq_len = d.max_length
         self.train_size = len(self.rows) if d.packing else len(self.train_data)
         self.pad_id = self.tokenizer.pad_token_id
 
     # -- model
 
-    def build_model(self) -> torch.nn.Module:
-        r = self.recipe
-        check_attn_implementation(r.model.attn_implementation)
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved(r.base_model), dtype=base_dtype(r), attn_implementation=r.model.attn_implementation
-        )
+    def load_pretrained(self, path: str, **kwargs) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if self.added_tokens:
             model.resize_token_embeddings(len(self.tokenizer))
             say(f"chat template: added {', '.join(CHAT_TOKENS)} to the vocabulary ({len(self.tokenizer):,} tokens)")
-        return make_trainable(model, r, model.get_output_embeddings())
+        return model
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.get_output_embeddings()
 
     # -- batches
 
@@ -423,17 +415,13 @@ class SftTask(Task):
             bos_token_id=tok.bos_token_id, eos_token_id=self.stop_ids, pad_token_id=tok.pad_token_id
         )
 
-    def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
-        export_model(accelerator, model, self.tokenizer, self.recipe, out_dir, self.generation_config())
+    def export_extras(self) -> dict:
+        return {"generation_config": self.generation_config()}
 
-    def fingerprints(self) -> dict[str, str]:
-        import hashlib
-
-        digest = hashlib.sha256()
+    def hash_data(self, digest) -> None:
         for data in (self.train_data, self.val_data):
             for array in (data.ids, data.trained, data.offsets):
                 digest.update(np.ascontiguousarray(array).tobytes())
-        return {"base_model": base_fingerprint(self.recipe.base_model), "data": digest.hexdigest()}
 
     def describe(self) -> str:
         d = self.recipe.data

@@ -34,6 +34,8 @@ class SamplingSettings:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0
+    """> 1 makes tokens already in the prompt or the output less likely (1.0 = off); small models loop without it."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -42,24 +44,31 @@ class SamplingSettings:
             raise UserError("--temperature must be >= 0 (0 = greedy)")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise UserError("--top-k must be >= 0 and --top-p in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise UserError("--repetition-penalty must be > 0 (1.0 = off)")
 
     def generate_kwargs(self) -> dict:
+        # The penalty applies to greedy decoding too; only a value other than 1.0 is passed, so that the model's
+        # own generation config keeps its say otherwise.
+        penalty = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
         if self.temperature == 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False, **penalty}
         return {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": True,
             "temperature": self.temperature,
             "top_k": self.top_k or None,
             "top_p": self.top_p,
+            **penalty,
         }
 
     def describe(self) -> str:
+        penalty = f", repetition penalty {self.repetition_penalty}" if self.repetition_penalty != 1.0 else ""
         if self.temperature == 0:
-            return f"greedy, {self.max_new_tokens} new tokens"
+            return f"greedy{penalty}, {self.max_new_tokens} new tokens"
         return (
-            f"sampling: temperature {self.temperature}, top-k {self.top_k or 'off'}, top-p {self.top_p}, "
-            f"seed {self.seed}, {self.max_new_tokens} new tokens"
+            f"sampling: temperature {self.temperature}, top-k {self.top_k or 'off'}, top-p {self.top_p}"
+            f"{penalty}, seed {self.seed}, {self.max_new_tokens} new tokens"
         )
 
     def record(self) -> dict:
