@@ -15,8 +15,13 @@ uninterrupted reference run of the same recipe:
   the weights do not move, and two skips in a row (the recipe's limit) stop the run after saving.
 
 A scenario passes when its per-step losses and final weights are identical (bitwise) to the
-reference's. `steps_lost` counts optimizer steps that were computed but had to be redone (or, for
-nonfinite_loss, updates skipped). Prints a table, then one JSON line {scenario: {"ok", "steps_lost"}}.
+reference's. `steps_lost` counts optimizer steps that were computed but had to be redone, measured
+from two runs' own output: the last step the interrupted run reached (the highest step of a training
+record in its metrics.jsonl, read as soon as it has exited: the recipe logs every step, and a
+resumed run drops the records after its checkpoint) minus the step the resumed run restarts from
+(its own "resuming from ... at step N" line). Neither figure is read from the checkpoint directory.
+For nonfinite_loss, `steps_lost` is the number of updates skipped (the run's skipped_nonfinite
+records). Prints a table, then one JSON line {scenario: {"ok", "steps_lost"}}.
 The tests (tests/test_reliability.py) run the same scenarios and assert on their details.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,7 +68,7 @@ TINY = {
         "lr": 3.0e-3,
         "eval_every": 12,
         "eval_batches": 2,
-        "log_every": 1,
+        "log_every": 1,  # every step in metrics.jsonl: the last step an interrupted run reached is observable
         "checkpoint_every": CHECKPOINT_EVERY,
         "keep_last": 3,
         "precision": "fp32",
@@ -153,16 +159,16 @@ def sigterm_resume_zero3_2proc(ws: Workspace) -> dict:
 def _signal_and_resume(ws: Workspace, processes: int, sig: signal.Signals, name: str) -> dict:
     run_dir = ws.root / name
     exit_code, stop_stderr = ws.interrupt(run_dir, processes, sig, after_step=5)
-    stopped_at = newest_checkpoint_step(run_dir)
+    interrupted = read_metrics(run_dir)  # now: the resumed run drops the records after its checkpoint
     resumed = ws.train(run_dir, processes)
     return _compare(
         ws.reference(processes),
         run_dir,
-        stopped_at,
-        stopped_at,
+        interrupted,
+        resumed.stderr,
         exit_code=exit_code,
         stop_stderr=stop_stderr,
-        resume_stderr=resumed.stderr,
+        checkpoint_saved=_saved_step(stop_stderr),
     )
 
 
@@ -171,16 +177,16 @@ def sigkill_during_save(ws: Workspace) -> dict:
     kill_step = 2 * CHECKPOINT_EVERY
     killed = ws.train(run_dir, 1, env={"LMTRAIN_FAULT_KILL_DURING_SAVE_STEP": str(kill_step)}, check=False)
     leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    resumed_from = newest_checkpoint_step(run_dir)
+    interrupted = read_metrics(run_dir)
     resumed = ws.train(run_dir, 1)
     return _compare(
         ws.reference(1),
         run_dir,
-        kill_step,
-        resumed_from,
+        interrupted,
+        resumed.stderr,
         exit_code=killed.returncode,
         leftovers=leftovers,
-        resume_stderr=resumed.stderr,
+        stop_stderr=killed.stderr,
     )
 
 
@@ -191,8 +197,9 @@ def corrupt_checkpoint(ws: Workspace) -> dict:
     shard = newest / "optimizer.bin"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     shutil.rmtree(run_dir / "final")  # so that the resumed run has work to redo, and its result to compare
+    interrupted = read_metrics(run_dir)  # the copied run's own log: the steps it had trained
     resumed = ws.train(run_dir, 1)
-    outcome = _compare(ws.reference(1), run_dir, MAX_STEPS, _resumed_step(resumed.stderr), resume_stderr=resumed.stderr)
+    outcome = _compare(ws.reference(1), run_dir, interrupted, resumed.stderr)
     outcome["reported"] = f"{shard.name} has" in resumed.stderr
     outcome["ok"] = outcome["ok"] and outcome["reported"] and outcome["resumed_from"] == MAX_STEPS - CHECKPOINT_EVERY
     return outcome
@@ -222,7 +229,8 @@ def nonfinite_loss(ws: Workspace) -> dict:
     )
     return {
         "ok": ok,
-        "steps_lost": len(skipped),
+        "steps_lost": len(skipped),  # updates skipped, from the run's own skipped_nonfinite records
+        "last_step_reached": last_step_reached(records),
         "exit_code": stopped.returncode,
         "skipped": skipped,
         "weights_unchanged": weights_unchanged,
@@ -239,26 +247,56 @@ SCENARIOS = {
 }
 
 
-def _compare(reference: Path, run_dir: Path, computed_up_to: int, resumed_from: int, **details) -> dict:
+def _compare(reference: Path, run_dir: Path, interrupted: list[dict], resume_stderr: str, **details) -> dict:
+    """`interrupted`: the interrupted run's metrics records, read before the resume; `resume_stderr`:
+    the resumed run's stderr."""
+    last_reached, resumed_from, lost = steps_lost(interrupted, resume_stderr)
     ref_losses, losses = step_losses(reference), step_losses(run_dir)
     weights_equal = same_weights(
         load_weights(reference / "final" / "model.safetensors"), load_weights(run_dir / "final" / "model.safetensors")
     )
-    ok = losses == ref_losses and len(losses) == MAX_STEPS and weights_equal
+    logged_every_step = sorted(step_losses(interrupted)) == list(range(1, last_reached + 1))
+    ok = losses == ref_losses and len(losses) == MAX_STEPS and weights_equal and logged_every_step
     return {
         "ok": ok,
-        "steps_lost": computed_up_to - resumed_from,
+        "steps_lost": lost,
+        "last_step_reached": last_reached,
         "resumed_from": resumed_from,
+        "logged_every_step": logged_every_step,
+        "interrupted_records": interrupted,
         "losses": losses,
         "reference_losses": ref_losses,
         "weights_equal": weights_equal,
+        "resume_stderr": resume_stderr,
         **details,
     }
 
 
-def _resumed_step(stderr: str) -> int:
-    line = next(line for line in stderr.splitlines() if line.startswith("resuming from "))
-    return int(line.split(" at step ")[1].split()[0].replace(",", ""))
+def last_step_reached(records: list[dict]) -> int:
+    """The last optimizer step whose training work was done, from a run's own metrics records: the
+    highest step of a training record (a logged step, a skipped or spiking one; evaluations excluded)."""
+    return max((r["step"] for r in records if "loss" in r), default=0)
+
+
+def resumed_step(stderr: str) -> int:
+    """The step a run restarts from, from its own "resuming from <checkpoint> at step N" line."""
+    match = re.search(r"^resuming from .* at step ([\d,]+)", stderr, re.MULTILINE)
+    if match is None:
+        raise ValueError("the run did not report resuming from a checkpoint")
+    return int(match.group(1).replace(",", ""))
+
+
+def steps_lost(interrupted_records: list[dict], resume_stderr: str) -> tuple[int, int, int]:
+    """(last step the interrupted run reached, step the resumed run restarts from, steps lost: their
+    difference), each read from that run's own output."""
+    last, resumed = last_step_reached(interrupted_records), resumed_step(resume_stderr)
+    return last, resumed, last - resumed
+
+
+def _saved_step(stop_stderr: str) -> int | None:
+    """The step the interrupted run says it saved ("stopped by SIGINT after step N; checkpoint saved")."""
+    match = re.search(r"stopped by .* after step ([\d,]+); checkpoint saved", stop_stderr)
+    return int(match.group(1).replace(",", "")) if match else None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -266,8 +304,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def step_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r and "event" not in r}
+def step_losses(run: Path | list[dict]) -> dict[int, float]:
+    """{step: loss} of the logged training steps of a run directory or of its metrics records."""
+    records = read_metrics(run) if isinstance(run, Path) else run
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "event" not in r}
 
 
 def last_logged_step(run_dir: Path) -> int:
@@ -317,7 +357,7 @@ def main() -> None:
     try:
         ws = Workspace(root)
         summary = {}
-        print(f"{'scenario':<30} {'result':<6} {'steps lost':>10}  {'seconds':>7}")
+        print(f"{'scenario':<30} {'result':<6} {'last step':>9} {'resumed at':>10} {'steps lost':>10}  {'seconds':>7}")
         for name, scenario in SCENARIOS.items():
             start = time.perf_counter()
             try:
@@ -326,7 +366,8 @@ def main() -> None:
                 outcome = {"ok": False, "steps_lost": -1, "error": str(exc)[-500:]}
             summary[name] = {"ok": bool(outcome["ok"]), "steps_lost": int(outcome["steps_lost"])}
             print(
-                f"{name:<30} {'pass' if outcome['ok'] else 'FAIL':<6} {outcome['steps_lost']:>10}  "
+                f"{name:<30} {'pass' if outcome['ok'] else 'FAIL':<6} {outcome.get('last_step_reached', '-'):>9} "
+                f"{outcome.get('resumed_from', '-'):>10} {outcome['steps_lost']:>10}  "
                 f"{time.perf_counter() - start:>7.1f}",
                 flush=True,
             )

@@ -6,6 +6,7 @@ to an uninterrupted run, the step it resumed from, the messages the user sees.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,54 @@ def assert_identical_to_reference(outcome):
     assert outcome["weights_equal"]
 
 
+def console_steps(stderr: str) -> list[int]:
+    """The steps a run printed a training line for ("step     6 | loss ..." or "| SKIPPED"), in order."""
+    return [int(m.group(1)) for m in re.finditer(r"^step +(\d+) \| (?:loss|SKIPPED)", stderr, re.MULTILINE)]
+
+
+def assert_steps_lost_measured(outcome, last_reached: int):
+    """steps_lost is what the two runs did: `last_reached` (the interrupted run's last step, found here
+    independently of the benchmark's metrics parsing) minus the step before the first one the resumed run
+    printed (independent of its "resuming from" line and of any checkpoint)."""
+    first_redone = console_steps(outcome["resume_stderr"])[0]
+    assert outcome["last_step_reached"] == last_reached
+    assert outcome["resumed_from"] == first_redone - 1
+    assert outcome["steps_lost"] == last_reached - (first_redone - 1)
+    assert outcome["logged_every_step"]
+
+
+def test_steps_lost_comes_from_the_last_step_reached_and_the_resume_line_not_from_a_checkpoint():
+    # an interrupted run that logged steps 1..7 (and evaluations, which are no training work) and had
+    # saved its checkpoint at step 6; the resumed run says where it restarts
+    records = [{"step": 0, "eval_loss": 6.2}]
+    records += [{"step": s, "loss": 6.0 - 0.1 * s, "lr": 1e-3} for s in range(1, 8)]
+    records += [{"step": 6, "eval_loss": 5.5}]
+    resumed = (
+        "model: LlamaForCausalLM, 120,000 parameters\n"
+        "resuming from /runs/x/checkpoints/step_00000006 at step 6 (3.1k tokens seen)\n"
+        "step      7 | loss 5.3000 | lr 1.00e-03\n"
+    )
+    assert rel.steps_lost(records, resumed) == (7, 6, 1)
+    # a step whose update was skipped was still computed: it counts as reached
+    skipped = {"step": 8, "event": "skipped_nonfinite", "loss": None, "grad_norm": None, "data_indices": [0]}
+    assert rel.steps_lost([*records, skipped], resumed) == (8, 6, 2)
+    # large step counts are printed with separators
+    big = "resuming from /runs/x/checkpoints/step_00001000 at step 1,000 (1.0M tokens seen)\n"
+    assert rel.steps_lost([{"step": 1003, "loss": 2.0}], big) == (1003, 1000, 3)
+    assert rel.last_step_reached([{"step": 0, "eval_loss": 6.2}]) == 0
+    with pytest.raises(ValueError, match="did not report resuming"):
+        rel.resumed_step("step      1 | loss 6.0\n")
+
+
 def test_ctrl_c_saves_and_the_same_command_resumes_exactly(ws):
     outcome = rel.ctrl_c_resume_1proc(ws)
     assert outcome["exit_code"] == 130
     assert "Run the same command again to resume" in outcome["stop_stderr"]
     assert 5 <= outcome["resumed_from"] < rel.MAX_STEPS
     assert "resuming from" in outcome["resume_stderr"]
-    assert outcome["steps_lost"] == 0
+    assert outcome["checkpoint_saved"] == outcome["resumed_from"]
+    assert_steps_lost_measured(outcome, console_steps(outcome["stop_stderr"])[-1])
+    assert outcome["steps_lost"] == 0  # saved at the step boundary it stopped at: nothing to redo
     assert_identical_to_reference(outcome)
 
 
@@ -42,7 +84,9 @@ def test_sigterm_under_accelerate_launch_zero3_stops_all_ranks_and_resumes_exact
     assert outcome["exit_code"] != 0
     assert "stopped by SIGTERM" in outcome["stop_stderr"]
     assert 5 <= outcome["resumed_from"] < rel.MAX_STEPS
-    assert outcome["steps_lost"] == 0
+    assert outcome["checkpoint_saved"] == outcome["resumed_from"]
+    assert_steps_lost_measured(outcome, console_steps(outcome["stop_stderr"])[-1])
+    assert outcome["steps_lost"] == 0  # every rank stopped at the same step and saved it
     assert_identical_to_reference(outcome)
 
 
@@ -52,6 +96,10 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint_and_resume_picks_it(w
     # the interrupted save left only its staging directory, never a visible step_00000016
     assert set(outcome["leftovers"]) == {"step_00000008", f".tmp-step_{2 * rel.CHECKPOINT_EVERY:08d}"}
     assert outcome["resumed_from"] == rel.CHECKPOINT_EVERY
+    # killed while saving step 16, after training it: the 8 steps since the previous checkpoint are redone
+    assert console_steps(outcome["stop_stderr"])[-1] == 2 * rel.CHECKPOINT_EVERY
+    assert_steps_lost_measured(outcome, 2 * rel.CHECKPOINT_EVERY)
+    assert outcome["steps_lost"] == rel.CHECKPOINT_EVERY
     assert_identical_to_reference(outcome)
 
 
@@ -59,6 +107,11 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_is_used(ws):
     outcome = rel.corrupt_checkpoint(ws)
     assert outcome["reported"], outcome["resume_stderr"][-2000:]
     assert outcome["resumed_from"] == rel.MAX_STEPS - rel.CHECKPOINT_EVERY
+    # the corrupted run had trained every step (the reference's own log, a file the scenario did not touch)
+    reference_last = max(r["step"] for r in rel.read_metrics(ws.reference(1)) if "loss" in r)
+    assert reference_last == rel.MAX_STEPS
+    assert_steps_lost_measured(outcome, reference_last)
+    assert outcome["steps_lost"] == rel.CHECKPOINT_EVERY
     assert_identical_to_reference(outcome)
 
 
@@ -67,6 +120,8 @@ def test_nonfinite_loss_skips_the_update_everywhere_and_stops_after_the_limit(ws
     assert outcome["exit_code"] == 2
     assert "2 steps in a row had a non-finite loss" in outcome["stderr"]
     assert [r["step"] for r in outcome["skipped"]] == [5, 6]
+    assert outcome["steps_lost"] == outcome["stderr"].count("| SKIPPED: non-finite loss") == 2
+    assert outcome["last_step_reached"] == console_steps(outcome["stderr"])[-1] == 6
     assert outcome["weights_unchanged"]  # checkpoint after step 6 == checkpoint after step 4
     sampler = GlobalBatchSampler(_train_blocks(ws), rel.TINY["train"]["global_batch_size"], 1234)
     for record in outcome["skipped"]:  # the logged data indices are the batch that step trained on
