@@ -122,29 +122,6 @@ def test_boilerplate_lines_are_removed_and_counted():
     assert verdict.reason is None and verdict.text == ENGLISH and verdict.boilerplate_lines == 2
 
 
-def test_zero_thresholds_turn_filters_off():
-    off = QualityFilterConfig(
-        enabled=True,
-        min_units=0,
-        max_units=0,
-        min_mean_word_length=0,
-        max_mean_word_length=0,
-        min_letter_unit_ratio=0,
-        max_symbol_unit_ratio=0,
-        min_stop_words=0,
-        max_bullet_line_ratio=0,
-        max_ellipsis_line_ratio=0,
-        max_duplicate_line_ratio=0,
-        max_duplicate_line_char_ratio=0,
-        max_top_ngram_char_ratios=[],
-        max_duplicate_ngram_char_ratios=[],
-        min_terminal_punctuation_line_ratio=0,
-        max_short_line_ratio=0,
-        drop_boilerplate_lines=False,
-    )
-    assert filter_document("#... x\n- y\n- y", off).reason is None
-
-
 # ---------------------------------------------------------------- each threshold at its boundary, one filter at a time
 
 OFF = dict(
@@ -165,6 +142,10 @@ OFF = dict(
     max_short_line_ratio=0,
     drop_boilerplate_lines=False,
 )
+
+
+def test_zero_thresholds_turn_filters_off():
+    assert filter_document("#... x\n- y\n- y", QualityFilterConfig(enabled=True, **OFF)).reason is None
 
 
 def only(text: str, **setting) -> str | None:
