@@ -3,8 +3,9 @@
     python finetune.py recipes/smoke/sft.yaml train.lr=1e-4 lora.enabled=true
 
 `lmtrain.config.load_recipe(path, overrides, schema=FinetuneRecipe)` rejects unknown keys (with a
-did-you-mean), wrong types and the cross-field problems listed by `FinetuneRecipe.problems()`, all
-together, before any work starts. The `train` section is pretraining's TrainConfig, run by the same
+did-you-mean), wrong types and invalid values, all together, before any work starts. As in recipe.py, a
+section checks itself in `problems(where)`; `FinetuneRecipe.problems` holds the checks that depend on the
+task or span sections. The `train` section is pretraining's TrainConfig, run by the same
 `fit` (lmtrain/training/loop.py).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmtrain.config.recipe import TrainConfig, train_problems
+from lmtrain.config.recipe import Problems, TrainConfig
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """Every linear layer of a Llama block: LoRA on all of them works better than on attention alone (QLoRA paper)."""
@@ -81,6 +82,31 @@ class FinetuneDataConfig:
     stdlib_packages: list[str] = field(default_factory=lambda: list(STDLIB_PACKAGES))
     """For source=python_stdlib and task=classify: the labels, standard-library packages."""
 
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(bool(self.source), f"{where}.source: name the source kind, e.g. files, hub or python_stdlib")
+        if self.source == "files":
+            p.need(bool(self.train_files), f"{where}.train_files: source 'files' needs at least one glob pattern")
+            p.need(
+                not self.validation_split,
+                f"{where}.validation_split: files have no splits; give {where}.validation_files (or neither, to "
+                f"hold out {where}.validation_fraction)",
+            )
+        elif self.source in ("hub", "python_stdlib"):
+            p.need(
+                not self.train_files and not self.validation_files,
+                f"{where}.train_files/validation_files: not read with {where}.source={self.source} (files reads them)",
+            )
+        if self.source == "hub":
+            p.need(bool(self.dataset), f"{where}.dataset: source 'hub' needs a dataset name")
+        p.need(
+            0.0 < self.validation_fraction < 1.0, f"{where}.validation_fraction: must be between 0 and 1 (exclusive)"
+        )
+        p.need(self.max_train_examples >= 0, f"{where}.max_train_examples: must be >= 0 (0 = all)")
+        p.need(self.max_validation_examples >= 0, f"{where}.max_validation_examples: must be >= 0 (0 = all)")
+        p.need(self.max_length >= 8, f"{where}.max_length: must be at least 8 tokens")
+        return p
+
 
 @dataclass
 class FreezeConfig:
@@ -92,6 +118,11 @@ class FreezeConfig:
     """Freeze the first N transformer blocks (the ones nearest the input)."""
     all_but_head: bool = False
     """Freeze everything except the output layer (sft: lm_head; classify: the new score head): a linear probe."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(self.first_n_layers >= 0, f"{where}.first_n_layers: must be >= 0")
+        return p
 
 
 @dataclass
@@ -109,6 +140,15 @@ class LoraConfig:
     """Dropout on the adapters' input during training."""
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
     """Names of the linear layers that get adapters."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        if self.enabled:
+            p.need(self.r >= 1, f"{where}.r: must be at least 1")
+            p.need(self.alpha > 0, f"{where}.alpha: must be positive")
+            p.need(0.0 <= self.dropout < 1.0, f"{where}.dropout: must be in [0, 1)")
+            p.need(bool(self.target_modules), f"{where}.target_modules: name at least one linear layer, e.g. q_proj")
+        return p
 
 
 @dataclass
@@ -135,6 +175,27 @@ class ClassifyConfig:
     """Cross-entropy weight per label, in the order of `labels` (which must then be given); empty = 1 each."""
     balance_classes: bool = False
     """Weight each class by n / (classes × its count in the training data), so rare classes count as much."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        labels, names, weights = self.labels, self.label_names, self.class_weights
+        p.need(len(set(labels)) == len(labels), f"{where}.labels: {labels} lists a label twice")
+        p.need(len(labels) != 1, f"{where}.labels: give at least two labels (or none, to infer them from the data)")
+        if names:
+            p.need(
+                len(names) == len(labels) and len(set(names)) == len(names),
+                f"{where}.label_names: {len(names)} name(s) for {len(labels)} label(s); give {where}.labels too, in "
+                "the same order, one distinct name each",
+            )
+        if weights:
+            p.need(
+                len(labels) == len(weights),
+                f"{where}.class_weights: {len(weights)} weight(s) for {len(labels)} label(s); give {where}.labels "
+                "too, in the same order, one weight each",
+            )
+            p.need(all(w > 0 for w in weights), f"{where}.class_weights: weights must be positive")
+            p.need(not self.balance_classes, f"{where}.class_weights and {where}.balance_classes: choose one")
+        return p
 
 
 @dataclass
@@ -166,69 +227,26 @@ class FinetuneRecipe:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def problems(self) -> list[str]:
-        """Cross-field checks that the types alone cannot express."""
-        p = []
-
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                p.append(msg)
-
+    def problems(self, where: str) -> list[str]:
+        """The checks that depend on the task or span sections; each section checks its own fields."""
+        at = f"{where}." if where else ""
+        p = Problems()
+        p.need(bool(self.base_model), f"{at}base_model: give the pretrained model directory, e.g. runs/smoke/final")
         d = self.data
-        need(bool(self.base_model), "base_model: give the pretrained model directory, e.g. runs/smoke/final")
-        need(bool(d.source), "data.source: name the source kind, e.g. files, hub or python_stdlib")
-        if d.source == "files":
-            need(bool(d.train_files), "data.train_files: source 'files' needs at least one glob pattern")
-            need(
-                not d.validation_split,
-                "data.validation_split: files have no splits; give data.validation_files (or neither, to hold out "
-                "data.validation_fraction)",
-            )
-        elif d.source in ("hub", "python_stdlib"):
-            need(
-                not d.train_files and not d.validation_files,
-                f"data.train_files/validation_files: not read with data.source={d.source} (files reads them)",
-            )
-        if d.source == "hub":
-            need(bool(d.dataset), "data.dataset: source 'hub' needs a dataset name")
-        need(0.0 < d.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
-        need(d.max_train_examples >= 0, "data.max_train_examples: must be >= 0 (0 = all)")
-        need(d.max_validation_examples >= 0, "data.max_validation_examples: must be >= 0 (0 = all)")
-        need(d.max_length >= 8, "data.max_length: must be at least 8 tokens")
-        need(
+        p.need(
             not d.packing or self.task == "sft",
-            "data.packing: only for task sft (classification reads one example per sequence)",
+            f"{at}data.packing: only for task sft (classification reads one example per sequence)",
         )
         if d.source == "python_stdlib" and self.task == "classify":
-            need(len(set(d.stdlib_packages)) >= 2, "data.stdlib_packages: give at least two packages (the labels)")
+            p.need(
+                len(set(d.stdlib_packages)) >= 2, f"{at}data.stdlib_packages: give at least two packages (the labels)"
+            )
         f = self.freeze
-        need(f.first_n_layers >= 0, "freeze.first_n_layers: must be >= 0")
-        lora = self.lora
-        if lora.enabled:
-            need(lora.r >= 1, "lora.r: must be at least 1")
-            need(lora.alpha > 0, "lora.alpha: must be positive")
-            need(0.0 <= lora.dropout < 1.0, "lora.dropout: must be in [0, 1)")
-            need(bool(lora.target_modules), "lora.target_modules: name at least one linear layer, e.g. q_proj")
-            need(
+        if self.lora.enabled:
+            p.need(
                 not (f.embeddings or f.first_n_layers or f.all_but_head),
-                "freeze: LoRA already freezes every base weight; turn the freeze switches off or lora.enabled off",
+                f"{at}freeze: LoRA already freezes every base weight; turn the freeze switches off or "
+                f"{at}lora.enabled off",
             )
-        c = self.classify
-        need(len(set(c.labels)) == len(c.labels), f"classify.labels: {c.labels} lists a label twice")
-        need(len(c.labels) != 1, "classify.labels: give at least two labels (or none, to infer them from the data)")
-        if c.label_names:
-            need(
-                len(c.label_names) == len(c.labels) and len(set(c.label_names)) == len(c.label_names),
-                f"classify.label_names: {len(c.label_names)} name(s) for {len(c.labels)} label(s); give classify.labels "
-                "too, in the same order, one distinct name each",
-            )
-        if c.class_weights:
-            need(
-                len(c.labels) == len(c.class_weights),
-                f"classify.class_weights: {len(c.class_weights)} weight(s) for {len(c.labels)} label(s); give "
-                "classify.labels too, in the same order, one weight each",
-            )
-            need(all(w > 0 for w in c.class_weights), "classify.class_weights: weights must be positive")
-            need(not c.balance_classes, "classify.class_weights and classify.balance_classes: choose one")
-        p.extend(train_problems(self.train, TASK_METRICS[self.task], f"task {self.task}"))
+        p.extend(self.train.best_metric_problems(f"{at}train", TASK_METRICS[self.task], f"task {self.task}"))
         return p

@@ -5,6 +5,11 @@ unknown key, wrong type or invalid value anywhere in the file (or in a dotted
 command-line override such as ``train.lr=1e-3``) is collected and reported together,
 with the key's path and a did-you-mean suggestion, before any work starts.
 
+Values are checked by one mechanism: a section checks itself in `problems(where)`; load_recipe collects them all.
+Each section dataclass with constraints checks only its own fields there (`where` is its dotted path, e.g.
+``data.sources.2``); the top-level schema's `problems` holds the checks that span sections. After the typed
+build succeeds, `collect_problems` walks the tree in field order and gathers every section's problems.
+
 We wrote this loader instead of using OmegaConf/dacite because both stop at the first
 problem and neither suggests the key the user meant.
 """
@@ -34,6 +39,15 @@ class RecipeError(UserError):
         super().__init__(f"{source}: {len(problems)} problem(s) in the recipe:\n{listing}")
 
 
+class Problems(list):
+    """The messages of a section's failed checks, in the order they were checked."""
+
+    def need(self, ok: bool, message: str) -> None:
+        """Keep `message` unless `ok`."""
+        if not ok:
+            self.append(message)
+
+
 # ---------------------------------------------------------------------------- schema
 
 
@@ -58,6 +72,11 @@ class CleanConfig:
     """Remove Unicode punctuation. Off: a generative model must learn to produce punctuation."""
     min_chars: int = 1
     """Documents shorter than this after cleaning are dropped (and counted)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(self.min_chars >= 0, f"{where}.min_chars: must be >= 0")
+        return p
 
 
 @dataclass
@@ -106,6 +125,32 @@ class QualityFilterConfig:
     """Remove lines that are web boilerplate (cookie and JavaScript notices, "all rights reserved",
     版权所有...) before the other filters, as C4 does; removed lines are counted."""
 
+    def problems(self, where: str) -> list[str]:
+        """Ratios must be fractions and counts non-negative; 0 turns a filter off."""
+        p = Problems()
+        ratios = {
+            name: getattr(self, name)
+            for name in (
+                "min_letter_unit_ratio",
+                "max_symbol_unit_ratio",
+                "max_bullet_line_ratio",
+                "max_ellipsis_line_ratio",
+                "max_duplicate_line_ratio",
+                "max_duplicate_line_char_ratio",
+                "min_terminal_punctuation_line_ratio",
+                "max_short_line_ratio",
+            )
+        }
+        ratios |= {f"max_top_ngram_char_ratios.{i}": v for i, v in enumerate(self.max_top_ngram_char_ratios)}
+        ratios |= {
+            f"max_duplicate_ngram_char_ratios.{i}": v for i, v in enumerate(self.max_duplicate_ngram_char_ratios)
+        }
+        for name, value in ratios.items():
+            p.need(0.0 <= value <= 1.0, f"{where}.{name}: {value} must be a fraction between 0 and 1 (0 = off)")
+        for name in ("min_units", "max_units", "min_stop_words", "min_mean_word_length", "max_mean_word_length"):
+            p.need(getattr(self, name) >= 0, f"{where}.{name}: must be >= 0 (0 = off)")
+        return p
+
 
 @dataclass
 class DedupConfig:
@@ -123,6 +168,13 @@ class DedupConfig:
     """MinHash permutations: more gives a sharper threshold at a proportional cost (FineWeb: 112)."""
     ngram: int = 5
     """Shingle length in units (words, or single CJK characters) (FineWeb: 5)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(0.0 < self.near_threshold <= 1.0, f"{where}.near_threshold: must be in (0, 1], e.g. 0.8")
+        p.need(self.num_perm >= 2, f"{where}.num_perm: must be at least 2 (FineWeb uses 112)")
+        p.need(self.ngram >= 1, f"{where}.ngram: must be at least 1 (FineWeb uses 5)")
+        return p
 
 
 @dataclass
@@ -170,6 +222,21 @@ class SourceConfig:
     filters: QualityFilterConfig | None = None
     """Quality filters for this source; unset = data.filters."""
 
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(bool(self.kind), f"{where}.kind: name the source kind, e.g. files, hub or python_stdlib")
+        if self.kind == "files":
+            p.need(len(self.paths) > 0, f"{where}.paths: kind 'files' needs at least one glob pattern")
+        if self.kind == "hub":
+            p.need(bool(self.dataset), f"{where}.dataset: kind 'hub' needs a dataset name")
+        p.need(self.max_documents >= 0, f"{where}.max_documents: must be >= 0 (0 = all)")
+        p.need(self.weight >= 0, f"{where}.weight: {self.weight} must be >= 0 (0 = skip the source)")
+        p.need(
+            not self.streaming or self.kind == "hub",
+            f"{where}.streaming: only kind 'hub' streams; local files are always read lazily",
+        )
+        return p
+
 
 @dataclass
 class TokenizerConfig:
@@ -184,6 +251,17 @@ class TokenizerConfig:
     """A pair must occur at least this often in the corpus to become a merge."""
     max_training_chars: int = 0
     """Train on at most this many characters of cleaned text (0 = all)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(
+            self.vocab_size >= 384 and self.vocab_size % 64 == 0,
+            f"{where}.vocab_size: {self.vocab_size} must be a multiple of 64 and at least 384 "
+            "(256 byte tokens plus merges and special tokens)",
+        )
+        p.need(self.min_frequency >= 1, f"{where}.min_frequency: must be at least 1")
+        p.need(self.max_training_chars >= 0, f"{where}.max_training_chars: must be >= 0 (0 = all)")
+        return p
 
 
 @dataclass
@@ -208,6 +286,20 @@ class DataConfig:
     """Also store per-document `position_ids` (restarting at 0 at each document start in a block).
     Training then keeps attention inside each document and does not train on the first token of a
     document that follows another one in its block (lmtrain/data/packing.py: document_labels)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(len(self.sources) > 0, f"{where}.sources: list at least one source")
+        p.need(
+            sum(s.weight for s in self.sources) > 0,
+            f"{where}.sources: the weights sum to 0; give at least one source a positive weight",
+        )
+        p.need(self.seq_len >= 8, f"{where}.seq_len: must be at least 8")
+        p.need(
+            0.0 < self.validation_fraction < 1.0, f"{where}.validation_fraction: must be between 0 and 1 (exclusive)"
+        )
+        p.need(self.batch_size >= 1, f"{where}.batch_size: must be at least 1")
+        return p
 
 
 @dataclass
@@ -235,6 +327,22 @@ class ModelConfig:
     init_from: str = ""
     """Start from the weights of this Hugging Face model directory (continued pretraining) instead of a
     random initialization. Its architecture must match this section and the tokenizer's vocabulary."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            p.need(getattr(self, name) >= 1, f"{where}.{name}: must be at least 1")
+        if self.num_heads >= 1:
+            p.need(
+                self.hidden_size % self.num_heads == 0,
+                f"{where}.hidden_size: {self.hidden_size} is not divisible by {where}.num_heads {self.num_heads}",
+            )
+            kv = self.num_kv_heads or self.num_heads
+            p.need(
+                self.num_kv_heads >= 0 and self.num_heads % kv == 0,
+                f"{where}.num_kv_heads: {self.num_kv_heads} must divide {where}.num_heads {self.num_heads}",
+            )
+        return p
 
 
 @dataclass
@@ -311,6 +419,68 @@ class TrainConfig:
         """decay_steps with its default applied."""
         return self.decay_steps or self.max_steps // 5
 
+    def problems(self, where: str) -> list[str]:
+        """train.best_metric depends on the task: the top-level schema checks it with `best_metric_problems`."""
+        p = Problems()
+        p.need(self.max_steps >= 1, f"{where}.max_steps: must be at least 1")
+        p.need(self.micro_batch_size >= 1, f"{where}.micro_batch_size: must be at least 1")
+        p.need(
+            self.global_batch_size >= 1 and self.global_batch_size % max(self.micro_batch_size, 1) == 0,
+            f"{where}.global_batch_size: {self.global_batch_size} must be a multiple of {where}.micro_batch_size "
+            f"{self.micro_batch_size}",
+        )
+        p.need(self.lr > 0, f"{where}.lr: must be positive")
+        p.need(0.0 <= self.min_lr_ratio <= 1.0, f"{where}.min_lr_ratio: must be between 0 and 1")
+        p.need(
+            0 <= self.warmup_steps <= self.max_steps, f"{where}.warmup_steps: must be between 0 and {where}.max_steps"
+        )
+        p.need(self.decay_steps >= 0, f"{where}.decay_steps: must be >= 0 (0 = a fifth of {where}.max_steps)")
+        if self.schedule == "wsd":
+            room = self.max_steps - self.warmup_steps
+            default = f" (the default, a fifth of {where}.max_steps)" if not self.decay_steps else ""
+            p.need(
+                self.wsd_decay_steps() <= room,
+                f"{where}.decay_steps: a decay of {self.wsd_decay_steps()} steps{default} does not fit after "
+                f"{self.warmup_steps} warmup steps in {self.max_steps}; set {where}.decay_steps to at most {room}",
+            )
+        else:
+            p.need(
+                self.decay_steps == 0,
+                f"{where}.decay_steps: only {where}.schedule=wsd has a decay phase (this recipe uses "
+                f"{self.schedule}); set {where}.schedule=wsd or {where}.decay_steps=0",
+            )
+        p.need(
+            len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+            f"{where}.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]",
+        )
+        p.need(self.grad_clip >= 0, f"{where}.grad_clip: must be >= 0 (0 = no clipping)")
+        p.need(self.eval_every >= 1, f"{where}.eval_every: must be at least 1")
+        p.need(self.eval_batches >= 0, f"{where}.eval_batches: must be >= 0 (0 = the whole validation split)")
+        p.need(self.log_every >= 1, f"{where}.log_every: must be at least 1")
+        p.need(
+            self.checkpoint_every >= 0,
+            f"{where}.checkpoint_every: must be >= 0 (0 = only at the end and on preemption)",
+        )
+        p.need(self.keep_last >= 1, f"{where}.keep_last: must be at least 1 (resuming needs the newest checkpoint)")
+        p.need(self.keep_every >= 0, f"{where}.keep_every: must be >= 0 (0 = keep only the last ones)")
+        p.need(self.max_skipped_steps >= 1, f"{where}.max_skipped_steps: must be at least 1")
+        p.need(self.spike_factor == 0 or self.spike_factor > 1, f"{where}.spike_factor: must be above 1 (or 0 = off)")
+        return p
+
+    def best_metric_problems(self, where: str, metrics: tuple[str, ...], what: str) -> list[str]:
+        """best_metric must be one of the `metrics` that `what` (the run's task) evaluates."""
+        p = Problems()
+        p.need(
+            not self.best_metric or self.best_metric in metrics,
+            f"{where}.best_metric: {self.best_metric!r} is not a metric of {what}; choose one of "
+            f"{', '.join(metrics)} (or leave it empty)",
+        )
+        return p
+
+
+PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
+"""What pretraining's evaluation reports; train.best_metric must be one of them."""
+
 
 @dataclass
 class Recipe:
@@ -323,6 +493,18 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def problems(self, where: str) -> list[str]:
+        """The checks that span sections; each section checks its own fields."""
+        at = f"{where}." if where else ""
+        p = Problems()
+        m, seq_len = self.model.max_position_embeddings, self.data.seq_len
+        p.need(
+            m == 0 or m >= seq_len,
+            f"{at}model.max_position_embeddings: {m} is shorter than {at}data.seq_len {seq_len}",
+        )
+        p.extend(self.train.best_metric_problems(f"{at}train", PRETRAINING_METRICS, "pretraining"))
+        return p
+
 
 # ---------------------------------------------------------------------------- loading
 
@@ -330,8 +512,8 @@ class Recipe:
 def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Recipe):
     """Read a YAML recipe, apply `key.path=value` overrides, validate, return the typed tree.
 
-    `schema` is the top-level dataclass (Recipe for pretraining); another schema validates its
-    cross-field constraints in a `problems() -> list[str]` method."""
+    `schema` is the top-level dataclass (Recipe for pretraining, FinetuneRecipe for fine-tuning). Once the
+    typed tree is built, every section's `problems(where)` is collected (`collect_problems`)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(
@@ -354,10 +536,26 @@ def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Reci
         _apply_override(raw, item, problems)
     recipe = _build(schema, raw, "", problems)
     if not problems:
-        problems.extend(_check_values(recipe) if schema is Recipe else recipe.problems())
+        problems.extend(collect_problems(recipe))
     if problems:
         raise RecipeError(str(path), problems)
     return recipe
+
+
+def collect_problems(section, where: str = "") -> list[str]:
+    """Every problem in the tree under `section`: its own `problems(where)`, if it defines the method, then
+    those of its fields in field order, a list's sections by index; an unset optional section (None) has none."""
+    found = list(section.problems(where)) if hasattr(section, "problems") else []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        path = _join(where, f.name)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    found += collect_problems(item, f"{path}.{i}")
+        elif dataclasses.is_dataclass(value):
+            found += collect_problems(value, path)
+    return found
 
 
 def recipe_to_dict(recipe) -> dict:
@@ -493,155 +691,6 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             return value
     problems.append(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return None
-
-
-def _check_values(r: Recipe) -> list[str]:
-    """Cross-field checks that the types alone cannot express."""
-    p = []
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            p.append(msg)
-
-    need(
-        r.tokenizer.vocab_size >= 384 and r.tokenizer.vocab_size % 64 == 0,
-        f"tokenizer.vocab_size: {r.tokenizer.vocab_size} must be a multiple of 64 and at least 384 "
-        "(256 byte tokens plus merges and special tokens)",
-    )
-    need(r.tokenizer.min_frequency >= 1, "tokenizer.min_frequency: must be at least 1")
-    need(r.tokenizer.max_training_chars >= 0, "tokenizer.max_training_chars: must be >= 0 (0 = all)")
-    need(len(r.data.sources) > 0, "data.sources: list at least one source")
-    for i, s in enumerate(r.data.sources):
-        where = f"data.sources.{i}"
-        need(bool(s.kind), f"{where}.kind: name the source kind, e.g. files, hub or python_stdlib")
-        if s.kind == "files":
-            need(len(s.paths) > 0, f"{where}.paths: kind 'files' needs at least one glob pattern")
-        if s.kind == "hub":
-            need(bool(s.dataset), f"{where}.dataset: kind 'hub' needs a dataset name")
-        need(s.max_documents >= 0, f"{where}.max_documents: must be >= 0 (0 = all)")
-        need(s.weight >= 0, f"{where}.weight: {s.weight} must be >= 0 (0 = skip the source)")
-        need(
-            not s.streaming or s.kind == "hub",
-            f"{where}.streaming: only kind 'hub' streams; local files are always read lazily",
-        )
-        if s.filters is not None:
-            p.extend(_filter_problems(s.filters, f"{where}.filters"))
-    p.extend(_filter_problems(r.data.filters, "data.filters"))
-    need(
-        sum(s.weight for s in r.data.sources) > 0,
-        "data.sources: the weights sum to 0; give at least one source a positive weight",
-    )
-    d = r.data.dedup
-    need(0.0 < d.near_threshold <= 1.0, "data.dedup.near_threshold: must be in (0, 1], e.g. 0.8")
-    need(d.num_perm >= 2, "data.dedup.num_perm: must be at least 2 (FineWeb uses 112)")
-    need(d.ngram >= 1, "data.dedup.ngram: must be at least 1 (FineWeb uses 5)")
-    need(r.data.seq_len >= 8, "data.seq_len: must be at least 8")
-    need(0.0 < r.data.validation_fraction < 1.0, "data.validation_fraction: must be between 0 and 1 (exclusive)")
-    need(r.data.batch_size >= 1, "data.batch_size: must be at least 1")
-    need(r.data.clean.min_chars >= 0, "data.clean.min_chars: must be >= 0")
-    m = r.model
-    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-        need(getattr(m, name) >= 1, f"model.{name}: must be at least 1")
-    if m.num_heads >= 1:
-        need(
-            m.hidden_size % m.num_heads == 0,
-            f"model.hidden_size: {m.hidden_size} is not divisible by model.num_heads {m.num_heads}",
-        )
-        kv = m.num_kv_heads or m.num_heads
-        need(
-            m.num_kv_heads >= 0 and m.num_heads % kv == 0,
-            f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads {m.num_heads}",
-        )
-    need(
-        m.max_position_embeddings == 0 or m.max_position_embeddings >= r.data.seq_len,
-        f"model.max_position_embeddings: {m.max_position_embeddings} is shorter than data.seq_len {r.data.seq_len}",
-    )
-    p.extend(train_problems(r.train, PRETRAINING_METRICS, "pretraining"))
-    return p
-
-
-PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
-"""What pretraining's evaluation reports; train.best_metric must be one of them."""
-
-
-def train_problems(t: TrainConfig, metrics: tuple[str, ...], what: str) -> list[str]:
-    """Checks of the `train` section, shared by every recipe schema; `metrics` are those `what` evaluates."""
-    p = []
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            p.append(msg)
-
-    need(t.max_steps >= 1, "train.max_steps: must be at least 1")
-    need(t.micro_batch_size >= 1, "train.micro_batch_size: must be at least 1")
-    need(
-        t.global_batch_size >= 1 and t.global_batch_size % max(t.micro_batch_size, 1) == 0,
-        f"train.global_batch_size: {t.global_batch_size} must be a multiple of train.micro_batch_size {t.micro_batch_size}",
-    )
-    need(t.lr > 0, "train.lr: must be positive")
-    need(0.0 <= t.min_lr_ratio <= 1.0, "train.min_lr_ratio: must be between 0 and 1")
-    need(0 <= t.warmup_steps <= t.max_steps, "train.warmup_steps: must be between 0 and train.max_steps")
-    need(t.decay_steps >= 0, "train.decay_steps: must be >= 0 (0 = a fifth of train.max_steps)")
-    if t.schedule == "wsd":
-        room = t.max_steps - t.warmup_steps
-        need(
-            t.wsd_decay_steps() <= room,
-            f"train.decay_steps: a decay of {t.wsd_decay_steps()} steps"
-            f"{' (the default, a fifth of train.max_steps)' if not t.decay_steps else ''} does not fit after "
-            f"{t.warmup_steps} warmup steps in {t.max_steps}; set train.decay_steps to at most {room}",
-        )
-    else:
-        need(
-            t.decay_steps == 0,
-            f"train.decay_steps: only train.schedule=wsd has a decay phase (this recipe uses {t.schedule}); "
-            "set train.schedule=wsd or train.decay_steps=0",
-        )
-    need(
-        len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
-        "train.adam_betas: must be two numbers in [0, 1), e.g. [0.9, 0.95]",
-    )
-    need(t.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 = no clipping)")
-    need(t.eval_every >= 1, "train.eval_every: must be at least 1")
-    need(t.eval_batches >= 0, "train.eval_batches: must be >= 0 (0 = the whole validation split)")
-    need(t.log_every >= 1, "train.log_every: must be at least 1")
-    need(t.checkpoint_every >= 0, "train.checkpoint_every: must be >= 0 (0 = only at the end and on preemption)")
-    need(t.keep_last >= 1, "train.keep_last: must be at least 1 (resuming needs the newest checkpoint)")
-    need(t.keep_every >= 0, "train.keep_every: must be >= 0 (0 = keep only the last ones)")
-    need(t.max_skipped_steps >= 1, "train.max_skipped_steps: must be at least 1")
-    need(t.spike_factor == 0 or t.spike_factor > 1, "train.spike_factor: must be above 1 (or 0 = off)")
-    need(
-        not t.best_metric or t.best_metric in metrics,
-        f"train.best_metric: {t.best_metric!r} is not a metric of {what}; choose one of {', '.join(metrics)} "
-        "(or leave it empty)",
-    )
-    return p
-
-
-def _filter_problems(f: QualityFilterConfig, where: str) -> list[str]:
-    """Ratios must be fractions and counts non-negative; 0 turns a filter off."""
-    problems = []
-    ratios = {
-        name: getattr(f, name)
-        for name in (
-            "min_letter_unit_ratio",
-            "max_symbol_unit_ratio",
-            "max_bullet_line_ratio",
-            "max_ellipsis_line_ratio",
-            "max_duplicate_line_ratio",
-            "max_duplicate_line_char_ratio",
-            "min_terminal_punctuation_line_ratio",
-            "max_short_line_ratio",
-        )
-    }
-    ratios |= {f"max_top_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_top_ngram_char_ratios)}
-    ratios |= {f"max_duplicate_ngram_char_ratios.{i}": v for i, v in enumerate(f.max_duplicate_ngram_char_ratios)}
-    for name, value in ratios.items():
-        if not 0.0 <= value <= 1.0:
-            problems.append(f"{where}.{name}: {value} must be a fraction between 0 and 1 (0 = off)")
-    for name in ("min_units", "max_units", "min_stop_words", "min_mean_word_length", "max_mean_word_length"):
-        if getattr(f, name) < 0:
-            problems.append(f"{where}.{name}: must be >= 0 (0 = off)")
-    return problems
 
 
 def gradient_accumulation_steps(recipe, num_processes: int) -> int:
