@@ -6,7 +6,7 @@ Same corpus, same tokenizer (byte-level BPE, 8,192 tokens, trained on the corpus
 cores, documents already cleaned and in memory; each way runs ROUNDS times in turn and its
 fastest run counts (shared machines are noisy):
 - raw limit: the tokenizer's own batch encoding (`tokenizers`' `encode_batch_fast`), no I/O, nothing kept;
-- tiktoken limit: the encoder this pipeline uses (lmtrain.tokenization.CorpusEncoder: tiktoken's BPE on
+- tiktoken limit: the encoder this pipeline uses (lmtrain.tokenizer.bpe.CorpusEncoder: tiktoken's BPE on
   the same merges, giving the same ids) alone, without its spot check: the limit of this pipeline;
 - run_clm: a faithful reimplementation of transformers' examples/pytorch/language-modeling/run_clm.py
   data path: `Dataset.map(tokenize, batched=True)` then `Dataset.map(group_texts, batched=True)`;

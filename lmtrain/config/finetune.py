@@ -2,7 +2,7 @@
 
     python finetune.py recipes/smoke/sft.yaml train.lr=1e-4 lora.enabled=true
 
-`lmtrain.config.load_recipe(path, overrides, schema=FinetuneRecipe)` rejects unknown keys (with a
+`lmtrain.config.recipe.load_recipe(path, overrides, schema=FinetuneRecipe)` rejects unknown keys (with a
 did-you-mean), wrong types and invalid values, all together, before any work starts. As in recipe.py, a
 section checks itself in `problems(where)`; `FinetuneRecipe.problems` holds the checks that depend on the
 task or span sections. The `train` section is pretraining's TrainConfig, run by the same

@@ -235,6 +235,11 @@ class SourceConfig:
             not self.streaming or self.kind == "hub",
             f"{where}.streaming: only kind 'hub' streams; local files are always read lazily",
         )
+        p.need(
+            self.txt_documents == "file" or self.kind == "files",
+            f"{where}.txt_documents: splits local .txt files, which only kind 'files' reads; remove it or use "
+            "kind: files",
+        )
         return p
 
 

@@ -233,8 +233,10 @@ def describe_source(source: SourceConfig, key: str = "data.sources") -> dict:
 
 class Document(str):
     """A document's text that knows its split. Where a source holds out validation text by spans
-    (lmtrain/corpus/mixture.py), the split is not a function of the text, and every consumer (the
-    tokenizer, data preparation) must hold out the same text: `is_validation_document` reads it here."""
+    (lmtrain/corpus/mixture.py), the split is not a function of the text: `is_validation_document` reads it
+    here. The tokenizer removes exact duplicates only and data preparation near ones too, so for a source
+    close to the documents/spans boundary the two may hold out slightly different text; the model's
+    validation split is data preparation's."""
 
     validation: bool
 

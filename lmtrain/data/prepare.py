@@ -6,7 +6,8 @@
     then: weighted mixture by tokens -> pack into seq_len blocks (packing.py) -> Arrow shards
 
 The whole run is one pass over lazy streams: memory holds one batch of documents per source and
-one batch of blocks per split, whatever the corpus size. data.dir then holds `train` and
+one batch of blocks per split, plus, while a source's validation mode is decided (`validation_by: auto`),
+its first ⌈5 / validation_fraction⌉ documents (a whole source held out by spans, `validation_by: spans`). data.dir then holds `train` and
 `validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
 `position_ids`), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
 how each source's validation text was held out (and why, in `notes`, where by spans),

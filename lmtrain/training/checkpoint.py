@@ -190,16 +190,27 @@ def resolve_resume(run_dir: str | Path, resume: str) -> tuple[Checkpoint | None,
 
 
 def recipe_differences(saved: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(key, saved value, current value) for every recipe key whose value differs."""
+    """(key, saved value, current value) for every recipe key whose value differs. A key the saved recipe does
+    not have was added to the schema after the checkpoint was made: its default keeps the behaviour the run
+    had, so it is not compared (a checkpoint stays resumable across an upgrade of this repository)."""
     differences = []
     for key in sorted(set(saved) | set(current)):
+        if key not in saved:
+            continue
         name = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
+        old, new = saved[key], current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             differences.extend(recipe_differences(old, new, f"{name}."))
+        elif _list_of_dicts(old) and _list_of_dicts(new) and len(old) == len(new):
+            for i, (a, b) in enumerate(zip(old, new)):
+                differences.extend(recipe_differences(a, b, f"{name}.{i}."))
         elif old != new:
             differences.append((name, old, new))
     return differences
+
+
+def _list_of_dicts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
 def check_resume_compatible(

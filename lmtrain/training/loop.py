@@ -137,8 +137,8 @@ def fit(recipe, task: Task) -> FitResult:
             if diverged:
                 raise TrainingStopped(
                     f"{consecutive_skips} steps in a row had a non-finite loss or gradient norm (last: step {step}); "
-                    f"stopped after saving {path}. Lower train.lr, raise train.warmup_steps or check the data "
-                    f"indices logged in {run_dir / 'metrics.jsonl'}, then resume"
+                    f"stopped after saving {path}. Check the data indices logged in {run_dir / 'metrics.jsonl'}; "
+                    "resume with a lower train.lr or more train.warmup_steps and train.allow_resume_changes=true"
                 )
             if stop_now:
                 progress.close()
@@ -191,6 +191,8 @@ def train_step(
         batch = to_device(batch, accelerator.device)
         with accelerator.accumulate(model):
             loss = task.loss(model, batch)
+            if n == 0:  # a mean over no targets is NaN; it must weigh nothing, yet every rank runs backward
+                loss = loss.nan_to_num(0.0)
             accelerator.backward(loss * (n * scale))
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
@@ -450,10 +452,13 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
     if not (has_checkpoints or different):
         return
     if not t.overwrite:
-        what = "checkpoints" if has_checkpoints else "the outputs of a run with a different recipe"
+        if has_checkpoints:
+            what, options = "checkpoints", "resume it (train.resume=auto), "
+        else:
+            what, options = "the outputs of a run with a different recipe", ""
         raise UserError(
-            f"{run_dir} holds {what} and train.resume={t.resume}; use another run_dir, resume it "
-            "(train.resume=auto), or set train.overwrite=true to replace it"
+            f"{run_dir} holds {what} and train.resume={t.resume}; use another run_dir, {options}"
+            "or set train.overwrite=true to replace it"
         )
     if accelerator.is_main_process:
         shutil.rmtree(root, ignore_errors=True)

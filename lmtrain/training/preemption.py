@@ -1,7 +1,7 @@
 """Stop requests: SIGTERM (a scheduler preempting or timing out the job) and Ctrl-C.
 
 The handler only records the request (`signal_name`); at each step boundary the training loop makes
-all ranks agree on it (one all-reduce, shared with the non-finite check: trainer._agree) so that they
+all ranks agree on it (one all-reduce, shared with the non-finite check: loop._agree) so that they
 save the same checkpoint together.
 A second Ctrl-C aborts at once.
 """
