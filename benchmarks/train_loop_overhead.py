@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmtrain.training.distributed import keep_freed_cpu_memory
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        # Every way gets the allocator setting train.py makes on CPU (freed activations kept, not handed back
+        # to the OS and faulted in again each step), so that the ratios measure the loops, not malloc.
+        keep_freed_cpu_memory()
         turns = Turns(args.turn_fds)
         {"bare": bare_loop, "ours": our_loop, "hf_trainer": hf_trainer}[args.child](args, turns)
         Path(args.out).write_text(

@@ -6,7 +6,9 @@ across nodes: the launch config decides, the recipe's global batch stays fixed.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import warnings
 
 import torch
@@ -35,8 +37,26 @@ def resolve_precision(setting: str) -> str:
     return "bf16" if setting == "bf16" else "no"
 
 
+def keep_freed_cpu_memory() -> None:
+    """On CPU, torch allocates every step's activations with plain malloc and frees them after backward; glibc
+    hands large freed blocks back to the operating system and the next step faults them in again, page by
+    page. Measured on benchmarks/train_loop_overhead.py's model: ≈4,500 minor page faults per step and the loop
+    at 0.88 of a bare one; with these thresholds fixed, no such faults and 0.98. (A GPU's caching allocator
+    keeps its memory anyway.) glibc only; elsewhere a no-op."""
+    if torch.cuda.is_available() or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value; fixing it stops its adaptation
+    libc.mallopt(m_trim_threshold, 256 << 20)
+
+
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """An Accelerator whose view of the world matches the launcher's, checked."""
+    keep_freed_cpu_memory()
     # DeepSpeed's ZeRO-3 calls these torch collectives on every step; torch warns each time.
     warnings.filterwarnings(
         "ignore",
