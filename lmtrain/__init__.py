@@ -7,7 +7,8 @@ The subpackages follow the pipeline, each importing only those before it (tests/
     tokenizer   byte-level BPE: training, the fast corpus encoder, the quality report
     data        token shards: tokenize + pack (data_prep/), the resumable global-batch sampler
     model       transformers' Llama from the recipe, FLOPs, export, LoRA adapter directories
-    training    the loop (`fit`), its optimizer and schedule, checkpoints, processes, pretraining's task
+    publish     model cards, the loss curve, and the background uploader to a model hub
+    training    the loop (`fit`), its optimizer and schedule, checkpoints, processes, publishing, pretraining's task
     finetune    SFT and classification tasks on top of `fit`
     inference   generation, chat and classification with plain transformers
     plan        the launch planner (train.py --plan)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
@@ -21,3 +23,15 @@ def run_cli(*args, check=True) -> subprocess.CompletedProcess:
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+@pytest.fixture
+def hub_server(monkeypatch, tmp_path):
+    """A local Hub (tests/hub_server.py) that huggingface_hub, transformers and datasets talk to, online, despite the
+    HF_HUB_OFFLINE=1 set above: HF_ENDPOINT, HF_TOKEN="hf_test" (user "me", org "myorg"), HF_HUB_DISABLE_XET=1 and
+    HF_HOME under tmp_path are set in the environment and in the constants already imported (see use_hub)."""
+    from tests.hub_server import HubServer, use_hub
+
+    with HubServer(tokens={"hf_test"}, user="me", orgs=("myorg",)) as hub:
+        hub.env = use_hub(monkeypatch, hub.url, "hf_test", tmp_path / "hf_home")
+        yield hub

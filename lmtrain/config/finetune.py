@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmtrain.config.recipe import Problems, TrainConfig
+from lmtrain.config.recipe import HubConfig, Problems, TrainConfig
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """Every linear layer of a Llama block: LoRA on all of them works better than on attention alone (QLoRA paper)."""
@@ -226,6 +226,7 @@ class FinetuneRecipe:
     sft: SftConfig = field(default_factory=SftConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def problems(self, where: str) -> list[str]:
         """The checks that depend on the task or span sections; each section checks its own fields."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -483,6 +484,61 @@ class TrainConfig:
         return p
 
 
+REPO_ID = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$"
+)
+"""`org/name` as the Hugging Face Hub accepts it: letters, digits, `.`, `_`, `-`, not at either end."""
+
+SECRET_KEYS = ("token", "hf_token", "api_key", "password", "secret")
+"""Keys that would hold a secret: refused anywhere in a recipe, which is copied into run directories and cards."""
+
+SECRET_VALUE = re.compile(r"^hf_[A-Za-z0-9]{20,}$")
+"""A Hugging Face access token, refused as any recipe value."""
+
+
+@dataclass
+class HubConfig:
+    """Publishing to a model hub while the run trains (lmtrain/publish/): the Hugging Face Hub, or the server
+    that HF_ENDPOINT names. The token comes only from the environment (HF_TOKEN) or the `hf auth login`
+    cache; a recipe that holds one is refused, and no token is ever printed or saved."""
+
+    repo_id: str = ""
+    """The model repository, `org/name` (created if missing)."""
+    private: bool = True
+    """Create the repository private (an existing repository keeps its visibility)."""
+    push: Literal["none", "final", "checkpoints"] = "none"
+    """none: publish nothing (`python publish.py RUN_DIR` can publish later); final: the final model on `main`;
+    checkpoints: also every checkpoint as its own branch, `step0002000-tokens8.4B`, while training goes on."""
+    license: str = "apache-2.0"
+    """The license in the model card's metadata (a Hub license id, e.g. apache-2.0, mit, other)."""
+    max_shard_size: str = "5GB"
+    """Safetensors shards of the exported weights are at most this large (the Hub's own default), so that
+    downloads resume per file."""
+    upload_retries: int = 5
+    """A failed upload (network, 5xx, 429) is tried this many more times before it is reported and left for
+    the next run of the same command to publish."""
+    retry_wait_s: float = 10.0
+    """Seconds before the first retry; each further retry waits twice as long (a 429's Retry-After wins)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(
+            not self.repo_id or bool(REPO_ID.match(self.repo_id)),
+            f"{where}.repo_id: {self.repo_id!r} is not `org/name` (letters, digits, `.`, `_`, `-`), e.g. me/smoke",
+        )
+        p.need(
+            self.push == "none" or bool(self.repo_id),
+            f"{where}.repo_id: {where}.push={self.push} needs a repository, e.g. {where}.repo_id=me/my-model",
+        )
+        p.need(self.upload_retries >= 0, f"{where}.upload_retries: must be >= 0")
+        p.need(self.retry_wait_s >= 0, f"{where}.retry_wait_s: must be >= 0")
+        p.need(
+            bool(re.fullmatch(r"\d+(\.\d+)?\s*[KMG]B", self.max_shard_size)),
+            f"{where}.max_shard_size: {self.max_shard_size!r} is not a size such as 5GB or 500MB",
+        )
+        return p
+
+
 PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
 """What pretraining's evaluation reports; train.best_metric must be one of them."""
 
@@ -497,6 +553,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def problems(self, where: str) -> list[str]:
         """The checks that span sections; each section checks its own fields."""
@@ -539,6 +596,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), schema: type = Reci
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
+    problems.extend(_remove_secrets(raw))
     recipe = _build(schema, raw, "", problems)
     if not problems:
         problems.extend(collect_problems(recipe))
@@ -569,6 +627,26 @@ def recipe_to_dict(recipe) -> dict:
 
 def recipe_to_yaml(recipe) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _remove_secrets(tree, where: str = "") -> list[str]:
+    """Take every secret out of the raw recipe (before it can be built, printed or saved) and say where each
+    was: a key named like one (`hub.token`) or a value that is a Hugging Face token."""
+    problems, advice = [], "tokens do not belong in a recipe; set HF_TOKEN in the environment or run `hf auth login`"
+    items = list(tree.items()) if isinstance(tree, dict) else list(enumerate(tree)) if isinstance(tree, list) else []
+    for key, value in items:
+        path = _join(where, str(key))
+        if (isinstance(key, str) and key.lower() in SECRET_KEYS) or (
+            isinstance(value, str) and SECRET_VALUE.match(value)
+        ):
+            problems.append(f"{path}: {advice} (the recipe is copied into the run directory and the model card)")
+            if isinstance(tree, dict):
+                del tree[key]
+            else:
+                tree[key] = ""
+        else:
+            problems.extend(_remove_secrets(value, path))
+    return problems
 
 
 def _merge(base: dict, update: dict) -> dict:

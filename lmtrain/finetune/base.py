@@ -9,11 +9,14 @@ adapter_model.safetensors, tokenizer) that `merge_adapter` turns into a plain di
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator, PartialState
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -100,6 +103,31 @@ def base_fingerprint(path: str) -> str:
     return digest.hexdigest()
 
 
+def base_model_reference(path: str) -> tuple[str | None, str]:
+    """The base model's Hub repository (None when it has none) and how a card names it: a snapshot in the
+    Hugging Face cache is `org/name@commit`; an export of this project published with hub.repo_id is that repo."""
+    cached = re.search(r"models--([^/]+)--([^/]+)/snapshots/([0-9a-f]{40})", str(Path(path).resolve()))
+    if cached:
+        repo = f"{cached[1]}/{cached[2]}"
+        return repo, f"{repo}@{cached[3]}"
+    recipe = Path(path) / "recipe.yaml"
+    repo = (
+        ((yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("hub") or {}).get("repo_id")
+        if recipe.is_file()
+        else None
+    )
+    return (repo, repo) if repo else (None, path)
+
+
+def base_languages(path: str) -> list[str]:
+    """The languages the base model's own card declares (none without a card)."""
+    card = Path(path) / "README.md"
+    if not card.is_file():
+        return []
+    language = ModelCard.load(card, ignore_metadata_errors=True).data.language or []
+    return [language] if isinstance(language, str) else list(language)
+
+
 def resolved(path: str) -> str:
     """An absolute path for a local directory (so that an adapter finds its base from anywhere)."""
     return str(Path(path).resolve()) if Path(path).exists() else path
@@ -153,6 +181,19 @@ class FinetuneTask(Task):
     def export_extras(self) -> dict:
         """Further arguments of export_model (a generation config, label names)."""
         return {}
+
+    def card_facts(self) -> dict:
+        r = self.recipe
+        base_model, base_text = base_model_reference(r.base_model)
+        return {
+            "kind": r.task,
+            "data_rows": [("data", self.data_description), ("examples", self.report)],
+            "languages": base_languages(r.base_model),
+            "datasets": [r.data.dataset] if r.data.source == "hub" and r.data.dataset else [],
+            "base_model": base_model,
+            "base_model_text": base_text,
+            "adapter": r.lora.enabled,
+        }
 
     def fingerprints(self) -> dict[str, str]:
         digest = hashlib.sha256()

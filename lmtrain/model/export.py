@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -28,10 +29,14 @@ def export_model(
     has no generation config; `labels` are written next to a classification adapter, whose config does
     not hold them.
 
-    Every process must call this: under ZeRO-3 the full weights are gathered from all ranks."""
+    Every process must call this: under ZeRO-3 the full weights are gathered from all ranks. A bf16 run exports
+    bf16 weights (what it computed with, half the download); the shards are at most `recipe.hub.max_shard_size`."""
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
     main, adapter = accelerator.is_main_process, is_peft(unwrapped)
+    if accelerator.mixed_precision == "bf16" and main and not adapter:
+        state_dict = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()}
+        unwrapped.config.dtype = torch.bfloat16
     out_dir = Path(out_dir)
     if main and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -39,7 +44,10 @@ def export_model(
     if generation_config is not None and not adapter:
         unwrapped.generation_config = generation_config
     unwrapped.save_pretrained(
-        out_dir, is_main_process=main, state_dict=state_dict, **({} if adapter else {"save_function": accelerator.save})
+        out_dir,
+        is_main_process=main,
+        state_dict=state_dict,
+        **({} if adapter else {"save_function": accelerator.save, "max_shard_size": recipe.hub.max_shard_size}),
     )
     if main:
         tokenizer.save_pretrained(out_dir)

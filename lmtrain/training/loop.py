@@ -13,7 +13,6 @@ live in lmtrain/training/distributed.py; the loop below reads the same on 1 CPU 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
@@ -49,6 +48,7 @@ from lmtrain.training.faults import with_injected_faults
 from lmtrain.training.metrics_log import MetricsLog
 from lmtrain.training.optim import build_optimizer, build_scheduler
 from lmtrain.training.preemption import StopRequest
+from lmtrain.training.publishing import RunOutputs
 from lmtrain.training.task import Task, to_device
 
 SPIKE_WINDOW = 50
@@ -79,17 +79,17 @@ def fit(recipe, task: Task) -> FitResult:
     t, run_dir = recipe.train, Path(recipe.run_dir)
     accelerator = make_accelerator(recipe)
     rank, world = accelerator.process_index, accelerator.num_processes
-    model, optimizer, scheduler, state, log, sampler = _set_up(recipe, task, accelerator)
+    model, optimizer, scheduler, state, log, sampler, outputs = _set_up(recipe, task, accelerator)
     final_dir = run_dir / "final"
     if state["step"] >= t.max_steps:
-        return _already_complete(task, accelerator, model, state, log, final_dir, t.max_steps)
+        return _already_complete(outputs, accelerator, model, state, log, final_dir, t.max_steps)
 
     def run_eval(step: int) -> float:
         metrics = task.evaluate(model, accelerator)
         log.write({"step": step, **metrics})
+        outputs.loss_curve()
         if t.best_metric:
-            export_best = lambda: _export_atomically(task, accelerator, model, run_dir / "best")  # noqa: E731
-            _update_best(state, metrics, step, t.best_metric, export_best)
+            _update_best(state, metrics, step, t.best_metric, lambda: outputs.export(model, run_dir / "best"))
         return metrics["eval_loss"]
 
     eval_loss = state["first_eval_loss"]
@@ -134,6 +134,8 @@ def fit(recipe, task: Task) -> FitResult:
                     eval_loss = run_eval(step)
             if save_now:
                 path = _checkpoint(accelerator, run_dir, step, state, scheduler, recipe, task, sampler)
+                with window.excluded():
+                    outputs.checkpoint(model, step, state["tokens_seen"])
             if diverged:
                 raise TrainingStopped(
                     f"{consecutive_skips} steps in a row had a non-finite loss or gradient norm (last: step {step}); "
@@ -147,9 +149,10 @@ def fit(recipe, task: Task) -> FitResult:
                                 f"checkpoint saved in {path}. Run the same command again to resume", stop.exit_code)  # fmt: skip
     progress.close()
     seconds = time.perf_counter() - start
-    task.export(accelerator, model, final_dir)
+    outputs.final(model, final_dir)
     accelerator.end_training()
     _print_summary(log, state, first_step, t.max_steps, seconds, window.excluded_seconds, eval_loss, final_dir)
+    outputs.finish()
     return _result(state, t.max_steps, seconds, seconds - window.excluded_seconds, eval_loss, final_dir, first_step - 1)
 
 
@@ -260,6 +263,7 @@ def _set_up(recipe, task: Task, accelerator: Accelerator):
     recipe_dict = recipe_to_dict(recipe)
     resume_from, warnings = resolve_resume(run_dir, t.resume)
     _guard_run_dir(run_dir, recipe_dict, resume_from, t, accelerator)
+    outputs = RunOutputs(recipe, recipe_dict, task, accelerator)  # checks the hub (hub.push) before any work
     set_seed(t.seed)
     model = task.build_model()
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
@@ -310,7 +314,7 @@ def _set_up(recipe, task: Task, accelerator: Accelerator):
         )
         for note in notes:
             log.print(f"  changed since the checkpoint: {note}")
-    return model, optimizer, scheduler, state, log, sampler
+    return model, optimizer, scheduler, state, log, sampler, outputs
 
 
 def _flops_per_token(accelerator: Accelerator, model, task: Task) -> float:
@@ -330,11 +334,14 @@ def _checkpoint(accelerator, run_dir: Path, step: int, state: dict, scheduler, r
     return save_checkpoint(accelerator, run_dir, step, saved, t.keep_last, t.keep_every)
 
 
-def _already_complete(task: Task, accelerator, model, state: dict, log: MetricsLog, final_dir: Path, max_steps: int):
+def _already_complete(outputs: RunOutputs, accelerator, model, state: dict, log: MetricsLog, final_dir: Path,
+                      max_steps: int):  # fmt: skip
     if not any((final_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
-        task.export(accelerator, model, final_dir)  # stopped after the last checkpoint, before the export
+        outputs.export(model, final_dir)  # stopped after the last checkpoint, before the export
     log.print(f"run already complete: {state['step']:,} of {max_steps:,} steps; final model in {final_dir}")
+    outputs.publish_copy(final_dir, "main", "Final model")
     accelerator.end_training()
+    outputs.finish()
     return _result(state, max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])
 
 
@@ -427,15 +434,6 @@ def _update_best(state: dict, metrics: dict, step: int, metric: str, export) -> 
         state["best"] = {"metric": metric, "value": value, "step": step}
 
 
-def _export_atomically(task: Task, accelerator: Accelerator, model, out_dir: Path) -> None:
-    staging = out_dir.with_name(f".tmp-{out_dir.name}")
-    task.export(accelerator, model, staging)
-    if accelerator.is_main_process:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
-    accelerator.wait_for_everyone()
-
-
 def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator: Accelerator) -> None:
     """Never mix two runs in one directory unless the user says so."""
     if resume_from is not None:
@@ -462,7 +460,7 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
         )
     if accelerator.is_main_process:
         shutil.rmtree(root, ignore_errors=True)
-        for name in ("final", "best", "metrics.jsonl"):
+        for name in ("final", "best", "publish", "metrics.jsonl", "loss.png"):
             path = run_dir / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from lmtrain.data.prepare import read_manifest
 from lmtrain.errors import UserError
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import build_model, llama_config
+from lmtrain.publish.card import languages_of
 from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenizer.report import REPORT
 from lmtrain.training.evaluation import eval_shard, mean_eval_loss
 from lmtrain.training.task import Task
 
@@ -76,6 +79,19 @@ class PretrainTask(Task):
         return {
             "tokenizer": self.manifest["inputs"]["tokenizer_fingerprint"],
             "data": self.manifest["content_fingerprint"],
+        }
+
+    def card_facts(self) -> dict:
+        report = Path(self.recipe.tokenizer.dir) / REPORT
+        sources = self.recipe.data.sources
+        sample = self.val_rows[np.arange(min(len(self.val_blocks), 64))]["input_ids"]
+        code = ["code"] if any(s.kind == "python_stdlib" for s in sources) else []
+        return {
+            "kind": "pretrain",
+            "manifest": self.manifest,
+            "tokenizer_report": json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None,
+            "languages": languages_of(self.tokenizer.batch_decode(sample)) + code,
+            "datasets": sorted({s.dataset for s in sources if s.kind == "hub" and s.dataset}),
         }
 
     def describe(self) -> str:

@@ -49,6 +49,11 @@ class Task:
         """Content hashes of the inputs (tokenizer, data) that a resumed run must share."""
         return {}
 
+    def card_facts(self) -> dict:
+        """What the model card says that only the task knows, as lmtrain.publish.card.CardFacts fields: `kind`
+        (pretrain, sft, classify) and its data, languages and base model."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """A banner line about the data."""
         return ""

@@ -1,0 +1,1 @@
+"""What leaves a run: model cards, the loss curve, and uploads to a model hub (huggingface_hub)."""

@@ -1,0 +1,188 @@
+"""Publishing while training runs, against the local Hub of tests/hub_server.py with the real huggingface_hub client.
+
+Checks: every checkpoint becomes a branch named by its step and tokens, and `main` the final model, each loadable
+with `from_pretrained(repo, revision=...)` and equal (logits) to what the run saved locally; pruning while an
+upload waits loses nothing; a hub that fails, then recovers, leaves the run finished and, after the same command
+again, everything published exactly once; bad input at start stops the run before any training, with one message.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from lmtrain.config.recipe import RecipeError, load_recipe
+from tests.conftest import REPO_ROOT, run_cli
+
+TINY = """
+tokenizer: {vocab_size: 512, min_frequency: 2}
+data:
+  sources: [{kind: python_stdlib, max_documents: 120}]
+  clean: {strip_html: false}
+  seq_len: 64
+  validation_fraction: 0.1
+model: {hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 172}
+train: {max_steps: 20, global_batch_size: 8, micro_batch_size: 8, warmup_steps: 2, lr: 3.0e-3,
+        eval_every: 10, eval_batches: 2, log_every: 5, checkpoint_every: 10, keep_last: 5}
+"""
+TOKENS_PER_STEP = 8 * 64
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny recipe whose tokenizer and data are prepared once for this module."""
+    root = tmp_path_factory.mktemp("publish")
+    text = yaml.safe_load(TINY)
+    text["tokenizer"]["dir"], text["data"]["dir"] = str(root / "tokenizer"), str(root / "data")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(text), encoding="utf-8")
+    run_cli("tokenizer/train_tokenizer.py", recipe)
+    run_cli("data_prep/prepare.py", recipe)
+    return recipe
+
+
+def train(recipe, run_dir, *overrides, check=True):
+    return run_cli("train.py", recipe, f"run_dir={run_dir}", *overrides, check=check)
+
+
+def logits(model_or_path, revision=None):
+    model = model_or_path
+    if not isinstance(model, torch.nn.Module):
+        model = AutoModelForCausalLM.from_pretrained(model_or_path, revision=revision)
+    with torch.no_grad():
+        return model.eval()(torch.arange(1, 33).unsqueeze(0)).logits
+
+
+def checkpoint_model(run_dir, step):
+    """The weights the run saved in its checkpoint at `step`, in the final export's architecture."""
+    config = AutoConfig.from_pretrained(run_dir / "final")
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(load_file(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+    return model
+
+
+def branches(repo_id):
+    return sorted(b.name for b in HfApi().list_repo_refs(repo_id).branches)
+
+
+def test_push_checkpoints_publishes_a_loadable_branch_per_checkpoint_and_main(prepared, hub_server, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(prepared, run_dir, "hub.repo_id=me/tiny", "hub.push=checkpoints")
+    # 10 steps × 8 sequences × 64 tokens = 5,120 tokens per checkpoint interval
+    expected = ["main", "step0000010-tokens5.12K", "step0000020-tokens10.2K"]
+    assert branches("me/tiny") == expected, result.stderr[-3000:]
+    for step, branch in ((10, expected[1]), (20, expected[2])):
+        torch.testing.assert_close(logits("me/tiny", branch), logits(checkpoint_model(run_dir, step)))
+    torch.testing.assert_close(logits("me/tiny", "main"), logits(run_dir / "final"))
+    assert hub_server.count("POST", "/commit/") == 3  # one commit per branch, nothing uploaded twice
+    assert not (run_dir / "publish" / expected[1]).exists()  # staged copies go once the hub has them
+    card = ModelCard.load(HfApi().hf_hub_download("me/tiny", "README.md"))
+    assert all(f'revision="{b}"' in card.text for b in expected[1:])
+    files = hub_server.files("me/tiny", "main")
+    assert {"model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "loss.png", "metrics.jsonl"} <= set(
+        files
+    )
+    assert not any("optimizer" in name for name in files)
+    assert "hf_test" not in (run_dir / "recipe.yaml").read_text() + result.stderr + card.content
+    ledger = json.loads((run_dir / "publish" / "published.json").read_text())
+    assert sorted(ledger["me/tiny"]) == expected
+
+
+def test_card_figures_match_the_run(prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    train(prepared, run_dir)  # no hub: the card is in every export all the same
+    card = ModelCard.load(run_dir / "final" / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation" and "en" in data["language"]
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if "eval_loss" in r][-1]
+    metrics = {m["name"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["eval_loss"] == pytest.approx(last["eval_loss"], abs=1e-6)
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    assert f"| parameters (exact) | {sum(p.numel() for p in model.parameters()):,} |" in card.text
+    manifest = json.loads((Path(yaml.safe_load(prepared.read_text())["data"]["dir"]) / "manifest.json").read_text())
+    source = manifest["sources"][0]
+    assert f"| {source['documents_read']:,} | {source['kept']:,} |" in card.text
+    for section in ("Architecture", "Tokenizer", "Training data", "Training procedure", "Results", "How to use",
+                    "使用方法", "Limitations"):  # fmt: skip
+        assert f"\n## {section}\n" in card.text
+    for png in (run_dir / "loss.png", run_dir / "final" / "loss.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pruning_while_uploads_wait_loses_nothing(prepared, hub_server, tmp_path):
+    run_dir = tmp_path / "run"
+    hub_server.fail(503, times=3, path="/commit/")  # the first uploads retry while training prunes checkpoints
+    train(prepared, run_dir, "hub.repo_id=me/pruned", "hub.push=checkpoints", "hub.retry_wait_s=0.5",
+          "train.checkpoint_every=5", "train.keep_last=1")  # fmt: skip
+    assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_")] == ["step_00000020"]
+    steps = [b.split("-")[0] for b in branches("me/pruned") if b != "main"]
+    assert steps == ["step0000005", "step0000010", "step0000015", "step0000020"]
+
+
+def test_a_failing_hub_leaves_the_run_finished_and_a_rerun_publishes_the_rest_once(prepared, hub_server, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("hub.repo_id=me/flaky", "hub.push=checkpoints", "hub.upload_retries=1", "hub.retry_wait_s=0.1")
+    outage = hub_server.fail(500, times=1000, path="/commit/")
+    first = train(prepared, run_dir, *args)
+    assert (run_dir / "final" / "model.safetensors").is_file()
+    assert "could not publish" in first.stderr and "run the same command again" in first.stderr
+    assert "model.safetensors" not in hub_server.files("me/flaky", "main")
+    outage.times = 0
+    second = train(prepared, run_dir, *args)
+    assert "run already complete" in second.stderr
+    assert branches("me/flaky") == ["main", "step0000010-tokens5.12K", "step0000020-tokens10.2K"]
+    commits = [c for c in hub_server.calls if c.method == "POST" and "/commit/" in c.path and c.status == 200]
+    assert len(commits) == 3
+    third = train(prepared, run_dir, *args)  # nothing left: nothing uploaded
+    assert "0 upload(s)" in third.stderr
+    assert len([c for c in hub_server.calls if c.method == "POST" and "/commit/" in c.path and c.status == 200]) == 3
+
+
+def test_rate_limit_is_waited_out(prepared, hub_server, tmp_path):
+    hub_server.fail(429, times=1, path="/commit/", retry_after=1)
+    result = train(prepared, tmp_path / "run", "hub.repo_id=me/limited", "hub.push=final", "hub.retry_wait_s=30")
+    assert "retrying in 1 s" in result.stderr  # Retry-After wins over the recipe's 30 s
+    assert branches("me/limited") == ["main"]
+
+
+@pytest.mark.parametrize(
+    "override, env, message",
+    [
+        ("hub.repo_id=someone/else", {}, "belongs to 'someone'"),
+        ("hub.repo_id=me/x", {"HF_TOKEN": "hf_wrong"}, "refused the token"),
+        ("hub.repo_id=me/x", {"HF_TOKEN": ""}, "no Hugging Face token found"),
+        ("hub.repo_id=me/x", {"HF_ENDPOINT": "http://127.0.0.1:9"}, "is unreachable"),
+        ("hub.repo_id=me/x", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ],
+)
+def test_bad_hub_set_up_stops_before_training(prepared, hub_server, tmp_path, override, env, message):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", str(prepared), f"run_dir={run_dir}", override, "hub.push=final"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_recipe_refuses_tokens_and_bad_repo_ids(prepared):
+    with pytest.raises(RecipeError, match="hub.token: tokens do not belong in a recipe"):
+        load_recipe(prepared, ["hub.token=abc"])
+    with pytest.raises(RecipeError, match="run_dir: tokens do not belong"):
+        load_recipe(prepared, ["run_dir=hf_" + "a" * 34])
+    with pytest.raises(RecipeError, match="is not `org/name`"):
+        load_recipe(prepared, ["hub.repo_id=no-slash"])
+    with pytest.raises(RecipeError, match="hub.push=checkpoints needs a repository"):
+        load_recipe(prepared, ["hub.push=checkpoints"])
+    assert load_recipe(prepared, ["hub.repo_id=me/smoke", "hub.push=checkpoints"]).hub.private is True
