@@ -30,11 +30,9 @@ def main() -> None:
     from lmtrain.config.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides, schema=FinetuneRecipe)
-    if recipe.task == "sft":
-        from lmtrain.finetune.sft import SftTask as TaskClass
-    else:
-        from lmtrain.finetune.classify import ClassifyTask as TaskClass
-    task = TaskClass(recipe)
+    from lmtrain.finetune import finetune_task
+
+    task = finetune_task(recipe)
     if args.dry_run:
         from lmtrain.config.recipe import recipe_to_yaml
 

@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 import yaml
+from datasets import load_dataset
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -186,3 +188,25 @@ def test_recipe_refuses_tokens_and_bad_repo_ids(prepared):
     with pytest.raises(RecipeError, match="hub.push=checkpoints needs a repository"):
         load_recipe(prepared, ["hub.push=checkpoints"])
     assert load_recipe(prepared, ["hub.repo_id=me/smoke", "hub.push=checkpoints"]).hub.private is True
+
+
+def test_publish_an_existing_run_later_once(prepared, hub_server, tmp_path):
+    run_dir = tmp_path / "run"
+    train(prepared, run_dir)  # hub.push=none: nothing leaves the machine while it trains
+    assert hub_server.count("POST", "/commit/") == 0
+    args = ("publish.py", run_dir, "--repo-id", "me/later", "--tokenizer-repo", "me/later-tokenizer",
+            "--dataset-repo", "me/later-data")  # fmt: skip
+    run_cli(*args)
+    assert branches("me/later") == ["main", "step0000010-tokens5.12K", "step0000020-tokens10.2K"]
+    torch.testing.assert_close(logits("me/later", "step0000010-tokens5.12K"), logits(checkpoint_model(run_dir, 10)))
+    torch.testing.assert_close(logits("me/later", "main"), logits(run_dir / "final"))
+    tokenizer_files = hub_server.files("me/later-tokenizer")
+    tokenizer_dir = Path(yaml.safe_load(prepared.read_text())["tokenizer"]["dir"])
+    assert tokenizer_files["tokenizer.json"] == (tokenizer_dir / "tokenizer.json").read_bytes()
+    assert "| vocabulary | 512 |" in tokenizer_files["README.md"].decode()
+    data_dir = Path(yaml.safe_load(prepared.read_text())["data"]["dir"])
+    published = load_dataset("me/later-data", split="validation")
+    assert len(published) == len(datasets.load_from_disk(data_dir)["validation"])
+    commits = hub_server.count("POST", "/commit/")
+    again = run_cli(*args)
+    assert hub_server.count("POST", "/commit/") == commits, again.stderr[-2000:]  # nothing published twice

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from lmtrain.formatting import format_count, format_duration
@@ -182,9 +182,13 @@ def _tokenizer(facts: CardFacts) -> str:
 
 
 def _training_data(facts: CardFacts) -> str:
-    m = facts.manifest
-    if m is None:
+    if facts.manifest is None:
         return "## Training data\n\n" + _table(("", "value"), facts.data_rows) if facts.data_rows else ""
+    return "## Training data\n\n" + data_summary(facts.manifest)
+
+
+def data_summary(m: dict) -> str:
+    """The data manifest as a table of sources (read, kept, dropped by reason, tokens, shares) and the splits."""
     rows = []
     for s in m["sources"]:
         dropped = {**s.get("skipped", {}), **s.get("filtered", {})}
@@ -332,3 +336,30 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_tokenizer_card(tokenizer_dir: Path, repo_id: str, report: dict | None, license: str) -> None:
+    """`README.md` for a tokenizer published on its own: what it is, how compact it is, how to load it."""
+    per_token = (report or {}).get("bytes_per_token", {})
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    rows = [("type", "byte-level BPE (no unknown tokens)"), ("vocabulary", f"{len(vocab):,}")]
+    rows += [(f"bytes per token, {lang}", f"{value:.2f}") for lang, value in per_token.items() if value]
+    code = f'from transformers import AutoTokenizer\n\ntokenizer = AutoTokenizer.from_pretrained("{repo_id}")'
+    data = ModelCardData(license=license, library_name="transformers", tags=["lmtrain", "tokenizer"])
+    text = (
+        f"# {repo_id.split('/')[-1]}\n\nThe tokenizer of an lmtrain pretraining run.\n\n{_table(('', 'value'), rows)}"
+        f"\n\n## How to use / 使用方法\n\n```python\n{code}\n```\n"
+    )
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}").save(Path(tokenizer_dir) / "README.md")
+
+
+def dataset_card(manifest: dict, repo_id: str, license: str, languages: list[str]) -> DatasetCard:
+    """The card of a packed dataset published with `DatasetDict.push_to_hub`: its sources and counts."""
+    data = DatasetCardData(license=license, language=languages or None, tags=["lmtrain", "pretraining"])
+    code = f'from datasets import load_dataset\n\nblocks = load_dataset("{repo_id}")'
+    text = (
+        f"# {repo_id.split('/')[-1]}\n\nTokenized and packed pretraining data made by lmtrain's data_prep/prepare.py: "
+        f"rows of `{', '.join(manifest['columns'])}` ({manifest['inputs']['seq_len']} tokens each), train and "
+        f"validation splits.\n\n{data_summary(manifest)}\n\n## How to use / 使用方法\n\n```python\n{code}\n```\n"
+    )
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{text}")

@@ -48,7 +48,7 @@ def branch_name(step: int, tokens: int) -> str:
     return f"step{step:07d}-tokens{tokens}"
 
 
-def check_access(repo_id: str, private: bool) -> HfApi:
+def check_access(repo_id: str, private: bool, repo_type: str = "model") -> HfApi:
     """A client for `repo_id`, after checking (before any training) that the hub is reachable, a token is
     available and may write to the repository's namespace; the repository is created if it does not exist."""
     where = endpoint()
@@ -78,7 +78,7 @@ def check_access(repo_id: str, private: bool) -> HfApi:
     if role == "read":
         raise UserError(f"hub: the token of {who.get('name')!r} is read-only; {HUB_LOGIN}")
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
     except HfHubHTTPError as error:
         raise UserError(f"hub.repo_id: cannot create or write {repo_id} on {where} ({_status(error)})") from None
     return api
@@ -224,3 +224,16 @@ def _write_ledger(path: Path, repo_id: str, branches: dict) -> None:
     staging = path.with_name(f".tmp-{path.name}")
     staging.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(staging, path)
+
+
+def publish_once(run_dir: Path, repo_id: str, key: str, fingerprint: str, upload) -> bool:
+    """Run `upload()` unless run_dir's ledger says `repo_id` already has `key` with this `fingerprint`; record
+    it after. For what is published whole, outside a run's branches (the tokenizer, the dataset)."""
+    path = Path(run_dir) / STAGING / LEDGER
+    branches = _read_ledger(path).get(repo_id, {})
+    if branches.get(key, {}).get("fingerprint") == fingerprint:
+        return False
+    upload()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_ledger(path, repo_id, {**branches, key: {"fingerprint": fingerprint, "published_at": time.time()}})
+    return True

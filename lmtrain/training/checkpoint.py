@@ -12,6 +12,7 @@ Assumes run_dir is on a filesystem every rank sees (as multi-node checkpointing 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -23,11 +24,15 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
+from lmtrain.config.recipe import HubConfig
 from lmtrain.errors import UserError
 
 STATE_FILE = "trainer_state.json"
 COMPLETE_FILE = "COMPLETE.json"
+DEEPSPEED_TAG = "pytorch_model"
+"""The folder in which Accelerate's save_state has DeepSpeed write the engine's shards (its MODEL_NAME)."""
 # Fault injection for the reliability tests and benchmark: SIGKILL the main process in the middle of
 # saving the checkpoint of this step.
 KILL_DURING_SAVE_FAULT_ENV = "LMTRAIN_FAULT_KILL_DURING_SAVE_STEP"
@@ -52,6 +57,8 @@ HARMLESS_CHANGES = (
     "train.max_skipped_steps",
     "train.spike_factor",
     "train.best_metric",
+    "hub",  # a checkpoint saved before the recipe had a hub section
+    *(f"hub.{f.name}" for f in dataclasses.fields(HubConfig)),  # where the run is published, not what it trains
 )
 
 
@@ -66,6 +73,20 @@ class Checkpoint:
 
     def state(self) -> dict:
         return json.loads((self.path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights a checkpoint holds, whole, on the CPU: Accelerate's model.safetensors, or DeepSpeed's
+    ZeRO shards consolidated by DeepSpeed's own zero_to_fp32 (it reads the shards with torch.load, as every
+    DeepSpeed resume does)."""
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    shards = path / DEEPSPEED_TAG
+    if shards.is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DEEPSPEED_TAG)
+    raise CheckpointError(f"{path}: no model weights (model.safetensors or {DEEPSPEED_TAG}/); is it a checkpoint?")
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:

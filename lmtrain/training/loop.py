@@ -340,6 +340,9 @@ def _already_complete(outputs: RunOutputs, accelerator, model, state: dict, log:
         outputs.export(model, final_dir)  # stopped after the last checkpoint, before the export
     log.print(f"run already complete: {state['step']:,} of {max_steps:,} steps; final model in {final_dir}")
     outputs.publish_copy(final_dir, "main", "Final model")
+    if missing := outputs.unpublished_checkpoints():
+        log.print(f"hub: {missing} kept checkpoint(s) are not on the hub; `python publish.py {final_dir.parent}` "
+                  "publishes them")  # fmt: skip
     accelerator.end_training()
     outputs.finish()
     return _result(state, max_steps, 0.0, 0.0, state["first_eval_loss"], final_dir, state["step"])

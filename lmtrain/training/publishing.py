@@ -17,18 +17,25 @@ import shutil
 import sys
 from pathlib import Path
 
+import datasets
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list
 from tqdm.auto import tqdm
 
+from lmtrain.config.recipe import recipe_to_dict
 from lmtrain.errors import UserError
-from lmtrain.publish.card import CardFacts, write_model_card
-from lmtrain.publish.hub import STAGING, Uploader, branch_name, check_access, endpoint
+from lmtrain.publish.card import CardFacts, dataset_card, write_model_card, write_tokenizer_card
+from lmtrain.publish.hub import STAGING, Uploader, branch_name, check_access, endpoint, publish_once
 from lmtrain.publish.loss_curve import FILE_NAME as LOSS_CURVE
 from lmtrain.publish.loss_curve import plot_loss_curve, read_metrics
+from lmtrain.tokenizer.bpe import tokenizer_fingerprint
+from lmtrain.tokenizer.report import REPORT
+from lmtrain.training.checkpoint import checkpoint_weights, complete_checkpoints
 from lmtrain.training.task import Task
 
 METRICS = "metrics.jsonl"
+LAUNCH = "launch.json"
 
 
 def _say(message: str) -> None:
@@ -37,10 +44,17 @@ def _say(message: str) -> None:
 
 
 class RunOutputs:
-    def __init__(self, recipe, recipe_dict: dict, task: Task, accelerator: Accelerator):
+    """The exports of a run and their publication. `launch` describes the training launch for the cards: the
+    current one while training (saved as run_dir/launch.json), the saved one when publishing afterwards."""
+
+    def __init__(self, recipe, recipe_dict: dict, task: Task, accelerator: Accelerator, launch: dict | None = None):
         self.recipe, self.recipe_dict, self.task, self.accelerator = recipe, recipe_dict, task, accelerator
         self.run_dir, self.hub = Path(recipe.run_dir), recipe.hub
         self.main = accelerator.is_main_process
+        self.launch = launch or _describe_launch(accelerator)
+        if self.main and launch is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / LAUNCH).write_text(json.dumps(self.launch) + "\n", encoding="utf-8")
         self.uploader = self._start_uploader() if self.hub.push != "none" else None
 
     def _start_uploader(self) -> Uploader | None:
@@ -118,6 +132,13 @@ class RunOutputs:
         os.replace(staging, stage)
         self.uploader.submit(branch, message)
 
+    def unpublished_checkpoints(self) -> int:
+        """Kept checkpoints whose branch the hub does not have (with hub.push=checkpoints; main process)."""
+        if self.hub.push != "checkpoints" or not self.uploader:
+            return 0
+        states = [c.state() for c in complete_checkpoints(self.run_dir)[0]]
+        return sum(not self.uploader.published(branch_name(s["step"], s["tokens_seen"])) for s in states)
+
     def finish(self) -> None:
         """Wait for the pending uploads, then say what was published and what was not."""
         if not self.uploader:
@@ -131,16 +152,10 @@ class RunOutputs:
         )
 
     def _facts(self, revision: str, records: list[dict]) -> CardFacts:
-        a = self.accelerator
         return CardFacts(
             recipe=self.recipe_dict,
             metrics=records,
-            launch={
-                "processes": a.num_processes,
-                "device": a.device.type,
-                "precision": "fp32" if a.mixed_precision == "no" else a.mixed_precision,
-                "distributed": _parallelism(a),
-            },  # fmt: skip
+            launch=self.launch,
             license=self.hub.license,
             repo_id=self.hub.repo_id or None,
             revision=revision,
@@ -149,7 +164,80 @@ class RunOutputs:
         )
 
 
-def _parallelism(accelerator: Accelerator) -> str:
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
-    return "data parallel" if accelerator.num_processes > 1 else "one process"
+def _describe_launch(a: Accelerator) -> dict:
+    if a.distributed_type == DistributedType.DEEPSPEED:
+        parallelism = f"DeepSpeed ZeRO-{a.state.deepspeed_plugin.zero_stage}"
+    else:
+        parallelism = "data parallel" if a.num_processes > 1 else "one process"
+    return {
+        "processes": a.num_processes,
+        "device": a.device.type if a.device.type != "cuda" else torch.cuda.get_device_name(a.device),
+        "precision": "fp32" if a.mixed_precision == "no" else a.mixed_precision,
+        "distributed": parallelism,
+    }
+
+
+def publish_run(recipe, task: Task, checkpoints: bool) -> None:
+    """Publish a finished run as `hub.push` would have while it trained (publish.py): an export of each kept
+    checkpoint as its branch (with `checkpoints`), best/ as `best`, final/ on `main`; nothing the hub has already."""
+    run_dir = Path(recipe.run_dir)
+    final_dir = run_dir / "final"
+    if not final_dir.is_dir():
+        raise UserError(f"{final_dir}: the run has no final model yet; finish it first (its training command resumes)")
+    launch = json.loads((run_dir / LAUNCH).read_text(encoding="utf-8")) if (run_dir / LAUNCH).is_file() else {}
+    precision = "bf16" if launch.get("precision") == "bf16" else "no"  # export as the run computed
+    accelerator = Accelerator(cpu=True, mixed_precision=precision)
+    outputs = RunOutputs(recipe, recipe_to_dict(recipe), task, accelerator, launch or {"processes": 1})
+    model = None
+    for checkpoint in complete_checkpoints(run_dir)[0] if checkpoints else []:
+        state = checkpoint.state()
+        if outputs.uploader.published(branch_name(state["step"], state["tokens_seen"])):
+            continue
+        model = model or task.build_model()
+        _load_weights(model, checkpoint_weights(checkpoint.path), checkpoint.path)
+        outputs.checkpoint(model, state["step"], state["tokens_seen"])
+    outputs.publish_copy(final_dir, "main", "Final model")
+    if (run_dir / "best").is_dir():
+        outputs.publish_copy(run_dir / "best", "best", f"Best {recipe.train.best_metric} on validation")
+    outputs.finish()
+
+
+def publish_tokenizer(recipe, repo_id: str, private: bool) -> None:
+    """The run's tokenizer, with its own card, to `repo_id` (once per tokenizer content)."""
+    source = Path(recipe.tokenizer.dir)
+    api = check_access(repo_id, private)
+
+    def upload() -> None:
+        staged = Path(recipe.run_dir) / STAGING / ".tokenizer"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source, staged)
+        report = staged / REPORT
+        card_report = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
+        write_tokenizer_card(staged, repo_id, card_report, recipe.hub.license)
+        api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Tokenizer")
+        shutil.rmtree(staged, ignore_errors=True)
+
+    done = publish_once(recipe.run_dir, repo_id, "tokenizer", tokenizer_fingerprint(source), upload)
+    _say(f"hub: tokenizer {'published' if done else 'already published'} → {endpoint()}/{repo_id}")
+
+
+def publish_dataset(recipe, manifest: dict, languages: list[str], repo_id: str, private: bool) -> None:
+    """The packed dataset (`DatasetDict.push_to_hub`) with a card made from its manifest (once per content)."""
+    check_access(repo_id, private, repo_type="dataset")
+
+    def upload() -> None:
+        datasets.load_from_disk(recipe.data.dir).push_to_hub(repo_id, private=private)
+        dataset_card(manifest, repo_id, recipe.hub.license, languages).push_to_hub(repo_id, repo_type="dataset")
+
+    done = publish_once(recipe.run_dir, repo_id, "dataset", manifest["content_fingerprint"], upload)
+    _say(f"hub: dataset {'published' if done else 'already published'} → {endpoint()}/datasets/{repo_id}")
+
+
+def _load_weights(model: torch.nn.Module, weights: dict, where: Path) -> None:
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - dict(model.named_parameters()).keys()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - tied:
+        raise UserError(
+            f"{where}: its weights do not fit the run's model (missing {sorted(set(missing) - tied)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}); was it saved by this run's recipe?"
+        )
