@@ -210,3 +210,42 @@ def test_publish_an_existing_run_later_once(prepared, hub_server, tmp_path):
     commits = hub_server.count("POST", "/commit/")
     again = run_cli(*args)
     assert hub_server.count("POST", "/commit/") == commits, again.stderr[-2000:]  # nothing published twice
+
+
+@pytest.mark.distributed
+def test_under_two_process_zero3_only_the_main_process_talks_to_the_hub(prepared, hub_server, tmp_path):
+    run_dir = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO_ROOT / "recipes/accelerate/cpu_zero3_2proc.yaml")]  # fmt: skip
+    result = subprocess.run(
+        [*launch, "train.py", str(prepared), f"run_dir={run_dir}", "train.micro_batch_size=4", "hub.repo_id=myorg/zero3",
+         "hub.push=checkpoints"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert hub_server.count("GET", "/whoami") == 1  # one access check: the main process's
+    assert hub_server.count("POST", "/commit/") == 3  # each branch committed once, by one process
+    assert branches("myorg/zero3") == ["main", "step0000010-tokens5.12K", "step0000020-tokens10.2K"]
+    # the branch holds the weights gathered from both ranks' shards: equal to the run's own final export
+    torch.testing.assert_close(logits("myorg/zero3", "step0000020-tokens10.2K"), logits(run_dir / "final"))
+    assert "DeepSpeed ZeRO-3" in hub_server.files("myorg/zero3")["README.md"].decode()
+
+
+def test_fine_tunes_publish_with_their_base_model(prepared, hub_server, tmp_path):
+    base_dir = tmp_path / "base"
+    train(prepared, base_dir, "hub.repo_id=me/base", "hub.push=final")
+    common = [f"base_model={base_dir / 'final'}", "data.source=python_stdlib",
+              "data.max_train_examples=64", "data.max_validation_examples=16", "data.max_length=64",
+              "train.max_steps=4", "train.global_batch_size=4", "train.micro_batch_size=4", "train.warmup_steps=1",
+              "train.eval_every=4", "train.checkpoint_every=0"]  # fmt: skip
+    recipe = REPO_ROOT / "recipes/smoke/sft.yaml"
+    run_cli("finetune.py", recipe, *common, f"run_dir={tmp_path / 'sft'}", "hub.repo_id=me/base-sft", "hub.push=final")
+    run_cli("finetune.py", recipe, *common, f"run_dir={tmp_path / 'lora'}", "lora.enabled=true", "lora.r=4",
+            "hub.repo_id=me/base-lora", "hub.push=final")  # fmt: skip
+    sft = ModelCard.load(HfApi().hf_hub_download("me/base-sft", "README.md"))
+    assert sft.data.base_model == "me/base" and sft.data.pipeline_tag == "text-generation"
+    assert "sft" in sft.data.tags and "apply_chat_template" in sft.text and "en" in sft.data.language
+    torch.testing.assert_close(logits("me/base-sft", "main"), logits(tmp_path / "sft" / "final"))
+    lora = ModelCard.load(HfApi().hf_hub_download("me/base-lora", "README.md"))
+    assert lora.data.library_name == "peft" and lora.data.base_model == "me/base"
+    assert "adapter_model.safetensors" in hub_server.files("me/base-lora")

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -103,8 +104,11 @@ class RunOutputs:
             published = broadcast_object_list([published])[0]
         if published:
             return
+        start = time.perf_counter()
         self.export(model, self.run_dir / STAGING / branch, revision=branch, until_step=step)
-        if self.main:
+        if self.main:  # the one part of publishing a step waits for: gathering the weights and writing them
+            size = sum(f.stat().st_size for f in (self.run_dir / STAGING / branch).glob("*.safetensors"))
+            _say(f"hub: staged {branch} ({size / 2**20:,.1f} MiB of weights) in {time.perf_counter() - start:.2f} s")
             self.uploader.submit(branch, f"Checkpoint at step {step:,} ({tokens_seen:,} tokens seen)")
 
     def final(self, model, final_dir: Path) -> None:
