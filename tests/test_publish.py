@@ -249,3 +249,9 @@ def test_fine_tunes_publish_with_their_base_model(prepared, hub_server, tmp_path
     lora = ModelCard.load(HfApi().hf_hub_download("me/base-lora", "README.md"))
     assert lora.data.library_name == "peft" and lora.data.base_model == "me/base"
     assert "adapter_model.safetensors" in hub_server.files("me/base-lora")
+
+
+def test_hub_checkpoint_every_publishes_a_subset_of_the_checkpoints(prepared, hub_server, tmp_path):
+    train(prepared, tmp_path / "run", "hub.repo_id=me/sparse", "hub.push=checkpoints", "hub.checkpoint_every=10",
+          "train.checkpoint_every=5")  # fmt: skip
+    assert [b.split("-")[0] for b in branches("me/sparse")] == ["main", "step0000010", "step0000020"]

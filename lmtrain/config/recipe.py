@@ -509,6 +509,9 @@ class HubConfig:
     push: Literal["none", "final", "checkpoints"] = "none"
     """none: publish nothing (`python publish.py RUN_DIR` can publish later); final: the final model on `main`;
     checkpoints: also every checkpoint as its own branch, `step0002000-tokens8.4B`, while training goes on."""
+    checkpoint_every: int = 0
+    """With push=checkpoints: publish only the checkpoints whose step is a multiple of this (a multiple of
+    train.checkpoint_every; 0 = every checkpoint). The 7B saves every 500 steps and publishes every 10,000."""
     license: str = "apache-2.0"
     """The license in the model card's metadata (a Hub license id, e.g. apache-2.0, mit, other)."""
     max_shard_size: str = "5GB"
@@ -530,6 +533,7 @@ class HubConfig:
             self.push == "none" or bool(self.repo_id),
             f"{where}.repo_id: {where}.push={self.push} needs a repository, e.g. {where}.repo_id=me/my-model",
         )
+        p.need(self.checkpoint_every >= 0, f"{where}.checkpoint_every: must be >= 0 (0 = every checkpoint)")
         p.need(self.upload_retries >= 0, f"{where}.upload_retries: must be >= 0")
         p.need(self.retry_wait_s >= 0, f"{where}.retry_wait_s: must be >= 0")
         p.need(

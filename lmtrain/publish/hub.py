@@ -116,7 +116,7 @@ class Uploader:
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._work, name="hub-uploader", daemon=True)
         self.thread.start()
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
+        for folder in self._staged():
             if folder.name in self.ledger:  # uploaded before the last run stopped, but not yet deleted
                 shutil.rmtree(folder, ignore_errors=True)
             else:
@@ -127,8 +127,11 @@ class Uploader:
 
     def branches(self) -> list[str]:
         """Checkpoint branches published or on their way, in training order."""
-        staged = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")}
-        return sorted(b for b in set(self.ledger) | staged if b != "main")
+        return sorted(b for b in set(self.ledger) | {p.name for p in self._staged()} if b.startswith("step"))
+
+    def _staged(self) -> list[Path]:
+        """The staged exports, one folder per branch; those being written (`.tmp-…`) or not branches (`.…`) aside."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def stage(self, branch: str) -> Path:
         """The folder to write `branch`'s export into before `submit`."""

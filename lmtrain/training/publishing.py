@@ -96,7 +96,7 @@ class RunOutputs:
     def checkpoint(self, model, step: int, tokens_seen: int) -> None:
         """With hub.push=checkpoints, the checkpoint's model as its own branch (staged, then uploaded while
         training goes on). Every process calls it."""
-        if self.hub.push != "checkpoints":
+        if not self.publishes(step):
             return
         branch = branch_name(step, tokens_seen)
         published = self.main and self.uploader.published(branch)  # a resumed run redoing a published checkpoint
@@ -110,6 +110,11 @@ class RunOutputs:
             size = sum(f.stat().st_size for f in (self.run_dir / STAGING / branch).glob("*.safetensors"))
             _say(f"hub: staged {branch} ({size / 2**20:,.1f} MiB of weights) in {time.perf_counter() - start:.2f} s")
             self.uploader.submit(branch, f"Checkpoint at step {step:,} ({tokens_seen:,} tokens seen)")
+
+    def publishes(self, step: int) -> bool:
+        """Whether the checkpoint of `step` becomes a branch (hub.push=checkpoints, hub.checkpoint_every)."""
+        every = self.hub.checkpoint_every
+        return self.hub.push == "checkpoints" and (not every or step % every == 0)
 
     def final(self, model, final_dir: Path) -> None:
         """final/ with its card; with hub.push, queued for `main` (and best/, if any, for `best`). Every process
@@ -141,7 +146,10 @@ class RunOutputs:
         if self.hub.push != "checkpoints" or not self.uploader:
             return 0
         states = [c.state() for c in complete_checkpoints(self.run_dir)[0]]
-        return sum(not self.uploader.published(branch_name(s["step"], s["tokens_seen"])) for s in states)
+        return sum(
+            self.publishes(s["step"]) and not self.uploader.published(branch_name(s["step"], s["tokens_seen"]))
+            for s in states
+        )
 
     def finish(self) -> None:
         """Wait for the pending uploads, then say what was published and what was not."""
@@ -195,7 +203,8 @@ def publish_run(recipe, task: Task, checkpoints: bool) -> None:
     model = None
     for checkpoint in complete_checkpoints(run_dir)[0] if checkpoints else []:
         state = checkpoint.state()
-        if outputs.uploader.published(branch_name(state["step"], state["tokens_seen"])):
+        branch = branch_name(state["step"], state["tokens_seen"])
+        if not outputs.publishes(state["step"]) or outputs.uploader.published(branch):
             continue
         model = model or task.build_model()
         _load_weights(model, checkpoint_weights(checkpoint.path), checkpoint.path)
