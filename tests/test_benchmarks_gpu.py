@@ -81,3 +81,18 @@ def test_sweep_skips_what_would_overrun_the_budget_and_says_so():
     over = [item for item in summary["skipped"] if "of --budget-s left" in item["reason"]]
     assert {item["config"] for item in over} >= {"+ fused AdamW", "+ compile", "documents: sdpa"}
     assert "skipped: + compile: estimated" in result.stdout
+
+
+def test_gpu_env_reports_versions_and_which_switches_run_here():
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_env.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["torch"] == torch.__version__ and report["transformers"]
+    assert set(report["switches"]) == {"compile", "flex_attention", "flash_attention_2", "liger_kernel", "fp8"}
+    if not torch.cuda.is_available():
+        assert report["gpu"] is None and report["switches"]["compile"] == "available"  # gcc is here
+        assert "Triton GPU kernels" in report["switches"]["liger_kernel"][0]
+        assert "switch fp8" in result.stdout and "refused: model.fp8" in result.stdout
