@@ -161,6 +161,8 @@ def activation_bytes(
     dtype: str,
     checkpointing: bool,
     attn_implementation: str = "sdpa",
+    fused_ce: bool = False,
+    document_masking: bool = False,
 ) -> float:
     """Activation memory per GPU kept for the backward pass, per micro-batch.
 
@@ -181,8 +183,21 @@ def activation_bytes(
     at the same time around the loss. With activation checkpointing (per decoder layer, as transformers
     does it) each layer keeps only its input e·sbh, and one layer's full set is live again while it is
     recomputed in the backward pass. tests/test_plan.py checks the count against the tensors autograd
-    saves in a real model. The document mask (b·s² bytes), RoPE tables and activation gradients are
-    left to the headroom."""
+    saves in a real model. RoPE tables and activation gradients are left to the headroom.
+
+    The speed switches (lmtrain/config/recipe.py SpeedSwitches):
+      - `fused_ce` (model.liger_kernel): Liger's fused linear cross-entropy computes the loss and its gradients
+        chunk by chunk in the forward pass, so no logits are kept: instead of (e + 4)·sbV it keeps the gradient of
+        the LM head's input e·sbh (the same size as the input it replaces) and of the head's weight e·hV, which does
+        not grow with the micro-batch. Liger's RMSNorm and SwiGLU keep less than transformers' too; that is not
+        counted (not measured: its kernels need a GPU).
+      - `document_masking` (data.document_masking): transformers builds a dense b·s² boolean mask from the
+        position_ids for sdpa, which hands it to the memory-efficient kernel as an additive e·b·s² bias
+        ((1 + e)·b·s² counted), and an additive e·b·s² mask for eager (its score matrices are counted above).
+        flex_attention keeps a block mask of b·(s/128)² block indices and flash_attention_2 only per-document
+        offsets: 0 counted. (On a CPU, sdpa with a mask falls back to its math path and keeps the a·s² scores as
+        eager does; a GPU's memory-efficient kernel does not.)
+      - compile and fp8 change what is kept (fused kernels, 8-bit copies) in ways not measured here: not counted."""
     e = 2 if dtype == "bf16" else 4
     s, b, h = seq_len, micro_batch, config.hidden_size
     kv_share = config.num_key_value_heads / config.num_attention_heads
@@ -190,7 +205,10 @@ def activation_bytes(
     per_layer = (8 + 6 * e + 2 * e * kv_share) * sbh + 4 * e * sbi
     if attn_implementation == "eager":
         per_layer += (4 + (e if e != 4 else 0)) * config.num_attention_heads * s * s * b
-    after_layers = (4 + 2 * e) * sbh + (e + 4) * sbv
+    logits = e * h * config.vocab_size if fused_ce else (e + 4) * sbv
+    after_layers = (4 + 2 * e) * sbh + logits
+    if document_masking and attn_implementation in ("sdpa", "eager"):
+        after_layers += (1 + e if attn_implementation == "sdpa" else e) * b * s * s
     layers = config.num_hidden_layers
     kept = layers * e * sbh + per_layer if checkpointing else layers * per_layer
     return float(kept + after_layers)
@@ -211,6 +229,8 @@ def memory_plan(
     world_size: int,
     dtype: str,
     attn_implementation: str = "sdpa",
+    fused_ce: bool = False,
+    document_masking: bool = False,
 ) -> list[StageMemory]:
     """Per-GPU memory for ZeRO stages 0-3, each without and with activation checkpointing."""
     rows = []
@@ -227,7 +247,16 @@ def memory_plan(
                     optimizer,
                     step_grads,
                     gathered,
-                    activation_bytes(config, micro_batch, seq_len, dtype, checkpointing, attn_implementation),
+                    activation_bytes(
+                        config,
+                        micro_batch,
+                        seq_len,
+                        dtype,
+                        checkpointing,
+                        attn_implementation,
+                        fused_ce,
+                        document_masking,
+                    ),
                 )
             )
     return rows
@@ -250,9 +279,22 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     seq_len = recipe.data.seq_len
     fpt = flops_per_token(config, seq_len)
     peak_flops = peak_flops_for_kind(cluster.gpu_kind)
-    rows = memory_plan(
-        config, n_params, recipe.train.micro_batch_size, seq_len, world, dtype, recipe.model.attn_implementation
-    )
+    m = recipe.model
+
+    def rows_at(micro_batch: int) -> list[StageMemory]:
+        return memory_plan(
+            config,
+            n_params,
+            micro_batch,
+            seq_len,
+            world,
+            dtype,
+            m.attn_implementation,
+            fused_ce=m.liger_kernel,
+            document_masking=recipe.data.document_masking,
+        )
+
+    rows = rows_at(recipe.train.micro_batch_size)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     usable = cluster.usable_bytes
 
@@ -281,13 +323,14 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
         lines.append(
             f"{r.stage:>4} {'on' if r.checkpointing else 'off':>4} "
             + " ".join(f"{v / GIB:7.1f}" for v in values)
-            + ("  yes" if r.peak <= usable else "  no")
+            + ("  n/a" if _refused(recipe, r.stage) else "  yes" if r.peak <= usable else "  no")
         )
     lines.append(
         "(step: fp32 gradient partition at the optimizer step; gather: ZeRO-3's gathered largest layer; "
         "peak = params + grads + optim + max(gather + activ, step))"
     )
-    lines.append(_recommendation(recipe, rows, usable, dtype, n_params, cluster))
+    lines.append(_speed_line(recipe, config, dtype, rows_at))
+    lines.append(_recommendation(recipe, rows, usable, dtype, n_params, cluster, rows_at))
 
     total_flops = fpt * arithmetic.total_tokens
     tokens_per_s = world * peak_flops * cluster.mfu / fpt
@@ -304,20 +347,62 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     return "\n".join(lines)
 
 
+def _refused(recipe: Recipe, stage: int) -> bool:
+    """Liger's fused cross-entropy is refused under ZeRO-3 (lmtrain/model/speed.py)."""
+    return recipe.model.liger_kernel and stage == 3
+
+
+def _speed_line(recipe: Recipe, config: LlamaConfig, dtype: str, rows_at) -> str:
+    """What the speed switches change in the activation column, at the recipe's micro batch."""
+    m, b = recipe.model, recipe.train.micro_batch_size
+    plain = activation_bytes(config, b, recipe.data.seq_len, dtype, False)
+    parts = [f"attention {m.attn_implementation}"]
+    if recipe.data.document_masking:
+        mask = activation_bytes(config, b, recipe.data.seq_len, dtype, False, m.attn_implementation, False, True)
+        mask -= activation_bytes(config, b, recipe.data.seq_len, dtype, False, m.attn_implementation)
+        kind = "dense mask" if m.attn_implementation in ("sdpa", "eager") else "no dense mask"
+        parts.append(f"document masking ({kind}: {mask / GIB:.2f} GiB)")
+    if m.liger_kernel:
+        fused = activation_bytes(config, b, recipe.data.seq_len, dtype, False, fused_ce=True)
+        parts.append(f"Liger fused cross-entropy (no logits: {(plain - fused) / GIB:.2f} GiB less; ZeRO-3 refused)")
+    else:
+        parts.append("logits kept (model.liger_kernel=true would not keep them)")
+    switches = [name for name in ("compile", "fp8") if getattr(m, name)]
+    on = f"; {' and '.join(switches)} on (their memory effect not counted)" if switches else ""
+    return "speed switches: " + ", ".join(parts) + on
+
+
 def _recommendation(
-    recipe: Recipe, rows: list[StageMemory], usable: float, dtype: str, n_params: int, cluster: Cluster
+    recipe: Recipe, rows: list[StageMemory], usable: float, dtype: str, n_params: int, cluster: Cluster, rows_at
 ) -> str:
     """The first configuration that fits, in order of speed: no activation checkpointing before
     checkpointing (which recomputes the forward pass, about a third more compute); then plain data
     parallelism, ZeRO-2, ZeRO-3. ZeRO-1 is never the pick: ZeRO-2 moves the same bytes per step (a
     reduce-scatter instead of an all-reduce, 2x the model) with less memory, while ZeRO-3 moves 3x.
-    Nothing fits: ZeRO-3 with CPU offload."""
+    A stage the speed switches refuse (ZeRO-3 with Liger) is not a candidate. Within the configuration, the
+    largest micro batch that fits (a divisor of the sequences per process, so the global batch holds): fewer
+    micro-batches per step mean fewer of ZeRO's per-micro-batch gradient reductions (and ZeRO-3's weight
+    gathers) and larger matmuls. Nothing fits: ZeRO-3 with CPU offload."""
     preference = {0: 0, 2: 1, 3: 2}
+    per_process = recipe.train.global_batch_size // cluster.world_size
+    micro_batches = [n for n in range(per_process, 0, -1) if per_process % n == 0]
+    plans = {n: rows_at(n) for n in micro_batches}
     candidates = sorted(
-        (r for r in rows if r.stage in preference), key=lambda r: (r.checkpointing, preference[r.stage])
+        ((r.checkpointing, preference[r.stage]), r.stage, r.checkpointing)
+        for r in rows
+        if r.stage in preference and not _refused(recipe, r.stage)
     )
-    fitting = [r for r in candidates if r.peak <= usable]
-    if not fitting:
+    for _, stage, checkpointing in candidates:
+        fitting = [
+            (n, r)
+            for n in micro_batches
+            for r in plans[n]
+            if (r.stage, r.checkpointing) == (stage, checkpointing) and r.peak <= usable
+        ]
+        if fitting:
+            micro, best = fitting[0]
+            break
+    else:
         offload_gpu = min(r.gathered + r.activations for r in rows if r.stage == 3)
         # Each node's CPU RAM holds its GPUs' shards of every model state, plus the 50% DeepSpeed's
         # estimator adds for pinned staging buffers.
@@ -327,7 +412,6 @@ def _recommendation(
             f"offload (ds_config/zero3_offload.json, model.gradient_checkpointing=true): about "
             f"{offload_gpu / GIB:.1f} GiB per GPU and {offload_cpu / GIB:.0f} GiB of CPU RAM per node"
         )
-    best = fitting[0]
     config_file = SHIPPED_DS_CONFIGS.get(best.stage)
     how = config_file or "plain data parallelism: accelerate launch --multi_gpu, no DeepSpeed needed"
     ckpt = f"model.gradient_checkpointing={'true' if best.checkpointing else 'false'}"
@@ -336,7 +420,8 @@ def _recommendation(
         if recipe.model.gradient_checkpointing == best.checkpointing
         else f" (the recipe says {str(recipe.model.gradient_checkpointing).lower()})"
     )
+    micro_note = "" if micro == recipe.train.micro_batch_size else f" (the recipe says {recipe.train.micro_batch_size})"
     return (
-        f"recommendation: ZeRO-{best.stage} ({how}), {ckpt}{recipe_note}: peak {best.peak / GIB:.1f} of "
-        f"{usable / GIB:.1f} GiB usable"
+        f"recommendation: ZeRO-{best.stage} ({how}), {ckpt}{recipe_note}, train.micro_batch_size={micro}"
+        f"{micro_note}: peak {best.peak / GIB:.1f} of {usable / GIB:.1f} GiB usable"
     )

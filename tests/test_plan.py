@@ -178,6 +178,52 @@ def test_eager_attention_is_planned_with_its_score_matrices():
     assert "model.gradient_checkpointing=true" in report  # 3 GiB of scores per layer, x 32, do not fit
 
 
+def test_fused_cross_entropy_keeps_no_logits_only_the_head_weight_gradient():
+    """Liger's fused linear cross-entropy (model.liger_kernel): the fp32 log-probabilities and 16-bit logits,
+    6·s·b·V bytes in bf16, are not kept; the head weight's gradient, 2·h·V, is, whatever the micro batch."""
+    config = llama_config(load_recipe(SEVEN_B))
+    s, h, v = 4096, 4096, 64000
+    for b in (1, 2):
+        plain = activation_bytes(config, b, s, "bf16", False)
+        fused = activation_bytes(config, b, s, "bf16", False, fused_ce=True)
+        assert plain - fused == 6 * s * b * v - 2 * h * v
+    assert (6 * s * v - 2 * h * v) / GIB == pytest.approx(0.98, abs=0.01)  # what --plan prints for the 7B
+
+
+@pytest.mark.parametrize(
+    "attn, bytes_per_element", [("sdpa", 3), ("eager", 2), ("flex_attention", 0), ("flash_attention_2", 0)]
+)
+def test_only_dense_attention_masks_are_counted_for_document_masking(attn, bytes_per_element):
+    """sdpa gets a b·s² boolean mask and hands the kernel an e·b·s² additive copy; eager an e·b·s² additive mask;
+    flex_attention a block mask and flash_attention_2 per-document offsets, neither of them dense."""
+    config = llama_config(load_recipe(SEVEN_B))
+    with_mask = activation_bytes(config, 2, 4096, "bf16", False, attn, document_masking=True)
+    assert with_mask - activation_bytes(config, 2, 4096, "bf16", False, attn) == bytes_per_element * 2 * 4096**2
+
+
+def test_liger_plan_leaves_out_zero3_and_counts_the_logits_it_does_not_keep():
+    recipe = load_recipe(SEVEN_B, ["model.liger_kernel=true"])
+    report = plan_report(recipe, Cluster(nodes=8))
+    rows = [line.split() for line in report.splitlines() if re.match(r"\s+[0-3]\s+(on|off)\s", line)]
+    assert {r[-1] for r in rows if r[0] == "3"} == {"n/a"}  # refused at launch (lmtrain/model/speed.py)
+    assert "Liger fused cross-entropy (no logits: 0.98 GiB less; ZeRO-3 refused)" in report
+    plain = plan_report(load_recipe(SEVEN_B), Cluster(nodes=8))
+    activ = {
+        tuple(line.split()[:2]): float(line.split()[-3]) for line in plain.splitlines() if re.match(r"\s+2\s", line)
+    }
+    liger = {tuple(r[:2]): float(r[-3]) for r in rows if r[0] == "2"}
+    assert liger[("2", "off")] == pytest.approx(activ[("2", "off")] - 0.98, abs=0.06)
+
+
+def test_the_plan_recommends_the_largest_micro_batch_that_fits():
+    """7B on 8 x 8 H100 80 GB, ZeRO-2 without checkpointing: micro batch 2 fits (24.4 GiB of activations per
+    sequence on 13 GiB of bf16 weights), 4 does not; 16 sequences per GPU per step, so 2 keeps the global batch."""
+    report = plan_report(load_recipe(SEVEN_B), Cluster(nodes=8))
+    assert "model.gradient_checkpointing=false, train.micro_batch_size=2 (the recipe says 1): peak 63.4" in report
+    one_node = plan_report(load_recipe(SEVEN_B), Cluster())
+    assert "train.micro_batch_size=1: peak 50.5" in one_node  # 128 sequences per GPU, but only 1 fits
+
+
 @pytest.mark.parametrize(
     "cluster,overrides,message",
     [

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmtrain.config.recipe import HubConfig, Problems, TrainConfig
+from lmtrain.config.recipe import HubConfig, Problems, SpeedSwitches, TrainConfig
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """Every linear layer of a Llama block: LoRA on all of them works better than on attention alone (QLoRA paper)."""
@@ -199,12 +199,15 @@ class ClassifyConfig:
 
 
 @dataclass
-class FinetuneModelConfig:
-    """How the pretrained model runs while it is fine-tuned."""
+class FinetuneModelConfig(SpeedSwitches):
+    """How the pretrained model runs while it is fine-tuned: the speed switches of pretraining's `model` section
+    (for task classify, model.liger_kernel leaves the loss alone: the fused cross-entropy is for an LM head)."""
 
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (long sequences on big models)."""
+
+    def problems(self, where: str) -> list[str]:
+        return self.speed_problems(where)
 
 
 @dataclass

@@ -309,8 +309,48 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """A transformers LlamaForCausalLM. The vocabulary size comes from `tokenizer.vocab_size`."""
+class SpeedSwitches:
+    """How fast the model runs, not what it computes: each switch gives the plain path's loss and gradients within
+    rounding (tests/test_speed.py), except fp8. Shared by pretraining's and fine-tuning's `model` sections. What the
+    recipe alone decides is checked here; what the machine must offer (a GPU generation, a package) is checked by
+    lmtrain/model/speed.py before any weights are built."""
+
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
+    """sdpa: torch's scaled_dot_product_attention (flash or memory-efficient kernels; with document masking a dense
+    seq x seq mask per micro-batch selects the memory-efficient one). eager: plain matmuls that keep every score
+    matrix (slow; a reference). flex_attention: torch's FlexAttention with a block-sparse document mask built from
+    position_ids (skips the blocks between documents; trains on CUDA GPUs only: torch has no CPU backward for it).
+    flash_attention_2: the flash-attn package (CUDA, pip install flash-attn), documents as variable-length
+    sequences, no mask at all."""
+    compile: bool = False
+    """torch.compile each decoder layer (and the rest of the model separately) through Accelerate's regional
+    compilation, which also works on a DeepSpeed engine and under activation checkpointing. The first steps take
+    longer while graphs compile (seconds per graph on a GPU, tens of seconds on a CPU, which needs a C++ compiler)."""
+    liger_kernel: bool = False
+    """Liger's Triton kernels (pip install liger-kernel; CUDA GPUs): RMSNorm, SwiGLU, RoPE and, for causal language
+    models, the fused linear cross-entropy, which never materializes the logits (for a 64,000 vocabulary at seq 4096
+    that is ≈1.5 GB per sequence less; `--plan` counts it). Not with DeepSpeed ZeRO-3: the fused loss reads the LM
+    head's weight outside the head's forward, where ZeRO-3 has not gathered it."""
+    fp8: bool = False
+    """FP8 matmuls in every decoder linear layer (torchao's float8 training, tensorwise scaling; pip install torchao),
+    the LM head kept in bf16. Needs a GPU of compute capability 8.9 or newer (H100/H200, L4/L40S, B200) and
+    model.compile (torchao's casts are only fast compiled). Changes the arithmetic (8-bit inputs to the matmuls,
+    bf16-like loss curves in torchao's reports): measure before a long run."""
+
+    def speed_problems(self, where: str) -> list[str]:
+        """The checks that need no hardware: combinations the recipe alone rules out."""
+        p = Problems()
+        p.need(
+            not self.fp8 or self.compile,
+            f"{where}.fp8: torchao's float8 matmuls need {where}.compile=true to be faster than bf16; set both",
+        )
+        return p
+
+
+@dataclass
+class ModelConfig(SpeedSwitches):
+    """A transformers LlamaForCausalLM. The vocabulary size comes from `tokenizer.vocab_size`. The speed switches
+    (attn_implementation, compile, liger_kernel, fp8) are SpeedSwitches'."""
 
     hidden_size: int = 256
     num_layers: int = 4
@@ -325,8 +365,6 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """flash_attention_2 needs a GPU and the flash-attn package."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: about a third more compute for a fraction of the
     activation memory. `train.py RECIPE --plan` says whether a launch needs it."""
@@ -335,7 +373,7 @@ class ModelConfig:
     random initialization. Its architecture must match this section and the tokenizer's vocabulary."""
 
     def problems(self, where: str) -> list[str]:
-        p = Problems()
+        p = Problems(self.speed_problems(where))
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             p.need(getattr(self, name) >= 1, f"{where}.{name}: must be at least 1")
         if self.num_heads >= 1:

@@ -26,7 +26,8 @@ from lmtrain.corpus.records import Splits, load_splits
 from lmtrain.errors import UserError
 from lmtrain.model.adapters import adapter_info, is_adapter_dir, load_adapter_model
 from lmtrain.model.export import export_model
-from lmtrain.model.llama import check_attn_implementation, enable_activation_checkpointing, parameter_count
+from lmtrain.model.llama import enable_activation_checkpointing, parameter_count
+from lmtrain.model.speed import apply_speed_switches, check_speed_switches
 from lmtrain.training.distributed import resolve_precision
 from lmtrain.training.task import Task
 
@@ -169,10 +170,13 @@ class FinetuneTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         r = self.recipe
-        check_attn_implementation(r.model.attn_implementation)
+        causal_lm = r.task == "sft"
+        check_speed_switches(r.model, causal_lm=causal_lm)
         model = self.load_pretrained(
             resolved(r.base_model), dtype=base_dtype(r), attn_implementation=r.model.attn_implementation
         )
+        # Before LoRA and freezing: FP8 swaps the base's linear layers, which LoRA then wraps.
+        model = apply_speed_switches(model, r.model, causal_lm=causal_lm)
         return make_trainable(model, r, self.head(model))
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:

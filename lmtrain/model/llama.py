@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PreTrainedModel
-from transformers.utils import is_flash_attn_2_available
 
 from lmtrain.config.recipe import Recipe
 from lmtrain.errors import UserError
+from lmtrain.model.speed import apply_speed_switches, check_speed_switches
 
 
 def llama_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None) -> LlamaConfig:
@@ -38,25 +38,17 @@ def llama_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None
 def build_model(recipe: Recipe, config: LlamaConfig) -> PreTrainedModel:
     """The model to train: fresh weights, or `model.init_from`'s. fp32 master weights; mixed precision is
     Accelerate's job. Under DeepSpeed ZeRO-3 (Accelerator created first) transformers builds it
-    partitioned across ranks with zero.Init, so no host ever holds the whole model."""
+    partitioned across ranks with zero.Init, so no host ever holds the whole model. The speed switches this machine
+    cannot honour are refused first; Liger and FP8 are applied to the built model (lmtrain/model/speed.py)."""
     m = recipe.model
-    check_attn_implementation(m.attn_implementation)
+    check_speed_switches(m)
     if m.init_from:
         model = _load_matching(m.init_from, config, m.attn_implementation)
     else:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=m.attn_implementation, dtype=torch.float32)
     if m.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    return model
-
-
-def check_attn_implementation(name: str) -> None:
-    """A clear error for an attention implementation this machine cannot run (before transformers' own)."""
-    if name == "flash_attention_2" and not is_flash_attn_2_available():
-        raise UserError(
-            "model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
-            "install it or use sdpa"
-        )
+    return apply_speed_switches(model, m)
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:

@@ -59,6 +59,11 @@ HARMLESS_CHANGES = (
     "train.best_metric",
     "hub",  # a checkpoint saved before the recipe had a hub section
     *(f"hub.{f.name}" for f in dataclasses.fields(HubConfig)),  # where the run is published, not what it trains
+    # How fast, not what: the same loss and gradients within rounding (tests/test_speed.py), and compile leaves the
+    # state dict's names alone. fp8 is not here: it changes the arithmetic.
+    "model.compile",
+    "model.attn_implementation",
+    "model.liger_kernel",
 )
 
 

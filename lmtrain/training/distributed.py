@@ -65,6 +65,13 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     )
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, rather than have DeepSpeed warn that it guessed
+    dynamo = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    if dynamo != "no":
+        # Accelerate would compile the model a second time, and its non-DeepSpeed compile renames the state dict.
+        raise UserError(
+            f"the accelerate config compiles the model (dynamo backend {dynamo}); the recipe's model.compile decides "
+            "instead: remove dynamo_config from the accelerate config and set model.compile=true"
+        )
     world = launch_world_size()
     accum = gradient_accumulation_steps(recipe, world)
     handlers = []

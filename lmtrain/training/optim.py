@@ -6,14 +6,19 @@ import math
 from functools import partial
 
 import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 
 def build_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
-    """AdamW with decoupled weight decay on matrices only; the fused kernel wherever the device has one."""
-    fused = torch.cuda.is_available()
-    return torch.optim.AdamW(
-        decay_param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, fused=fused
-    )
+    """AdamW with decoupled weight decay on matrices only; the fused kernel wherever the device has one (torch's own
+    list, which AdamW checks too: CUDA, CPU and others). On CPU the fused step measured 5x faster than the default
+    per-tensor loop and equal within 4e-7 (50 steps over 32 tensors of up to 512 x 512, one run on a busy 2-core
+    machine); tests/test_method.py checks it against AdamW by hand. Parameters move to the GPU after this
+    (Accelerate's prepare), and CUDA has the fused kernel too."""
+    groups = decay_param_groups(model, t.weight_decay)
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = devices <= set(_get_fused_kernels_supported_devices())
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t) -> torch.optim.lr_scheduler.LRScheduler:
