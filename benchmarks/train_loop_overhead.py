@@ -4,8 +4,8 @@
 
 The same tiny Llama (hidden 128, 2 layers, 4 heads, vocabulary 2,048, sdpa, fp32), the same packed
 blocks (the standard library, tokenized and packed once by this project's tokenizer/ and data_prep/
-at seq_len 128), the same global batch (8 = micro 4 × accumulation 2), AdamW (torch's, β 0.9/0.95,
-ε 1e-8, weight decay 0.1 on matrices), lr 1e-3, clipping at 1.0, the same number of optimizer steps,
+at seq_len 128), the same global batch (8 = micro 4 × accumulation 2), AdamW (torch's fused kernel, as
+this project's loop uses on every device that has one, β 0.9/0.95, ε 1e-8, weight decay 0.1 on matrices), lr 1e-3, clipping at 1.0, the same number of optimizer steps,
 trained three ways, each in its own process with the same number of threads:
 - bare: forward, backward, clip, optimizer step, zero_grad, nothing else; the batches are tensors
   built before the loop (no schedule, no logging, no data fetching);
@@ -16,8 +16,8 @@ trained three ways, each in its own process with the same number of threads:
   left out, as the loop's own tokens/s leaves out evaluation: the other two ways do neither);
 - hf_trainer: transformers' `Trainer` with the equivalent TrainingArguments (same batch, accumulation,
   lr, cosine schedule to 10 %, warmup, clipping, AdamW settings; logging_steps 10, no eval, no saving,
-  report_to none) and `optim="adamw_torch"`, the same optimizer implementation as the other two (its
-  default on torch >= 2.8 is the fused kernel), over the same blocks, with a collator that stacks them.
+  report_to none) and `optim="adamw_torch_fused"`, the same optimizer implementation as the other two, over
+  the same blocks, with a collator that stacks them.
 
 Timing, built for shared, noisy machines. The three processes start together, and each stops at
 every 10th step (ours: when the loop writes its log record, through a wrapper around MetricsLog.write;
@@ -385,6 +385,7 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
         lr=t.lr,
         betas=tuple(t.adam_betas),
         eps=t.adam_eps,
+        fused=True,
     )
     model.train()
     for step, micro_batches in enumerate(batches, start=1):
@@ -465,7 +466,7 @@ def hf_trainer(args: argparse.Namespace, turns: Turns) -> None:
         adam_beta2=t.adam_betas[1],
         adam_epsilon=t.adam_eps,
         max_grad_norm=t.grad_clip,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         logging_steps=WINDOW,
         eval_strategy="no",
         save_strategy="no",
