@@ -33,7 +33,7 @@ COMPLETE_FILE = "COMPLETE.json"
 KILL_DURING_SAVE_FAULT_ENV = "LMTRAIN_FAULT_KILL_DURING_SAVE_STEP"
 _NAME = re.compile(r"^step_(\d{8})$")
 
-# Recipe keys that may change between a checkpoint and its resumption without altering the run.
+# Recipe keys (or whole sections) that may change between a checkpoint and its resumption without altering the run.
 HARMLESS_CHANGES = (
     "run_dir",
     "tokenizer.dir",
@@ -52,7 +52,13 @@ HARMLESS_CHANGES = (
     "train.max_skipped_steps",
     "train.spike_factor",
     "train.best_metric",
+    "eval",
 )
+
+
+def is_harmless(key: str) -> bool:
+    """Whether a change of recipe key `key` (dotted) is in HARMLESS_CHANGES, itself or by its section."""
+    return any(key == harmless or key.startswith(f"{harmless}.") for harmless in HARMLESS_CHANGES)
 
 
 class CheckpointError(UserError):
@@ -220,7 +226,7 @@ def check_resume_compatible(
     notes, blocking = [], []
     for key, old, new in recipe_differences(saved_state["recipe"], recipe):
         line = f"{key}: {old!r} → {new!r}"
-        (notes if key in HARMLESS_CHANGES else blocking).append(line)
+        (notes if is_harmless(key) else blocking).append(line)
     for name, value in fingerprints.items():
         if saved_state["fingerprints"].get(name) != value:
             blocking.append(f"{name}: content changed since the checkpoint")
