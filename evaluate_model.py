@@ -3,7 +3,7 @@
 The tasks of a run's in-loop evaluation travel with its export (eval_tasks/) and are lm-eval tasks here, scored
 the same way on the same items, so the figures equal the loop's:
     python evaluate_model.py runs/smoke/final                                   # the export's own tasks
-    python evaluate_model.py runs/smoke/final --tasks python_next_line,arc_easy --limit 200
+    python evaluate_model.py runs/smoke/final --tasks python_lines,arc_easy --limit 200
 The standard suite a recipe names (eval.suite), e.g. the 7B's English and Chinese benchmarks:
     python evaluate_model.py runs/llama-7b/final --recipe recipes/llama-7b/pretrain.yaml --batch-size 16 --device cuda
     python evaluate_model.py my-org/llama-7b --revision step020000 --recipe recipes/llama-7b/pretrain.yaml

@@ -1,9 +1,9 @@
-"""Downstream multiple-choice evaluation: task files, the next_line task, scoring in the loop, lm-eval, processes.
+"""Downstream multiple-choice evaluation: task files, the line_completion task, scoring in the loop, lm-eval, processes.
 
 - Bad input: every malformed line of a task file is named by file and line; recipe mistakes in `eval:` are named
   by key; an unknown lm-eval task gets a did-you-mean; a Hub task whose data is not cached says how to prepare it.
-- next_line: the right choice is the line that follows the context in its held-out document; the others come from
-  other documents; the same seed gives the same items.
+- line_completion: the right choice completes the context's last line as in its held-out document; the others
+  come from other documents; the same seed gives the same items.
 - Scoring: on a tiny random Llama whose context (96) is shorter than some items (truncated from the left), acc and
   acc_norm of the loop equal those computed by hand from one unpadded forward per choice, and 2 simulated ranks
   give the same log-likelihoods, bit for bit, as 1.
@@ -30,10 +30,10 @@ from lmtrain.data.prepare import read_held_out
 from lmtrain.errors import UserError
 from lmtrain.evals import harness
 from lmtrain.evals.tasks import (
-    NEXT_LINE_CHOICES,
+    LINE_CHOICES,
     LocalTask,
+    line_completion_items,
     load_tasks,
-    next_line_items,
     read_task_file,
     write_local_tasks,
 )
@@ -54,7 +54,7 @@ train: {max_steps: 40, global_batch_size: 8, micro_batch_size: 4, warmup_steps: 
         eval_every: 20, eval_batches: 4, log_every: 10}
 eval:
   every: 20
-  tasks: [{name: next_line, build: next_line, max_items: 40}]
+  tasks: [{name: lines, build: line_completion, max_items: 40}]
 """
 MAX_LENGTH = 96
 
@@ -123,8 +123,8 @@ def test_recipe_eval_mistakes_are_named_by_key(tmp_path):
                     "every": 30,
                     "tasks": [
                         {"name": "a b", "path": "x.jsonl"},
-                        {"name": "t", "path": "x.jsonl", "build": "next_line"},
-                        {"name": "t", "build": "next_lines"},
+                        {"name": "t", "path": "x.jsonl", "build": "line_completion"},
+                        {"name": "t", "build": "line_completions"},
                         {"name": "u", "path": "x.jsonl", "source": "zh"},
                     ],
                 },
@@ -135,14 +135,20 @@ def test_recipe_eval_mistakes_are_named_by_key(tmp_path):
     with pytest.raises(RecipeError) as error:
         load_recipe(recipe)
     problems = error.value.problems
-    assert "eval.tasks.2.build: 'next_lines' is not one of '', 'next_line'; did you mean 'next_line'?" in problems
+    assert (
+        "eval.tasks.2.build: 'line_completions' is not one of '', 'line_completion'; did you mean 'line_completion'?"
+        in problems
+    )
     # the typed build failed: the value checks run once the types are right
-    recipe.write_text(recipe.read_text().replace("next_lines", "next_line"), encoding="utf-8")
+    recipe.write_text(recipe.read_text().replace("line_completions", "line_completion"), encoding="utf-8")
     with pytest.raises(RecipeError) as error:
         load_recipe(recipe)
     problems = error.value.problems
     assert any(p.startswith("eval.tasks.0.name: 'a b' must be a non-empty name") for p in problems)
-    assert "eval.tasks.1: set exactly one of path (a JSONL file of items) and build (e.g. build: next_line)" in problems
+    assert (
+        "eval.tasks.1: set exactly one of path (a JSONL file of items) and build (e.g. build: line_completion)"
+        in problems
+    )
     assert "eval.tasks.3.source: only a built task reads a source; remove it" in problems
     assert "eval.tasks: names must differ; t is used twice" in problems
     assert any(p.startswith("eval.every: 30 is not a multiple of train.eval_every 20") for p in problems)
@@ -151,28 +157,29 @@ def test_recipe_eval_mistakes_are_named_by_key(tmp_path):
 
 
 def test_a_built_task_from_an_unknown_source_lists_the_sources():
-    config = SimpleNamespace(tasks=[SimpleNamespace(path="", build="next_line", source="zh", max_items=0)], seed=1)
+    config = SimpleNamespace(
+        tasks=[SimpleNamespace(path="", build="line_completion", source="zh", max_items=0)], seed=1
+    )
     with pytest.raises(UserError, match=r"eval.tasks.0.source: 'zh' is not a data source .* choose one of en"):
         load_tasks(config, {"en": ["a\nb"]}, "en")
 
 
-# ---------------------------------------------------------------------------- next_line
+# ---------------------------------------------------------------------------- line_completion
 
 
-def test_next_line_asks_for_the_line_that_follows_among_lines_of_other_documents():
-    documents = ["\n".join(f"doc {d} says line number {i} here" for i in range(30)) for d in range(5)]
-    items = next_line_items(documents, 50, seed=7)
-    assert len(items) == 50 and items == next_line_items(documents, 50, seed=7)
-    assert items != next_line_items(documents, 50, seed=8)
-    golds = [item.gold for item in items]
-    assert set(golds) == set(range(NEXT_LINE_CHOICES))  # the right choice is not always in one place
+def test_line_completion_asks_for_the_rest_of_a_line_among_rests_of_other_documents():
+    documents = ["\n".join(f"line {i:02d} of doc {d:02d}" for i in range(30)) for d in range(5)]
+    items = line_completion_items(documents, 50, seed=7)
+    assert len(items) == 50 and items == line_completion_items(documents, 50, seed=7)
+    assert items != line_completion_items(documents, 50, seed=8)
+    assert set(item.gold for item in items) == set(range(LINE_CHOICES))  # the right one is not always in one place
     for item in items:
-        last = item.context.rstrip("\n").split("\n")[-1]
-        d, i = int(last.split()[1]), int(last.split()[5])
-        assert item.choices[item.gold] == f"doc {d} says line number {i + 1} here"
-        assert len(item.choices) == NEXT_LINE_CHOICES == len(set(item.choices))
-        assert all(int(c.split()[1]) != d for k, c in enumerate(item.choices) if k != item.gold)
-        assert item.context.endswith("\n") and item.context.count("\n") <= 6
+        *before, head = item.context.split("\n")
+        assert 1 <= len(before) <= 3 and not head.endswith(" ")
+        d, i = int(before[-1].split()[-1]), int(before[-1].split()[1])
+        assert head + item.choices[item.gold] == f"line {i + 1:02d} of doc {d:02d}"
+        assert len(item.choices) == LINE_CHOICES == len(set(item.choices))
+        assert all(c.startswith(" ") and int(c.split()[-1]) != d for k, c in enumerate(item.choices) if k != item.gold)
 
 
 # ---------------------------------------------------------------------------- scoring, by hand and by lm-eval
@@ -193,7 +200,7 @@ def scored(prepared, tmp_path_factory):
     tokenizer.save_pretrained(out / "model")
     write_jsonl(out / "qa.jsonl", QA)
     eval_config = load_recipe(recipe, ["eval.tasks=[{name: qa, path: " + str(out / "qa.jsonl") + "}, "
-                                       "{name: lines, build: next_line, max_items: 12}]"]).eval  # fmt: skip
+                                       "{name: lines, build: line_completion, max_items: 12}]"]).eval  # fmt: skip
     tasks = load_tasks(eval_config, read_held_out(root / "data"), "python_stdlib.0")
     write_local_tasks(tasks, out / "model" / "eval_tasks")
     return SimpleNamespace(model=model, tokenizer=tokenizer, tasks=tasks, dir=out / "model")
@@ -295,18 +302,18 @@ def test_a_run_logs_bpb_and_task_figures_and_lm_eval_on_its_export_agrees(prepar
     evals = [r for r in records(root / "run") if "eval_loss" in r]
     assert [r["step"] for r in evals] == [0, 20, 40]
     for r in evals:
-        assert {"eval_bpb", "eval_bpb/python_stdlib.0", "next_line/acc", "next_line/acc_norm"} <= set(r)
+        assert {"eval_bpb", "eval_bpb/python_stdlib.0", "lines/acc", "lines/acc_norm"} <= set(r)
     last = evals[-1]
     summary = trained.stderr.strip().splitlines()[-1]
-    assert f"next_line/acc {last['next_line/acc']:.3f}" in summary and f"eval_bpb {last['eval_bpb']:.3f}" in summary
-    assert "downstream: next_line (40 items" in trained.stderr
-    assert (root / "run" / "final" / "eval_tasks" / "next_line.jsonl").is_file()
+    assert f"lines/acc {last['lines/acc']:.3f}" in summary and f"eval_bpb {last['eval_bpb']:.3f}" in summary
+    assert "downstream: lines (40 items" in trained.stderr
+    assert (root / "run" / "final" / "eval_tasks" / "lines.jsonl").is_file()
 
     output = tmp_path / "results.json"
     cli = run_cli("evaluate_model.py", root / "run" / "final", "--output", output)
-    assert "next_line" in cli.stdout
-    results = json.loads(output.read_text())["results"]["next_line"]
-    assert results["acc,none"] == last["next_line/acc"] and results["acc_norm,none"] == last["next_line/acc_norm"]
+    assert "lines" in cli.stdout
+    results = json.loads(output.read_text())["results"]["lines"]
+    assert results["acc,none"] == last["lines/acc"] and results["acc_norm,none"] == last["lines/acc_norm"]
 
 
 def test_two_zero3_processes_log_the_same_figures_as_one(prepared, trained):
@@ -323,7 +330,7 @@ def test_two_zero3_processes_log_the_same_figures_as_one(prepared, trained):
     assert "2 process(es)" in result.stderr
     one, two = records(root / "one")[0], records(root / "two")[0]
     assert one["step"] == two["step"] == 0
-    for key in ("next_line/acc", "next_line/acc_norm"):
+    for key in ("lines/acc", "lines/acc_norm"):
         assert one[key] == two[key]
     for key in ("eval_loss", "eval_bpb", "eval_bpb/python_stdlib.0"):
         assert one[key] == pytest.approx(two[key], rel=1e-5)

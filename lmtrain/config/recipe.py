@@ -495,16 +495,16 @@ class EvalTaskConfig:
     """The task's name: metric keys, the exported task file and lm-eval's task name. Letters, digits, _ . -"""
     path: str = ""
     """A JSONL file of items, one per line: {"context": "...", "choices": ["...", "..."], "gold": 0}."""
-    build: Literal["", "next_line"] = ""
+    build: Literal["", "line_completion"] = ""
     """Build the items from held-out text instead of a file (text data prep held out of training; never trained
-    on). next_line: the lines before a line as the context, and that line among three lines of other
-    held-out documents of the same source as the choices (chance is 25 %)."""
+    on). line_completion: three lines and the start of the next one as the context; the rest of that line among
+    the rests of three lines of other held-out documents of the same source as the choices (chance: 25 %)."""
     source: str = ""
     """For build: the data source whose held-out text is used, by its name in the log and manifest (default:
     the first source)."""
     delimiter: str | None = None
     """Put between the context and each choice (lm-evaluation-harness's target_delimiter). Unset: " " for a file
-    task (lm-eval's default), "" for next_line (its context ends with the line break)."""
+    task (lm-eval's default), "" for line_completion (its context stops before a space, which the choices hold)."""
     max_items: int = 0
     """Score at most this many items (a file's first ones; the number a built task builds; 0 = all of a file,
     200 for a built task)."""
@@ -517,7 +517,7 @@ class EvalTaskConfig:
         )
         p.need(
             bool(self.path) != bool(self.build),
-            f"{where}: set exactly one of path (a JSONL file of items) and build (e.g. build: next_line)",
+            f"{where}: set exactly one of path (a JSONL file of items) and build (e.g. build: line_completion)",
         )
         p.need(not self.source or bool(self.build), f"{where}.source: only a built task reads a source; remove it")
         p.need(self.max_items >= 0, f"{where}.max_items: must be >= 0 (0 = all of a file, 200 for a built task)")

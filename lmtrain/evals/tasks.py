@@ -17,14 +17,14 @@ from lmtrain.errors import UserError
 
 BUILT_ITEMS = 200
 """Items a built task has when its max_items is 0."""
-NEXT_LINE_CONTEXT_LINES = 6
-"""Lines before the line to guess that next_line shows (fewer at the top of a document)."""
-NEXT_LINE_MIN_CHARS = 12
+LINE_CONTEXT_LINES = 3
+"""Whole lines before the line to complete (fewer at the top of a document)."""
+LINE_MIN_CHARS = 12
 """Lines of at most this many non-blank characters (`)`, `else:`, `return x`) are neither asked nor offered:
 they are too alike across documents to tell apart."""
-NEXT_LINE_MAX_CHARS = 100
+LINE_MAX_CHARS = 100
 """Nor are longer lines (a data table, a long string): a choice must fit in a small model's context."""
-NEXT_LINE_CHOICES = 4
+LINE_CHOICES = 4
 SHOWN_PROBLEMS = 10
 LOCAL_TASKS = "eval_tasks"
 """The folder of an exported model that holds the tasks it was evaluated on in the loop (write_local_tasks), so
@@ -70,14 +70,14 @@ def load_tasks(config: EvalConfig, held_out: dict[str, list[str]], first_source:
                     f"{where}.source: {source!r} is not a data source with held-out text; "
                     f"choose one of {', '.join(sorted(held_out))}"
                 )
-            items = next_line_items(held_out[source], task.max_items or BUILT_ITEMS, config.seed)
+            items = line_completion_items(held_out[source], task.max_items or BUILT_ITEMS, config.seed)
             if not items:
                 raise UserError(
-                    f"{where}: the held-out text of {source!r} has too few lines of {NEXT_LINE_MIN_CHARS + 1} to "
-                    f"{NEXT_LINE_MAX_CHARS} characters in different documents to build next_line items; raise "
+                    f"{where}: the held-out text of {source!r} has too few lines of {LINE_MIN_CHARS + 1} to "
+                    f"{LINE_MAX_CHARS} characters in different documents to build line_completion items; raise "
                     "data.validation_fraction"
                 )
-            origin = f"next_line items from {len(held_out[source])} held-out documents of {source}"
+            origin = f"line_completion items from {len(held_out[source])} held-out documents of {source}"
             tasks.append(LocalTask(task.name, items, _delimiter(task, ""), origin))
     return tasks
 
@@ -151,30 +151,43 @@ def _item(line: str) -> Item | str:
     return Item(context, tuple(choices), gold)
 
 
-def next_line_items(documents: list[str], count: int, seed: int) -> list[Item]:
-    """Up to `count` items "which line comes next": the NEXT_LINE_CONTEXT_LINES lines before a line of one
-    document, then that line among NEXT_LINE_CHOICES - 1 lines drawn from the other documents, the right one at
-    a random place. Lines are asked from all documents alike; the same seed gives the same items."""
+def line_completion_items(documents: list[str], count: int, seed: int) -> list[Item]:
+    """Up to `count` items "how does this line end": the LINE_CONTEXT_LINES lines before a line of one document
+    and that line up to a space (between 30 % and 70 % of its text) as the context; the rest of the line among
+    the rests of LINE_CHOICES - 1 lines of other documents, cut the same way, the right one at a random place.
+    Cutting before a space keeps the cut on a token boundary (byte-level BPE starts a token at a space), so
+    every choice adds tokens of its own. The same seed gives the same items."""
     rng = random.Random(seed)
     lines = [document.split("\n") for document in documents]
-    usable = [
-        (d, i)
-        for d, doc in enumerate(lines)
-        for i, line in enumerate(doc)
-        if NEXT_LINE_MIN_CHARS < len(line.strip()) and len(line) <= NEXT_LINE_MAX_CHARS
-    ]
+    usable = [(d, i) for d, doc in enumerate(lines) for i, line in enumerate(doc) if _cuts(line)]
     asked = [(d, i) for d, i in usable if i > 0]
     items = []
+
+    def cut(d: int, i: int) -> tuple[str, str]:
+        line = lines[d][i]
+        at = rng.choice(_cuts(line))
+        return line[:at], line[at:]
+
     for d, i in sorted(rng.sample(asked, min(count, len(asked)))):
-        answer = lines[d][i]
-        # other documents' lines, distinct, none equal to the answer; a corpus with too few gives no item here
+        head, answer = cut(d, i)
+        # rests of other documents' lines, distinct, none equal to the answer; too few gives no item here
         pool = rng.sample(usable, min(len(usable), 64))
-        distractors = list(dict.fromkeys(lines[o][j] for o, j in pool if o != d and lines[o][j] != answer))
-        if len(distractors) < NEXT_LINE_CHOICES - 1:
+        distractors = list(dict.fromkeys(rest for o, j in pool if o != d for rest in [cut(o, j)[1]] if rest != answer))
+        if len(distractors) < LINE_CHOICES - 1:
             continue
-        choices = distractors[: NEXT_LINE_CHOICES - 1]
-        gold = rng.randrange(NEXT_LINE_CHOICES)
+        choices = distractors[: LINE_CHOICES - 1]
+        gold = rng.randrange(LINE_CHOICES)
         choices.insert(gold, answer)
-        context = "\n".join(lines[d][max(0, i - NEXT_LINE_CONTEXT_LINES) : i]) + "\n"
+        context = "\n".join(lines[d][max(0, i - LINE_CONTEXT_LINES) : i] + [head])
         items.append(Item(context, tuple(choices), gold))
     return items
+
+
+def _cuts(line: str) -> list[int]:
+    """Where a line may be cut: before a space between 30 % and 70 % of its text (indentation aside), for lines
+    of LINE_MIN_CHARS to LINE_MAX_CHARS."""
+    text = line.lstrip()
+    indent = len(line) - len(text)
+    if not LINE_MIN_CHARS < len(text.rstrip()) or len(line) > LINE_MAX_CHARS:
+        return []
+    return [indent + c for c in range(int(0.3 * len(text)), int(0.7 * len(text)) + 1) if text[c] == " "]
