@@ -39,7 +39,7 @@ from lmtrain.evals.tasks import (
 )
 from lmtrain.tokenizer.bpe import load_tokenizer
 from lmtrain.training.downstream import DownstreamEval
-from tests.conftest import run_cli
+from tests.conftest import REPO_ROOT, run_cli
 from tests.test_loss_weighting import launch
 
 TINY = """
@@ -221,7 +221,9 @@ def hand_loglikelihoods(model, requests) -> list[float]:
 
 
 def test_loop_scores_equal_the_hand_computation_on_one_and_two_ranks(scored):
-    evaluator = DownstreamEval(scored.tasks, scored.tokenizer, MAX_LENGTH, batch_size=3)
+    evaluator = DownstreamEval(scored.tasks, scored.tokenizer, MAX_LENGTH, batch_tokens=3 * MAX_LENGTH)
+    assert len(evaluator.batches) > 2  # padded to each batch's first (longest) request, within the budget
+    assert all(len(b) * len(evaluator.requests[b[0]].tokens) <= 3 * MAX_LENGTH for b in evaluator.batches)
     long_item = [r for r in evaluator.requests if r.task == 0 and r.item == 2]
     assert all(r.truncated and len(r.tokens) == MAX_LENGTH for r in long_item)
     assert "qa (4 items, 1 truncated from the left" in evaluator.describe()
@@ -258,7 +260,7 @@ def manager(scored, tmp_path_factory):
 
 
 def test_lm_eval_gives_the_loop_figures_on_the_saved_model(scored, manager):
-    evaluator = DownstreamEval(scored.tasks, scored.tokenizer, MAX_LENGTH, batch_size=4)
+    evaluator = DownstreamEval(scored.tasks, scored.tokenizer, MAX_LENGTH, batch_tokens=4 * MAX_LENGTH)
     lls = {}
     loop = evaluator.evaluate(scored.model, fake_accelerator(0, 1, lambda t, reduction: lls.setdefault(0, t)))
     harness.check_tasks(manager, ["qa", "lines"])
@@ -282,6 +284,14 @@ def test_lm_eval_tasks_that_are_unknown_or_not_cached_say_what_to_do(manager):
         match=r"lm-eval task arc_easy: its data is not in the local Hugging Face cache .*--prepare --tasks arc_easy",
     ):
         harness.check_tasks(manager, ["arc_easy"])
+
+
+def test_the_7b_suite_names_lm_eval_tasks(manager):
+    suite = load_recipe(REPO_ROOT / "recipes/llama-7b/pretrain.yaml").eval.suite
+    assert {"hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "mmlu", "ceval-valid", "cmmlu"} == set(
+        suite
+    )
+    assert set(suite) <= set(manager.all_tasks)
 
 
 # ---------------------------------------------------------------------------- for real

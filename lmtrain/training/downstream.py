@@ -1,7 +1,9 @@
 """Downstream tasks scored on the model being trained (no second copy), every rank in lockstep.
 
 The requests (lmtrain/evals/scoring.py) are sorted by length, longest first (as lm-eval does, so that a batch
-pads little), and cut into batches of the micro-batch size once, the same on any number of processes. Rank r
+pads little), and cut once, the same on any number of processes, into batches of at most `batch_tokens` padded
+tokens: a training micro-batch's worth, so memory stays within training's, and short requests share a forward
+(on the smoke run, 8 requests per forward made the tasks cost 7 % of training time; see docs/evaluation.md). Rank r
 runs batches r, r + world, ...; a rank with one batch fewer runs a stand-in that is not counted, because under
 ZeRO-3 every forward gathers parameters from all ranks. Each batch is the same wherever it runs, so its
 log-likelihoods are the same bits on 1 or 2 processes; the ranks' log-likelihoods are summed into one vector
@@ -23,12 +25,18 @@ from lmtrain.training.task import to_device
 
 
 class DownstreamEval:
-    def __init__(self, tasks: list[LocalTask], tokenizer, max_length: int, batch_size: int):
+    def __init__(self, tasks: list[LocalTask], tokenizer, max_length: int, batch_tokens: int):
         self.tasks = tasks
         self.requests = encode_requests(tasks, tokenizer, max_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         order = sorted(range(len(self.requests)), key=lambda r: (-len(self.requests[r].tokens), r))
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self.batches: list[list[int]] = []
+        for r in order:  # the first request of a batch is its longest: the batch is padded to it
+            batch = self.batches[-1] if self.batches else None
+            if batch and (len(batch) + 1) * len(self.requests[batch[0]].tokens) <= batch_tokens:
+                batch.append(r)
+            else:
+                self.batches.append([r])
 
     def describe(self) -> str:
         parts = []

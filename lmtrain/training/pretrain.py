@@ -54,7 +54,8 @@ class PretrainTask(Task):
             held_out = read_held_out(recipe.data.dir) if any(t.build for t in recipe.eval.tasks) else {}
             tasks = load_tasks(recipe.eval, held_out, self.manifest["sources"][0]["name"])
             max_length = recipe.model.max_position_embeddings or self.seq_len
-            self.downstream = DownstreamEval(tasks, self.tokenizer, max_length, recipe.train.micro_batch_size)
+            batch_tokens = recipe.train.micro_batch_size * self.seq_len
+            self.downstream = DownstreamEval(tasks, self.tokenizer, max_length, batch_tokens)
 
     def build_model(self) -> torch.nn.Module:
         tok = self.tokenizer
