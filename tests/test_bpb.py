@@ -132,3 +132,12 @@ def test_metric_names_of_sources_are_plain():
     assert metric_name("en") == "en"
     assert metric_name("data/zh/*.parquet (+2)") == "data_zh_.parquet_2"
     assert metric_name("HuggingFaceFW/fineweb-edu") == "HuggingFaceFW_fineweb-edu"
+
+
+def test_best_model_by_bits_per_byte_keeps_the_lowest():
+    from lmtrain.training.loop import _update_best
+
+    state, exported = {"best": None}, []
+    for step, value in [(1, 2.0), (2, 1.5), (3, 1.8)]:
+        _update_best(state, {"eval_bpb": value}, step, "eval_bpb", lambda: exported.append(step))
+    assert state["best"] == {"metric": "eval_bpb", "value": 1.5, "step": 2} and exported == [1, 2]

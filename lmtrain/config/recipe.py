@@ -398,7 +398,7 @@ class TrainConfig:
     """Experiment trackers through Accelerate. wandb also runs offline (WANDB_MODE=offline)."""
     best_metric: str = ""
     """Also export the model with the best value of this evaluation metric (e.g. eval_loss, accuracy) to
-    run_dir/best/. Metrics ending in `loss` or `ppl` are minimized, others maximized. Empty = final only."""
+    run_dir/best/. Metrics ending in `loss`, `ppl` or `bpb` are minimized, others maximized. Empty = final only."""
     checkpoint_every: int = 100
     """Save the full training state (weights, optimizer, scheduler, data position, RNG) every N steps to
     run_dir/checkpoints/; also at the end and when the run is preempted (0 = only then)."""

@@ -424,7 +424,7 @@ def _update_best(state: dict, metrics: dict, step: int, metric: str, export) -> 
             f"choose one of {', '.join(sorted(metrics))}"
         )
     value = metrics[metric]
-    lower_is_better = metric.endswith(("loss", "ppl"))
+    lower_is_better = metric.endswith(("loss", "ppl", "bpb"))
     best = state["best"]
     if best is not None and best["metric"] != metric:  # train.best_metric changed on resume: start over
         best = None
