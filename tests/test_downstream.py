@@ -326,6 +326,7 @@ def test_a_run_logs_bpb_and_task_figures_and_lm_eval_on_its_export_agrees(prepar
     assert results["acc,none"] == last["lines/acc"] and results["acc_norm,none"] == last["lines/acc_norm"]
 
 
+@pytest.mark.distributed
 def test_two_zero3_processes_log_the_same_figures_as_one(prepared, trained):
     root, recipe = prepared
     same = [
