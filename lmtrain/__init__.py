@@ -7,6 +7,7 @@ The subpackages follow the pipeline, each importing only those before it (tests/
     tokenizer   byte-level BPE: training, the fast corpus encoder, the quality report
     data        token shards: tokenize + pack (data_prep/), the resumable global-batch sampler
     model       transformers' Llama from the recipe, FLOPs, export, LoRA adapter directories
+    evals       downstream multiple-choice tasks: items, lm-eval's scoring, lm-eval on a model directory
     publish     model cards, the loss curve, and the background uploader to a model hub
     training    the loop (`fit`), its optimizer and schedule, checkpoints, processes, publishing, pretraining's task
     finetune    SFT and classification tasks on top of `fit`

@@ -124,7 +124,7 @@ def test_end_to_end_on_txt_jsonl_parquet_csv(corpus, recipe_path):
     decoded_per_split = {}
     for name in ("train", "validation"):
         split = splits[name]
-        assert split.column_names == ["input_ids"]
+        assert split.column_names == (["input_ids"] if name == "train" else ["input_ids", "source"])
         assert split.features["input_ids"].feature.dtype == "int32"
         blocks = np.array(split["input_ids"])
         assert blocks.shape == (manifest["splits"][name]["blocks"], SEQ_LEN)

@@ -14,7 +14,7 @@ LAYERS = {
     "cli": 1, "config": 1,
     "corpus": 2,
     "tokenizer": 3,
-    "data": 4, "model": 4, "publish": 4,
+    "data": 4, "model": 4, "evals": 4, "publish": 4,
     "training": 5,
     "finetune": 6, "inference": 6, "plan": 6,
 }  # fmt: skip

@@ -436,7 +436,7 @@ class TrainConfig:
     """Experiment trackers through Accelerate. wandb also runs offline (WANDB_MODE=offline)."""
     best_metric: str = ""
     """Also export the model with the best value of this evaluation metric (e.g. eval_loss, accuracy) to
-    run_dir/best/. Metrics ending in `loss` or `ppl` are minimized, others maximized. Empty = final only."""
+    run_dir/best/. Metrics ending in `loss`, `ppl` or `bpb` are minimized, others maximized. Empty = final only."""
     checkpoint_every: int = 100
     """Save the full training state (weights, optimizer, scheduler, data position, RNG) every N steps to
     run_dir/checkpoints/; also at the end and when the run is preempted (0 = only then)."""
@@ -581,7 +581,71 @@ class HubConfig:
         return p
 
 
-PRETRAINING_METRICS = ("eval_loss", "eval_ppl")
+@dataclass
+class EvalTaskConfig:
+    """A multiple-choice task scored in the loop (lmtrain/evals): each item is a context, its choices and the
+    index of the right one; each choice is scored by its log-likelihood after the context, as
+    lm-evaluation-harness scores `multiple_choice` tasks, and the metrics are `<name>/acc` (the most likely choice
+    is right) and `<name>/acc_norm` (the same after dividing each log-likelihood by the choice's characters)."""
+
+    name: str = ""
+    """The task's name: metric keys, the exported task file and lm-eval's task name. Letters, digits, _ . -"""
+    path: str = ""
+    """A JSONL file of items, one per line: {"context": "...", "choices": ["...", "..."], "gold": 0}."""
+    build: Literal["", "line_completion"] = ""
+    """Build the items from held-out text instead of a file (text data prep held out of training; never trained
+    on). line_completion: three lines and the start of the next one as the context; the rest of that line among
+    the rests of three lines of other held-out documents of the same source as the choices (chance: 25 %)."""
+    source: str = ""
+    """For build: the data source whose held-out text is used, by its name in the log and manifest (default:
+    the first source)."""
+    delimiter: str | None = None
+    """Put between the context and each choice (lm-evaluation-harness's target_delimiter). Unset: " " for a file
+    task (lm-eval's default), "" for line_completion (its context stops before a space, which the choices hold)."""
+    max_items: int = 0
+    """Score at most this many items (a file's first ones; the number a built task builds; 0 = all of a file,
+    200 for a built task)."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(
+            bool(re.fullmatch(r"[\w.-]+", self.name)),
+            f"{where}.name: {self.name!r} must be a non-empty name of letters, digits, _ . or - (it names the metrics)",
+        )
+        p.need(
+            bool(self.path) != bool(self.build),
+            f"{where}: set exactly one of path (a JSONL file of items) and build (e.g. build: line_completion)",
+        )
+        p.need(not self.source or bool(self.build), f"{where}.source: only a built task reads a source; remove it")
+        p.need(self.max_items >= 0, f"{where}.max_items: must be >= 0 (0 = all of a file, 200 for a built task)")
+        return p
+
+
+@dataclass
+class EvalConfig:
+    """Downstream evaluation during pretraining: multiple-choice tasks scored on the model being trained, with
+    the validation loss (lmtrain/training/downstream.py). Results go to the log, metrics.jsonl and the trackers."""
+
+    tasks: list[EvalTaskConfig] = field(default_factory=list)
+    every: int = 0
+    """Score the tasks every N steps, N a multiple of train.eval_every (0 = at every validation); also before
+    the first step and at the end."""
+    seed: int = 1234
+    """Seed of built tasks (which lines, which distractors, where the right choice goes)."""
+    suite: list[str] = field(default_factory=list)
+    """lm-eval task names to run on this recipe's exports with `evaluate_model.py MODEL --recipe RECIPE` (the
+    standard benchmarks, e.g. hellaswag, mmlu, ceval-valid); not run in the loop."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(self.every >= 0, f"{where}.every: must be >= 0 (0 = at every validation)")
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        p.need(not duplicates, f"{where}.tasks: names must differ; {', '.join(duplicates)} is used twice")
+        return p
+
+
+PRETRAINING_METRICS = ("eval_loss", "eval_ppl", "eval_bpb")
 """What pretraining's evaluation reports; train.best_metric must be one of them."""
 
 
@@ -596,6 +660,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def problems(self, where: str) -> list[str]:
         """The checks that span sections; each section checks its own fields."""
@@ -607,6 +672,12 @@ class Recipe:
             f"{at}model.max_position_embeddings: {m} is shorter than {at}data.seq_len {seq_len}",
         )
         p.extend(self.train.best_metric_problems(f"{at}train", PRETRAINING_METRICS, "pretraining"))
+        every, eval_every = self.eval.every, self.train.eval_every
+        p.need(
+            every <= 0 or eval_every <= 0 or every % eval_every == 0,
+            f"{at}eval.every: {every} is not a multiple of {at}train.eval_every {eval_every}; the tasks run with "
+            f"the validation loss (e.g. {at}eval.every={max(every // eval_every, 1) * eval_every})",
+        )
         return p
 
 

@@ -81,6 +81,23 @@ class Packer:
         return len(self._remainder)
 
 
+class TagPacker:
+    """The per-token tags (a document's source index) of the blocks a `Packer` cuts from the same documents:
+    each document's tag on its tokens and on the eos that ends it, carried across batches as the Packer
+    carries its remainder, so that tag blocks and token blocks line up."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+        self._remainder = np.empty(0, dtype=np.int16)
+
+    def add(self, tags: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Tags of a batch of documents of `lengths` tokens (eos not counted); the tag blocks completed so far."""
+        stream = np.concatenate([self._remainder, np.repeat(np.asarray(tags, dtype=np.int16), np.asarray(lengths) + 1)])
+        cut = len(stream) // self.seq_len * self.seq_len
+        self._remainder = stream[cut:]
+        return stream[:cut].reshape(-1, self.seq_len)
+
+
 def join_with_eos(documents: TokenBatch, eos_id: int) -> np.ndarray:
     """One int32 stream: each document's ids followed by eos."""
     docs = _as_list_array(documents)

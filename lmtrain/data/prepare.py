@@ -9,7 +9,9 @@ The whole run is one pass over lazy streams: memory holds one batch of documents
 one batch of blocks per split, plus, while a source's validation mode is decided (`validation_by: auto`),
 its first ⌈5 / validation_fraction⌉ documents (a whole source held out by spans, `validation_by: spans`). data.dir then holds `train` and
 `validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
-`position_ids`), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
+`position_ids`; the validation split also `source`, the index in the manifest's `sources` of the document each
+token belongs to, for bits per byte per source), held_out.jsonl (a sample of each source's held-out documents, from
+which evaluation builds downstream tasks never seen in training), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
 how each source's validation text was held out (and why, in `notes`, where by spans),
 the achieved token share of every source, and a sha256 of the packed content. The input
 fingerprint covers the sources (including file sizes and mtimes), cleaning, filter, dedup and
@@ -29,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain, islice
 from pathlib import Path
 
@@ -42,13 +44,16 @@ from lmtrain.config.recipe import DataConfig, Recipe
 from lmtrain.corpus.dedup import Deduplicator
 from lmtrain.corpus.mixture import SourceStats, WeightedMixture, open_sources
 from lmtrain.corpus.sources import describe_source, is_validation_document
-from lmtrain.data.packing import Packer
+from lmtrain.data.packing import Packer, TagPacker
 from lmtrain.errors import UserError
 from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
+HELD_OUT = "held_out.jsonl"
+HELD_OUT_CHARS = 2_000_000
+"""Characters of held-out documents kept per source in held_out.jsonl (whole documents, up to the first past it)."""
 SPLITS = ("train", "validation")
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 """Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
 
 
@@ -112,10 +117,16 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
     streams, source_stats = open_sources(data, dedup, split=True)
     encoder = corpus_encoder(tokenizer_dir)
-    tokenized = [tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction) for docs in streams]
+    held_out = HeldOutSample(scratch / HELD_OUT, len(streams))
+    tokenized = [
+        tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction, held_out.sink(i))
+        for i, docs in enumerate(streams)
+    ]
     mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
     writers = {
-        split: SplitWriter(scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size)
+        split: SplitWriter(
+            scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size, split != "train"
+        )
         for split in SPLITS
     }
     progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
@@ -128,36 +139,87 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
     _check_not_empty(data, source_stats, mixture)
     _check_enough(data, writers)
     DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
+    held_out.close(out_dir / HELD_OUT, [s.name for s in source_stats])
     return _report(data, source_stats, mixture, writers, dedup, encoder)
 
 
 def tokenized_documents(
-    documents: Iterator[str], encoder: CorpusEncoder, batch_size: int, validation_fraction: float
+    documents: Iterator[str],
+    encoder: CorpusEncoder,
+    batch_size: int,
+    validation_fraction: float,
+    held_out: Callable[[str], None] = lambda text: None,
 ) -> Iterator[tuple[bool, list[int]]]:
-    """(is validation, token ids) per document, encoded a batch at a time on all cores. No batch is
-    read ahead: with several sources, which copy of a cross-source duplicate is kept, and the
-    documents each source reports read, follow the order the mixture takes documents in."""
+    """(is validation, token ids) per document, encoded a batch at a time on all cores; the text of each
+    validation document the mixture takes goes to `held_out`. No batch is read ahead: with several sources,
+    which copy of a cross-source duplicate is kept, and the documents each source reports read, follow the
+    order the mixture takes documents in."""
     while batch := list(islice(documents, batch_size)):
         for text, ids in zip(batch, encoder.encode_batch(batch)):
-            yield is_validation_document(text, validation_fraction), ids
+            validation = is_validation_document(text, validation_fraction)
+            if validation:
+                held_out(str(text))
+            yield validation, ids
+
+
+class HeldOutSample:
+    """The first HELD_OUT_CHARS characters of held-out documents of every source, as JSONL lines
+    {"source": name, "text": document}: text the model never trains on, for building downstream tasks."""
+
+    def __init__(self, path: Path, sources: int):
+        self.path = path
+        self.texts: list[list[str]] = [[] for _ in range(sources)]
+        self.chars = [0] * sources
+
+    def sink(self, source: int) -> Callable[[str], None]:
+        def keep(text: str) -> None:
+            if self.chars[source] < HELD_OUT_CHARS:
+                self.texts[source].append(text)
+                self.chars[source] += len(text)
+
+        return keep
+
+    def close(self, out_path: Path, names: list[str]) -> None:
+        with open(out_path, "w", encoding="utf-8") as f:
+            for name, texts in zip(names, self.texts):
+                for text in texts:
+                    f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
+
+
+def read_held_out(data_dir: str | Path) -> dict[str, list[str]]:
+    """Held-out documents by source name, as data preparation sampled them (HeldOutSample)."""
+    path = Path(data_dir) / HELD_OUT
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the data was prepared by an older version; rerun data_prep/prepare.py")
+    texts: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            texts.setdefault(row["source"], []).append(row["text"])
+    return texts
 
 
 class SplitWriter:
     """Packs one split's documents into blocks and appends them to an Arrow file, a batch at a time."""
 
-    def __init__(self, path: Path, seq_len: int, eos_id: int, document_masking: bool, batch_size: int):
+    def __init__(
+        self, path: Path, seq_len: int, eos_id: int, document_masking: bool, batch_size: int, source_column: bool
+    ):
         self.path = path
         self.packer = Packer(seq_len, eos_id)
         self.document_masking = document_masking
         self.batch_size = batch_size
-        self.features = split_features(seq_len, document_masking)
+        self.tags = TagPacker(seq_len) if source_column else None
+        self.features = split_features(seq_len, document_masking, source_column)
         self.writer = pa.ipc.new_stream(str(path), self.features.arrow_schema)
         self.digest = hashlib.sha256()
         self.tokens_by_source: Counter = Counter()
         self._pending: list[list[int]] = []
+        self._sources: list[int] = []
 
     def add(self, source: int, ids: list[int]) -> None:
         self._pending.append(ids)
+        self._sources.append(source)
         self.tokens_by_source[source] += len(ids) + 1
         if len(self._pending) == self.batch_size:
             self._flush()
@@ -182,24 +244,31 @@ class SplitWriter:
         flat = np.fromiter(chain.from_iterable(self._pending), dtype=np.int32, count=int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)])
         documents = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-        self._pending = []
+        sources = np.array(self._sources, dtype=np.int16)
+        self._pending, self._sources = [], []
         if self.document_masking:
             blocks, positions = self.packer.add_with_positions(documents)
             columns = {"input_ids": blocks, "position_ids": positions}
         else:
             columns = {"input_ids": self.packer.add(documents)}
+        if self.tags is not None:
+            columns["source"] = self.tags.add(sources, lengths)
         if len(columns["input_ids"]) == 0:
             return
         arrays = []
-        for array in columns.values():
-            self.digest.update(array.tobytes())
+        for name, array in columns.items():
+            if name != "source":  # the data fingerprint checked on resume: what is trained on, as before tags existed
+                self.digest.update(array.tobytes())
             arrays.append(pa.FixedSizeListArray.from_arrays(array.reshape(-1), array.shape[1]))
         self.writer.write_batch(pa.record_batch(arrays, schema=self.features.arrow_schema))
 
 
-def split_features(seq_len: int, document_masking: bool) -> Features:
+def split_features(seq_len: int, document_masking: bool, source_column: bool = False) -> Features:
     block = List(Value("int32"), length=seq_len)
-    return Features({"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block})
+    features = {"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block}
+    if source_column:
+        features["source"] = List(Value("int16"), length=seq_len)
+    return Features(features)
 
 
 def _check_enough(data: DataConfig, writers: dict[str, SplitWriter]) -> None:
@@ -312,6 +381,7 @@ def _report(
         },
         "encoder": encoder.stats(),
         "columns": list(split_features(data.seq_len, data.document_masking)),
+        "validation_columns": list(split_features(data.seq_len, data.document_masking, source_column=True)),
         "splits": {split: writer.stats() for split, writer in writers.items()},
         "notes": [f"{s.name}: {s.validation_note}" for s in source_stats if s.validation_note],
         "content_fingerprint": digest.hexdigest(),

@@ -190,7 +190,7 @@ class ClassifyTask(FinetuneTask):
     # -- evaluation and export
 
     @torch.no_grad()
-    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
+    def evaluate(self, model, accelerator: Accelerator, step: int = 0) -> dict[str, float]:
         """Loss (as trained: class-weighted if so), accuracy and macro-F1 over the validation examples; every
         process computes the same numbers from the gathered predictions."""
         t = self.recipe.train

@@ -402,7 +402,7 @@ class SftTask(FinetuneTask):
     # -- evaluation and export
 
     @torch.no_grad()
-    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
+    def evaluate(self, model, accelerator: Accelerator, step: int = 0) -> dict[str, float]:
         """Mean loss per assistant token over the validation examples (padded, never packed)."""
         t = self.recipe.train
         batches = eval_shard(len(self.val_data), accelerator, t.micro_batch_size, t.eval_batches)

@@ -138,7 +138,10 @@ def training_seconds(metrics: list[dict]) -> float:
 
 def _last_eval(metrics: list[dict]) -> dict[str, float]:
     evals = [r for r in metrics if "eval_loss" in r]
-    return {k: v for k, v in evals[-1].items() if k != "step" and isinstance(v, (int, float))} if evals else {}
+    if not evals:
+        return {}
+    # every figure of the last evaluation; its timings (downstream_s) are not results
+    return {k: v for k, v in evals[-1].items() if k != "step" and not k.endswith("_s") and isinstance(v, (int, float))}
 
 
 def _summary(facts: CardFacts, config: dict, parameters: int, name: str) -> str:

@@ -165,6 +165,20 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(directory))
 
 
+def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    """The UTF-8 bytes of text each token id stands for, indexed by id: 0 for special and reserved tokens,
+    which stand for no text. Byte-level BPE spells each byte as one character (GPT-2's byte-to-unicode map),
+    so a token's byte count is the length of its string; the bytes of a text's tokens add up to the text's
+    UTF-8 bytes, which bits per byte divides by."""
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    reserved = RESERVED_TOKEN.split("{")[0]
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return np.array(
+        [0 if i in special or piece.startswith(reserved) else len(piece) for i, piece in enumerate(pieces)],
+        dtype=np.int64,
+    )
+
+
 def tokenizer_fingerprint(directory: str | Path) -> str:
     """sha256 of tokenizer.json: changes exactly when the token ids a text gets could change."""
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()

@@ -12,7 +12,6 @@ Assumes run_dir is on a filesystem every rank sees (as multi-node checkpointing 
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -26,7 +25,6 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from lmtrain.config.recipe import HubConfig
 from lmtrain.errors import UserError
 
 STATE_FILE = "trainer_state.json"
@@ -38,7 +36,7 @@ DEEPSPEED_TAG = "pytorch_model"
 KILL_DURING_SAVE_FAULT_ENV = "LMTRAIN_FAULT_KILL_DURING_SAVE_STEP"
 _NAME = re.compile(r"^step_(\d{8})$")
 
-# Recipe keys that may change between a checkpoint and its resumption without altering the run.
+# Recipe keys (or whole sections) that may change between a checkpoint and its resumption without altering the run.
 HARMLESS_CHANGES = (
     "run_dir",
     "tokenizer.dir",
@@ -57,14 +55,19 @@ HARMLESS_CHANGES = (
     "train.max_skipped_steps",
     "train.spike_factor",
     "train.best_metric",
-    "hub",  # a checkpoint saved before the recipe had a hub section
-    *(f"hub.{f.name}" for f in dataclasses.fields(HubConfig)),  # where the run is published, not what it trains
+    "hub",  # where the run is published, not what it trains
     # How fast, not what: the same loss and gradients within rounding (tests/test_speed.py), and compile leaves the
     # state dict's names alone. fp8 is not here: it changes the arithmetic.
     "model.compile",
     "model.attn_implementation",
     "model.liger_kernel",
+    "eval",  # downstream tasks are scored on the model, they do not train it
 )
+
+
+def is_harmless(key: str) -> bool:
+    """Whether a change of recipe key `key` (dotted) is in HARMLESS_CHANGES, itself or by its section."""
+    return any(key == harmless or key.startswith(f"{harmless}.") for harmless in HARMLESS_CHANGES)
 
 
 class CheckpointError(UserError):
@@ -246,7 +249,7 @@ def check_resume_compatible(
     notes, blocking = [], []
     for key, old, new in recipe_differences(saved_state["recipe"], recipe):
         line = f"{key}: {old!r} → {new!r}"
-        (notes if key in HARMLESS_CHANGES else blocking).append(line)
+        (notes if is_harmless(key) else blocking).append(line)
     for name, value in fingerprints.items():
         if saved_state["fingerprints"].get(name) != value:
             blocking.append(f"{name}: content changed since the checkpoint")

@@ -44,15 +44,26 @@ def eval_shard(size: int, accelerator: Accelerator, micro_batch: int, max_batche
 @torch.no_grad()
 def mean_eval_loss(model, accelerator: Accelerator, batches: list[EvalBatch], batch_fn, task) -> float:
     """The mean loss per loss target (`task.loss_targets`) over the counted `batches` of all processes."""
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+
+    def sums(batch: dict) -> torch.Tensor:
+        targets = task.loss_targets(batch)
+        loss = task.loss(model, batch).double()
+        return torch.stack([loss * targets, torch.tensor(float(targets), dtype=torch.float64, device=loss.device)])
+
+    loss_sum, targets = eval_sums(model, accelerator, batches, batch_fn, sums, 2).tolist()
+    return loss_sum / targets
+
+
+@torch.no_grad()
+def eval_sums(model, accelerator: Accelerator, batches: list[EvalBatch], batch_fn, sums_fn, width: int) -> torch.Tensor:
+    """The sum over the counted `batches` of all processes of `sums_fn(batch)`, a float64 vector of `width`
+    (every rank runs every forward, stand-ins included, so that ZeRO-3's parameter gathers stay in step)."""
+    totals = torch.zeros(width, dtype=torch.float64, device=accelerator.device)
     was_training = model.training
     model.eval()
     for eval_batch in batches:
-        batch = to_device(batch_fn(eval_batch.indices), accelerator.device)
-        loss = task.loss(model, batch)
+        values = sums_fn(to_device(batch_fn(eval_batch.indices), accelerator.device))
         if eval_batch.counted:
-            targets = task.loss_targets(batch)
-            totals += torch.stack([loss.double() * targets, torch.tensor(targets, dtype=torch.float64)]).to(totals)
+            totals += values.to(totals)
     model.train(was_training)
-    loss_sum, targets = accelerator.reduce(totals, reduction="sum").tolist()
-    return loss_sum / targets
+    return accelerator.reduce(totals, reduction="sum").cpu()

@@ -35,10 +35,10 @@ from lmtrain.formatting import format_count, format_duration
 from lmtrain.model.flops import flops_per_token, peak_flops_per_device
 from lmtrain.model.llama import parameter_count
 from lmtrain.training.checkpoint import (
-    HARMLESS_CHANGES,
     check_resume_compatible,
     checkpoints_dir,
     complete_checkpoints,
+    is_harmless,
     recipe_differences,
     resolve_resume,
     save_checkpoint,
@@ -84,17 +84,18 @@ def fit(recipe, task: Task) -> FitResult:
     if state["step"] >= t.max_steps:
         return _already_complete(outputs, accelerator, model, state, log, final_dir, t.max_steps)
 
-    def run_eval(step: int) -> float:
-        metrics = task.evaluate(model, accelerator)
+    def run_eval(step: int) -> dict[str, float]:
+        metrics = task.evaluate(model, accelerator, step)
         log.write({"step": step, **metrics})
         outputs.loss_curve()
         if t.best_metric:
             _update_best(state, metrics, step, t.best_metric, lambda: outputs.export(model, run_dir / "best"))
-        return metrics["eval_loss"]
+        return metrics
 
-    eval_loss = state["first_eval_loss"]
+    last_eval = {"eval_loss": state["first_eval_loss"]}
     if state["step"] == 0:
-        eval_loss = state["first_eval_loss"] = run_eval(0)
+        last_eval = run_eval(0)
+        state["first_eval_loss"] = last_eval["eval_loss"]
     step_fn = with_injected_faults(train_step, accelerator.is_main_process)
     accum = accelerator.gradient_accumulation_steps
     window = ThroughputWindow(accelerator, _flops_per_token(accelerator, model, task))
@@ -131,7 +132,7 @@ def fit(recipe, task: Task) -> FitResult:
                 log.write(window.record(step, state, lr, t.max_steps))
             if step % t.eval_every == 0 or step == t.max_steps:
                 with window.excluded():
-                    eval_loss = run_eval(step)
+                    last_eval = run_eval(step)
             if save_now:
                 path = _checkpoint(accelerator, run_dir, step, state, scheduler, recipe, task, sampler)
                 with window.excluded():
@@ -151,8 +152,9 @@ def fit(recipe, task: Task) -> FitResult:
     seconds = time.perf_counter() - start
     outputs.final(model, final_dir)
     accelerator.end_training()
-    _print_summary(log, state, first_step, t.max_steps, seconds, window.excluded_seconds, eval_loss, final_dir)
+    _print_summary(log, state, first_step, t.max_steps, seconds, window.excluded_seconds, last_eval, final_dir)
     outputs.finish()
+    eval_loss = last_eval["eval_loss"]
     return _result(state, t.max_steps, seconds, seconds - window.excluded_seconds, eval_loss, final_dir, first_step - 1)
 
 
@@ -349,8 +351,12 @@ def _already_complete(outputs: RunOutputs, accelerator, model, state: dict, log:
 
 
 def _print_summary(log: MetricsLog, state: dict, first_step: int, max_steps: int, seconds: float,
-                   eval_seconds: float, eval_loss: float, final_dir: Path) -> None:  # fmt: skip
-    done = max_steps - first_step + 1
+                   eval_seconds: float, last_eval: dict, final_dir: Path) -> None:  # fmt: skip
+    """The run's last line: its figures, the final evaluation's among them (bits per byte, downstream tasks)."""
+    done, eval_loss = max_steps - first_step + 1, last_eval["eval_loss"]
+    figures = "".join(
+        f", {k} {v:.3f}" for k, v in last_eval.items() if k not in ("eval_loss", "eval_ppl", "downstream_s")
+    )
     best = state["best"]
     best_text = (
         f" | best {best['metric']} {best['value']:.4f} at step {best['step']:,} → {final_dir.parent / 'best'}"
@@ -361,7 +367,7 @@ def _print_summary(log: MetricsLog, state: dict, first_step: int, max_steps: int
         f"done: {done:,} steps{f' (from step {first_step - 1:,})' if first_step > 1 else ''}, "
         f"{format_count(state['tokens_seen'])} tokens seen, in {format_duration(seconds)} "
         f"({done / max(seconds - eval_seconds, 1e-9):.2f} steps/s training) | eval loss "
-        f"{state['first_eval_loss']:.3f} → {eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}) | "
+        f"{state['first_eval_loss']:.3f} → {eval_loss:.3f} (ppl {math.exp(min(eval_loss, 50)):,.1f}{figures}) | "
         f"skipped steps {state['skipped_steps']}{best_text} | model: {final_dir}"
     )
 
@@ -428,7 +434,7 @@ def _update_best(state: dict, metrics: dict, step: int, metric: str, export) -> 
             f"choose one of {', '.join(sorted(metrics))}"
         )
     value = metrics[metric]
-    lower_is_better = metric.endswith(("loss", "ppl"))
+    lower_is_better = metric.endswith(("loss", "ppl", "bpb"))
     best = state["best"]
     if best is not None and best["metric"] != metric:  # train.best_metric changed on resume: start over
         best = None
@@ -449,7 +455,7 @@ def _guard_run_dir(run_dir: Path, recipe_dict: dict, resume_from, t, accelerator
         import yaml
 
         saved = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-        different = any(key not in HARMLESS_CHANGES for key, _, _ in recipe_differences(saved, recipe_dict))
+        different = any(not is_harmless(key) for key, _, _ in recipe_differences(saved, recipe_dict))
     if not (has_checkpoints or different):
         return
     if not t.overwrite:

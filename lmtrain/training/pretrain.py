@@ -1,28 +1,39 @@
-"""Pretraining as a `Task`: next-token prediction on the packed blocks that data_prep/ wrote."""
+"""Pretraining as a `Task`: next-token prediction on the packed blocks that data_prep/ wrote.
+
+Evaluation reports the validation loss and bits per byte, overall and per source: the summed negative
+log-likelihood of the predicted tokens in bits over the UTF-8 bytes of text they stand for (the eos that ends a
+document counts in the bits, with no bytes). Unlike the loss per token, it does not depend on the tokenizer,
+so runs with different vocabularies compare on it. Downstream tasks (the recipe's `eval` section) run with it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import GenerationConfig
 
 from lmtrain.config.recipe import Recipe
-from lmtrain.data.packing import document_labels
-from lmtrain.data.prepare import read_manifest
+from lmtrain.data.packing import IGNORE_INDEX, document_labels
+from lmtrain.data.prepare import read_held_out, read_manifest
 from lmtrain.errors import UserError
+from lmtrain.evals.tasks import LOCAL_TASKS, load_tasks, write_local_tasks
 from lmtrain.model.export import export_model
 from lmtrain.model.llama import build_model, llama_config
 from lmtrain.publish.card import languages_of
-from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenizer.bpe import load_tokenizer, token_byte_lengths, tokenizer_fingerprint
 from lmtrain.tokenizer.report import REPORT
-from lmtrain.training.evaluation import eval_shard, mean_eval_loss
+from lmtrain.training.downstream import DownstreamEval
+from lmtrain.training.evaluation import eval_shard, eval_sums
 from lmtrain.training.task import Task
 
 
@@ -37,6 +48,17 @@ class PretrainTask(Task):
         # With document positions, attention stays inside each document: transformers builds the
         # per-document mask from position_ids when no attention_mask is given and the cache is off.
         self.document_masking = "position_ids" in self.train_blocks.column_names
+        self.byte_lengths = torch.from_numpy(token_byte_lengths(self.tokenizer))
+        # Data prepared before the validation split had a `source` column still gives the overall figure.
+        has_sources = "source" in self.val_blocks.column_names
+        self.source_names = [metric_name(s["name"]) for s in self.manifest["sources"]] if has_sources else []
+        self.downstream = None
+        if recipe.eval.tasks:  # read, built and tokenized now: a bad task file stops the run before training
+            held_out = read_held_out(recipe.data.dir) if any(t.build for t in recipe.eval.tasks) else {}
+            tasks = load_tasks(recipe.eval, held_out, self.manifest["sources"][0]["name"])
+            max_length = recipe.model.max_position_embeddings or self.seq_len
+            batch_tokens = recipe.train.micro_batch_size * self.seq_len
+            self.downstream = DownstreamEval(tasks, self.tokenizer, max_length, batch_tokens)
 
     def build_model(self) -> torch.nn.Module:
         tok = self.tokenizer
@@ -46,27 +68,56 @@ class PretrainTask(Task):
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         return self._batch(self.train_rows, indices)
 
-    def _batch(self, blocks: BlockRows, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def _batch(self, blocks: BlockRows, indices: np.ndarray, sources: bool = False) -> dict[str, torch.Tensor]:
         rows = blocks[indices]
         input_ids = torch.from_numpy(np.asarray(rows["input_ids"], dtype=np.int64))
-        if not self.document_masking:
-            return {"input_ids": input_ids, "labels": input_ids, "use_cache": False}
-        position_ids = torch.from_numpy(np.asarray(rows["position_ids"], dtype=np.int64))
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "labels": document_labels(input_ids, position_ids),
-            "use_cache": False,
-        }
+        batch = {"input_ids": input_ids, "labels": input_ids, "use_cache": False}
+        if self.document_masking:
+            batch["position_ids"] = torch.from_numpy(np.asarray(rows["position_ids"], dtype=np.int64))
+            batch["labels"] = document_labels(input_ids, batch["position_ids"])
+        if sources and self.source_names:
+            batch["source"] = torch.from_numpy(np.asarray(rows["source"], dtype=np.int64))
+        return batch
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].numel()
 
-    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
+    def evaluate(self, model, accelerator: Accelerator, step: int = 0) -> dict[str, float]:
         t = self.recipe.train
         chunks = eval_shard(len(self.val_blocks), accelerator, t.micro_batch_size, t.eval_batches)
-        loss = mean_eval_loss(model, accelerator, chunks, lambda idx: self._batch(self.val_rows, idx), self)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        width = 3 + 2 * len(self.source_names)
+        batch_fn = lambda idx: self._batch(self.val_rows, idx, sources=True)  # noqa: E731
+        sums = eval_sums(model, accelerator, chunks, batch_fn, lambda b: self._token_sums(model, b), width).tolist()
+        nll, targets, nbytes = sums[:3]
+        metrics = {"eval_loss": nll / targets, "eval_ppl": math.exp(min(nll / targets, 50.0))}
+        metrics["eval_bpb"] = nll / (math.log(2) * nbytes)
+        for name, (source_nll, source_bytes) in zip(self.source_names, zip(sums[3::2], sums[4::2])):
+            if source_bytes:  # a source with no text in the evaluated blocks has no figure
+                metrics[f"eval_bpb/{name}"] = source_nll / (math.log(2) * source_bytes)
+        every = self.recipe.eval.every or t.eval_every
+        if self.downstream is not None and (step % every == 0 or step == t.max_steps):
+            start = time.perf_counter()
+            metrics |= self.downstream.evaluate(model, accelerator)
+            metrics["downstream_s"] = time.perf_counter() - start
+        return metrics
+
+    def _token_sums(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[nll, loss targets, bytes] of the batch's predicted tokens, then [nll, bytes] per source (float64)."""
+        source, labels = batch.pop("source", None), batch.pop("labels")
+        logits = model(**batch).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none").double()
+        counted = targets != IGNORE_INDEX
+        nbytes = (self.byte_lengths.to(targets.device)[targets.clamp(min=0)] * counted).double()
+        sums = [nll.sum(), counted.sum().double(), nbytes.sum()]
+        if source is not None:
+            # one column per source: the token's (the predicted one's) source, where it is a loss target
+            in_source = F.one_hot(source[:, 1:], len(self.source_names)).double() * counted[..., None]
+            per_source = torch.stack(
+                [(in_source * nll[..., None]).sum((0, 1)), (in_source * nbytes[..., None]).sum((0, 1))]
+            )
+            sums += list(per_source.T.reshape(-1))
+        return torch.stack(sums)
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
         t = self.tokenizer
@@ -74,6 +125,8 @@ class PretrainTask(Task):
             bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id
         )
         export_model(accelerator, model, t, self.recipe, out_dir, generation)
+        if self.downstream is not None and accelerator.is_main_process:
+            write_local_tasks(self.downstream.tasks, out_dir / LOCAL_TASKS)
 
     def fingerprints(self) -> dict[str, str]:
         return {
@@ -96,7 +149,8 @@ class PretrainTask(Task):
 
     def describe(self) -> str:
         masking = ", document masking" if self.document_masking else ""
-        return f"{len(self.val_blocks):,} validation blocks of {self.seq_len} tokens{masking}"
+        downstream = f" | {self.downstream.describe()}" if self.downstream is not None else ""
+        return f"{len(self.val_blocks):,} validation blocks of {self.seq_len} tokens{masking}{downstream}"
 
 
 class BlockRows:
@@ -138,6 +192,12 @@ def _chunk_view(chunk: pa.Array) -> np.ndarray:
     if not pa.types.is_fixed_size_list(chunk.type) or chunk.null_count:
         raise TypeError(f"not a fixed-length list column without nulls: {chunk.type}")
     return chunk.flatten().to_numpy(zero_copy_only=True).reshape(len(chunk), chunk.type.list_size)
+
+
+def metric_name(source_name: str) -> str:
+    """A source's name as it appears in metric keys (`eval_bpb/<name>`): runs of characters other than letters,
+    digits, `.`, `-` and `_` become `_` (a files source is named after its first path)."""
+    return re.sub(r"[^\w.-]+", "_", source_name).strip("_") or "source"
 
 
 def load_packed_splits(recipe: Recipe) -> tuple[dict, datasets.Dataset, datasets.Dataset]:

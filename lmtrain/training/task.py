@@ -37,8 +37,8 @@ class Task:
         step averages over every target of the step, on every rank, whatever the micro-batch size."""
         return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
 
-    def evaluate(self, model, accelerator: Accelerator) -> dict[str, float]:
-        """Validation metrics, `eval_loss` among them; every process calls it."""
+    def evaluate(self, model, accelerator: Accelerator, step: int = 0) -> dict[str, float]:
+        """Validation metrics, `eval_loss` among them, after `step` optimizer steps; every process calls it."""
         raise NotImplementedError
 
     def export(self, accelerator: Accelerator, model, out_dir: Path) -> None:
