@@ -239,7 +239,12 @@ def publish_dataset(recipe, manifest: dict, languages: list[str], repo_id: str, 
     check_access(repo_id, private, repo_type="dataset")
 
     def upload() -> None:
-        datasets.load_from_disk(recipe.data.dir).push_to_hub(repo_id, private=private)
+        splits = datasets.load_from_disk(recipe.data.dir)
+        # The columns every split has (the blocks); the validation split's per-token source tags, which give bits
+        # per byte per source in this project's evaluation, are left out: push_to_hub wants one schema.
+        shared = set.intersection(*(set(split.column_names) for split in splits.values()))
+        splits = datasets.DatasetDict({n: split.select_columns(sorted(shared)) for n, split in splits.items()})
+        splits.push_to_hub(repo_id, private=private)
         dataset_card(manifest, repo_id, recipe.hub.license, languages).push_to_hub(repo_id, repo_type="dataset")
 
     done = publish_once(recipe.run_dir, repo_id, "dataset", manifest["content_fingerprint"], upload)
