@@ -25,6 +25,21 @@ def run_cli(*args, check=True) -> subprocess.CompletedProcess:
     return result
 
 
+def prepare_recipe(root: Path, recipe_yaml: str) -> Path:
+    """Write `recipe_yaml` with its run, tokenizer and data directories under `root`, then train its tokenizer and
+    prepare its data as a user would; the recipe's path."""
+    import yaml
+
+    text = yaml.safe_load(recipe_yaml)
+    text["run_dir"] = str(root / "run")
+    text["tokenizer"]["dir"], text["data"]["dir"] = str(root / "tokenizer"), str(root / "data")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(text), encoding="utf-8")
+    run_cli("tokenizer/train_tokenizer.py", recipe)
+    run_cli("data_prep/prepare.py", recipe)
+    return recipe
+
+
 @pytest.fixture
 def hub_server(monkeypatch, tmp_path):
     """A local Hub (tests/hub_server.py) that huggingface_hub, transformers and datasets talk to, online, despite the

@@ -39,7 +39,7 @@ from lmtrain.evals.tasks import (
 )
 from lmtrain.tokenizer.bpe import load_tokenizer
 from lmtrain.training.downstream import DownstreamEval
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, prepare_recipe, run_cli
 from tests.test_loss_weighting import launch
 
 TINY = """
@@ -69,15 +69,7 @@ QA = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("downstream")
-    text = yaml.safe_load(TINY)
-    text["run_dir"] = str(root / "run")
-    text["tokenizer"]["dir"] = str(root / "tokenizer")
-    text["data"]["dir"] = str(root / "data")
-    recipe = root / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(text), encoding="utf-8")
-    run_cli("tokenizer/train_tokenizer.py", recipe)
-    run_cli("data_prep/prepare.py", recipe)
-    return root, recipe
+    return root, prepare_recipe(root, TINY)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

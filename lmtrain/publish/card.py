@@ -96,18 +96,7 @@ def write_model_card(model_dir: Path, facts: CardFacts) -> ModelCard:
         datasets=facts.datasets or None,
         base_model=facts.base_model,
         model_name=name,
-        eval_results=[
-            EvalResult(
-                task_type=PIPELINE_TAGS[facts.kind],
-                dataset_type="validation",
-                dataset_name="held-out validation",
-                metric_type=key.removeprefix("eval_"),
-                metric_value=round(value, 6),
-                metric_name=key,
-            )  # fmt: skip
-            for key, value in results.items()
-        ]
-        or None,
+        eval_results=[_eval_result(key, value, facts.kind) for key, value in results.items()] or None,
     )
     sections = [
         f"# {name}",
@@ -124,6 +113,18 @@ def write_model_card(model_dir: Path, facts: CardFacts) -> ModelCard:
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n")
     card.save(model_dir / "README.md")
     return card
+
+
+def _eval_result(key: str, value: float, kind: str) -> EvalResult:
+    """A figure of the last evaluation for the model-index: validation figures (eval_*) on the held-out split,
+    a downstream task's (`<task>/acc`) on that task, scored as multiple choice."""
+    task, _, metric = key.partition("/")
+    if key.startswith("eval_") or not metric:
+        task_type, dataset, metric = PIPELINE_TAGS[kind], "held-out validation", key.removeprefix("eval_")
+    else:
+        task_type, dataset = "multiple-choice", task
+    return EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset, metric_type=metric,
+                      metric_value=round(value, 6), metric_name=key)  # fmt: skip
 
 
 def training_seconds(metrics: list[dict]) -> float:
@@ -202,21 +203,10 @@ def data_summary(m: dict) -> str:
         rows.append((s["name"], s["kind"], f"{s['documents_read']:,}", f"{s['kept']:,}", dropped_text,
                      format_count(s["tokens"]), f"{s['target_token_share']:.1%}", f"{s['token_share']:.1%}"))  # fmt: skip
     splits = m["splits"]
+    header = ("source", "kind", "documents read", "kept", "dropped (by reason)", "tokens", "target share",
+              "achieved share")  # fmt: skip
     return (
-        "## Training data\n\n"
-        + _table(
-            (
-                "source",
-                "kind",
-                "documents read",
-                "kept",
-                "dropped (by reason)",
-                "tokens",
-                "target share",
-                "achieved share",
-            ),
-            rows,
-        )  # fmt: skip
+        _table(header, rows)
         + f"\n\nAfter cleaning, filtering and deduplication: {splits['train']['documents']:,} training documents "
         f"({format_count(splits['train']['tokens'])} tokens) and {splits['validation']['documents']:,} held-out "
         f"validation documents ({format_count(splits['validation']['tokens'])} tokens), packed in blocks of "
@@ -266,7 +256,8 @@ def _results(facts: CardFacts, results: dict[str, float]) -> str:
             for k, v in results.items()]  # fmt: skip
     return (
         "## Results\n\n"
-        + f"On the held-out validation split, at step {evals[-1]['step']:,} (first: step {first['step']:,}):\n\n"
+        + f"On the held-out validation split and the downstream tasks (`eval:`), at step {evals[-1]['step']:,} "
+        f"(first: step {first['step']:,}):\n\n"
         + _table(("metric", "first", "last"), rows)
         + "\n\n![Training and validation loss against tokens seen](loss.png)"
     )
