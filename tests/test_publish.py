@@ -248,3 +248,34 @@ def test_hub_checkpoint_every_publishes_a_subset_of_the_checkpoints(prepared, hu
     train(prepared, tmp_path / "run", "hub.repo_id=me/sparse", "hub.push=checkpoints", "hub.checkpoint_every=10",
           "train.checkpoint_every=5")  # fmt: skip
     assert [b.split("-")[0] for b in branches("me/sparse")] == ["main", "step0000010", "step0000020"]
+
+
+EXPORT_BF16 = """
+import sys
+from accelerate import Accelerator
+from lmtrain.config.recipe import load_recipe
+from lmtrain.model.export import export_model
+from lmtrain.model.llama import build_model, llama_config
+from lmtrain.tokenizer.bpe import load_tokenizer
+
+recipe = load_recipe(sys.argv[1], ["hub.max_shard_size=0.2MB"])
+tok = load_tokenizer(recipe.tokenizer.dir)
+model = build_model(recipe, llama_config(recipe, {"bos": tok.bos_token_id, "eos": tok.eos_token_id,
+                                                  "pad": tok.pad_token_id}))
+model.save_pretrained(sys.argv[2] + "/fp32")
+export_model(Accelerator(cpu=True, mixed_precision="bf16"), model, tok, recipe, sys.argv[2] + "/export")
+"""
+
+
+def test_a_bf16_run_exports_bf16_weights_in_shards_of_hub_max_shard_size(prepared, tmp_path):
+    # bf16 training needs a GPU (the recipe refuses it here); the export only needs the Accelerator to say bf16
+    run_cli("-c", EXPORT_BF16, prepared, tmp_path)
+    shards = sorted((tmp_path / "export").glob("*.safetensors"))
+    assert len(shards) >= 2 and (tmp_path / "export" / "model.safetensors.index.json").is_file()  # 330 KB in ≤ 0.2 MB
+    exported = {k: v for shard in shards for k, v in load_file(shard).items()}
+    reference = load_file(tmp_path / "fp32" / "model.safetensors")
+    assert exported.keys() == reference.keys() and all(v.dtype == torch.bfloat16 for v in exported.values())
+    for name, weight in reference.items():
+        torch.testing.assert_close(exported[name], weight.to(torch.bfloat16), rtol=0, atol=0)
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype="auto").dtype == torch.bfloat16

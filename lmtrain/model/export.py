@@ -34,9 +34,9 @@ def export_model(
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
     main, adapter = accelerator.is_main_process, is_peft(unwrapped)
-    if accelerator.mixed_precision == "bf16" and main and not adapter:
+    bf16 = accelerator.mixed_precision == "bf16" and not adapter
+    if bf16 and main:
         state_dict = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state_dict.items()}
-        unwrapped.config.dtype = torch.bfloat16
     out_dir = Path(out_dir)
     if main and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -50,6 +50,9 @@ def export_model(
         **({} if adapter else {"save_function": accelerator.save, "max_shard_size": recipe.hub.max_shard_size}),
     )
     if main:
+        if bf16:  # save_pretrained writes the dtype of the model's own (fp32) parameters; the weights are bf16
+            config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+            (out_dir / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}, indent=2) + "\n")
         tokenizer.save_pretrained(out_dir)
         if adapter and generation_config is not None:
             generation_config.save_pretrained(out_dir)
