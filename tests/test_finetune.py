@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sacrebleu
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -144,6 +145,7 @@ def recipe(tmp_path: Path, base: Path, task: str, train_files: list[Path], **sec
             "checkpoint_every": 0,
             "weight_decay": 0.0,
         },
+        "sft": {"eval_max_new_tokens": 16},  # the answers here are short; max_length 64 holds the prompts
     }
     for key, value in sections.items():
         section, _, name = key.partition("__")
@@ -320,6 +322,52 @@ def test_sft_run_lowers_validation_loss_and_the_export_answers_through_its_chat_
     assert "assistant> The sum is" in capfd.readouterr().out
 
 
+def reference_answers(model_dir: Path, rows: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers of the exported model to each row's conversation without its last answer, one prompt at a
+    time through plain transformers: the independent expectation for the in-loop generation check."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    answers = []
+    for row in rows:
+        messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+        messages = [m for m in messages if m["role"] != "assistant"]
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    return answers
+
+
+def answer_of(row: dict) -> str:
+    return row["completion"] if "completion" in row else row["messages"][-1]["content"]
+
+
+def test_sft_generation_check_scores_the_greedy_answers_of_the_model(base, tmp_path):
+    rows = sft_rows(130, seed=3)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:120])
+    val = write_jsonl(tmp_path / "val.jsonl", rows[120:])  # 10 conversations; 8 are checked, in file order
+    r = recipe(
+        tmp_path, base, "sft", [train], data__validation_files=[str(val)], train__max_steps=40,
+        train__eval_every=20, sft__eval_generations=8, sft__eval_max_new_tokens=12, sft__eval_batch_size=3,
+    )  # fmt: skip
+    task, _ = fit_task(r)
+    assert "generation check: 8 validation answers, greedy, ≤12 new tokens" in task.describe()
+    first, last = evals(r.run_dir)[0], evals(r.run_dir)[-1]
+
+    answers = reference_answers(Path(r.run_dir) / "final", rows[120:128], max_new_tokens=12)
+    references = [answer_of(row) for row in rows[120:128]]
+    matches = [" ".join(a.split()) == " ".join(b.split()) for a, b in zip(answers, references)]
+    assert last["exact_match"] == pytest.approx(sum(matches) / 8)
+    assert last["chrf"] == pytest.approx(sacrebleu.metrics.CHRF().corpus_score(answers, [references]).score)
+    assert last["chrf"] > first["chrf"] + 30, (first, last)  # measured 4.9 → 48.8: "The sum is 10." for "… 14."
+    written = [
+        json.loads(line) for line in (Path(r.run_dir) / "eval_answers/step0000040.jsonl").read_text().splitlines()
+    ]
+    assert [w["answer"] for w in written] == answers and [w["reference"] for w in written] == references
+
+
 def test_chat_needs_a_chat_template(base, monkeypatch):
     with pytest.raises(UserError, match=r"has no chat template, so it cannot chat.*task: sft"):
         run_generate(monkeypatch, base, "--chat", "--prompt", "hi")
@@ -395,6 +443,16 @@ def test_metric_modules_load_offline_with_evaluate(tmp_path):
     result = f1.compute(predictions=predictions, references=references)
     assert result["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
     assert f1.compute(predictions=[0, 0], references=[0, 0], num_labels=2)["macro_f1"] == pytest.approx(0.5)
+
+    exact = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/exact_match"), keep_in_memory=True)
+    chrf = evaluate.load(str(REPO_ROOT / "lmtrain/finetune/metrics/chrf"), keep_in_memory=True)
+    answers, references = [" The sum is\n7. ", "red", "The sum is 7"], ["The sum is 7.", "red red", "The sum is 7."]
+    assert exact.compute(predictions=answers, references=references)["exact_match"] == pytest.approx(1 / 3)
+    assert chrf.compute(predictions=["红色的猫"], references=["红色的猫"])["chrf"] == pytest.approx(100.0)
+    # the module is sacrebleu's corpus-level chrF with its defaults
+    expected = sacrebleu.metrics.CHRF().corpus_score(answers, [references]).score
+    assert chrf.compute(predictions=answers, references=references)["chrf"] == pytest.approx(expected)
+    assert 0 < expected < 100
 
 
 # ---------------------------------------------------------------------------- freezing and LoRA
@@ -634,6 +692,8 @@ def test_cli_reports_bad_input_without_a_traceback(base, tmp_path):
         ("classify.class_weights=[1.0,2.0]", "classify.class_weights: 2 weight(s) for 0 label(s)"),
         ("data.packing=maybe", "data.packing: expected bool"),
         ("data.too_lng=skip", "data.too_lng: unknown key; did you mean data.too_long?"),
+        ("sft.eval_max_new_tokens=100000", "sft.eval_max_new_tokens: 100000 leaves no room for the prompt"),
+        ("sft.eval_generations=-1", "sft.eval_generations: give 0 (off) or a number of conversations"),
     ],
 )
 def test_recipe_problems_are_reported_before_any_work(tmp_path, override, expected):

@@ -228,7 +228,7 @@ def test_fine_tunes_publish_with_their_base_model(prepared, hub_server, tmp_path
     base_dir = tmp_path / "base"
     train(prepared, base_dir, "hub.repo_id=me/base", "hub.push=final")
     common = [f"base_model={base_dir / 'final'}", "data.source=python_stdlib",
-              "data.max_train_examples=64", "data.max_validation_examples=16", "data.max_length=64",
+              "data.max_train_examples=64", "data.max_validation_examples=16", "data.max_length=64", "sft.eval_max_new_tokens=16",
               "train.max_steps=4", "train.global_batch_size=4", "train.micro_batch_size=4", "train.warmup_steps=1",
               "train.eval_every=4", "train.checkpoint_every=0"]  # fmt: skip
     recipe = REPO_ROOT / "recipes/smoke/sft.yaml"

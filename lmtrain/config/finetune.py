@@ -22,7 +22,10 @@ LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 STDLIB_PACKAGES = ["asyncio", "email", "logging", "unittest", "xml"]
 """Packages of the smoke classification task (data.source: python_stdlib): which one a function comes from."""
 
-TASK_METRICS = {"sft": ("eval_loss", "eval_ppl"), "classify": ("eval_loss", "accuracy", "macro_f1")}
+TASK_METRICS = {
+    "sft": ("eval_loss", "eval_ppl", "exact_match", "chrf"),
+    "classify": ("eval_loss", "accuracy", "macro_f1"),
+}
 """Evaluation metrics each task reports; train.best_metric must be one of them."""
 
 
@@ -159,6 +162,24 @@ class SftConfig:
     """auto: the base tokenizer's own chat template if it has one, else ChatML; chatml: always ChatML
     (<|im_start|>role\\ncontent<|im_end|>, tokens this project's tokenizer reserves). The template is saved
     with the exported tokenizer, so tokenizer.apply_chat_template works on the fine-tuned model."""
+    eval_generations: int = 32
+    """At every evaluation, answer the first N validation conversations by greedy generation on the model being
+    trained (its last assistant turn is the reference) and report exact_match (after whitespace normalisation)
+    and chrf (sacrebleu's chrF, 0-100): figures that the loss does not give, e.g. whether the model stops.
+    Every process generates in lockstep (ZeRO-3 gathers weights for every forward). 0 = off."""
+    eval_max_new_tokens: int = 64
+    """The longest generated answer, in tokens; the prompt is cut from the left to fit data.max_length with it."""
+    eval_batch_size: int = 8
+    """Prompts per generate call (left-padded together). Fixed, not per process, so that the answers are the
+    same on any number of processes; under ZeRO-3 each call's token steps gather the weights once each, so
+    larger batches cost less per answer."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        p.need(self.eval_generations >= 0, f"{where}.eval_generations: give 0 (off) or a number of conversations")
+        p.need(self.eval_max_new_tokens >= 1, f"{where}.eval_max_new_tokens: give at least 1 token")
+        p.need(self.eval_batch_size >= 1, f"{where}.eval_batch_size: give at least 1 prompt per generate call")
+        return p
 
 
 @dataclass
@@ -251,6 +272,12 @@ class FinetuneRecipe:
                 not (f.embeddings or f.first_n_layers or f.all_but_head),
                 f"{at}freeze: LoRA already freezes every base weight; turn the freeze switches off or "
                 f"{at}lora.enabled off",
+            )
+        if self.task == "sft" and self.sft.eval_generations:
+            p.need(
+                self.sft.eval_max_new_tokens < d.max_length,
+                f"{at}sft.eval_max_new_tokens: {self.sft.eval_max_new_tokens} leaves no room for the prompt in "
+                f"data.max_length {d.max_length}; lower it",
             )
         p.extend(self.train.best_metric_problems(f"{at}train", TASK_METRICS[self.task], f"task {self.task}"))
         return p

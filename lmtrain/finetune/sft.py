@@ -14,9 +14,12 @@ mask (as pretraining's document masking), so no example sees another.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,8 +31,10 @@ from lmtrain.corpus.records import Record, RecordProblems
 from lmtrain.data.packing import IGNORE_INDEX
 from lmtrain.errors import UserError
 from lmtrain.finetune.base import FinetuneTask, say
+from lmtrain.finetune.metrics import load_metric
 from lmtrain.tokenizer.bpe import CHAT_TOKENS
 from lmtrain.training.evaluation import eval_shard, mean_eval_loss
+from lmtrain.training.generation_check import GenerationCheck
 
 IM_START, IM_END = CHAT_TOKENS
 CHATML_TEMPLATE = (
@@ -300,6 +305,40 @@ def pack(lengths: np.ndarray, max_length: int) -> list[np.ndarray]:
     return rows
 
 
+@dataclass
+class HeldOutAnswers:
+    """The generation check's data: the prompt of each validation conversation (everything before its last
+    answer, with the generation prompt) and that answer, the reference."""
+
+    prompts: list[list[int]]
+    references: list[str]
+    cut: int
+    """Prompts cut from the left to fit max_length with the answer's max_new_tokens."""
+
+
+def held_out_answers(
+    tokenizer: PreTrainedTokenizerBase, records: list[Record], d: FinetuneDataConfig, count: int, max_new_tokens: int
+) -> HeldOutAnswers:
+    """The first `count` conversations of `records` that tokenize_conversations keeps (it has reported the
+    bad ones), as generation prompts and references."""
+    specials = special_token_pattern(tokenizer)
+    answers = HeldOutAnswers([], [], 0)
+    budget = d.max_length - max_new_tokens
+    for record in records:
+        if len(answers.prompts) == count:
+            break
+        messages = conversation(record, d, RecordProblems(""))
+        if messages is None or (specials is not None and any(specials.search(m["content"]) for m in messages)):
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) > budget:
+            ids, answers.cut = ids[-budget:], answers.cut + 1
+        answers.prompts.append(ids)
+        answers.references.append(messages[-1]["content"])
+    return answers
+
+
 # ---------------------------------------------------------------------------- the task
 
 
@@ -329,6 +368,16 @@ class SftTask(FinetuneTask):
         self.rows = pack(self.train_lengths, d.max_length) if d.packing else None
         self.train_size = len(self.rows) if d.packing else len(self.train_data)
         self.pad_id = self.tokenizer.pad_token_id
+        self.answers, self.generation_check = None, None
+        if recipe.sft.eval_generations:
+            g = recipe.sft
+            self.answers = held_out_answers(
+                self.tokenizer, splits.validation, d, g.eval_generations, g.eval_max_new_tokens
+            )
+            self.generation_check = GenerationCheck(
+                self.answers.prompts, self.pad_id, self.stop_ids, g.eval_max_new_tokens, g.eval_batch_size
+            )
+            self._metrics = {name: load_metric(name) for name in ("exact_match", "chrf")}
 
     # -- model
 
@@ -403,11 +452,36 @@ class SftTask(FinetuneTask):
 
     @torch.no_grad()
     def evaluate(self, model, accelerator: Accelerator, step: int = 0) -> dict[str, float]:
-        """Mean loss per assistant token over the validation examples (padded, never packed)."""
+        """Mean loss per assistant token over the validation examples (padded, never packed); with
+        sft.eval_generations, exact match and chrF of greedy answers, which the main process also writes to
+        run_dir/eval_answers/step<N>.jsonl for reading."""
         t = self.recipe.train
         batches = eval_shard(len(self.val_data), accelerator, t.micro_batch_size, t.eval_batches)
         loss = mean_eval_loss(model, accelerator, batches, lambda idx: self._padded(self.val_data, idx), self)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        metrics = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        if self.generation_check is None:
+            return metrics
+        start = time.perf_counter()
+        tokens = self.generation_check.generate(model, accelerator)
+        answers = [self.tokenizer.decode(a, skip_special_tokens=True) for a in tokens]
+        for name, metric in self._metrics.items():
+            metrics[name] = metric.compute(predictions=answers, references=self.answers.references)[name]
+        metrics["generation_s"] = time.perf_counter() - start  # its cost, next to the training time in the log
+        if accelerator.is_main_process:
+            self._write_answers(step, answers)
+        return metrics
+
+    def _write_answers(self, step: int, answers: list[str]) -> None:
+        out = Path(self.recipe.run_dir) / "eval_answers" / f"step{step:07d}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = zip(self.answers.prompts, self.answers.references, answers)
+        out.write_text(
+            "".join(
+                json.dumps({"prompt": self.tokenizer.decode(p), "reference": r, "answer": a}, ensure_ascii=False) + "\n"
+                for p, r, a in rows
+            ),
+            encoding="utf-8",
+        )
 
     def generation_config(self) -> GenerationConfig:
         tok = self.tokenizer
@@ -431,9 +505,16 @@ class SftTask(FinetuneTask):
             else f"padded per micro-batch (≤{d.max_length} tokens)"
         )
         trained = int(self.train_data.trained.sum())
+        check = ""
+        if self.answers is not None:
+            cut = f", {self.answers.cut} prompt(s) cut from the left" if self.answers.cut else ""
+            check = (
+                f" | generation check: {len(self.answers.prompts)} validation answers, greedy, "
+                f"≤{self.recipe.sft.eval_max_new_tokens} new tokens{cut}"
+            )
         return (
             f"SFT: {self.data_description} | {self.report} | {trained:,} of {len(self.train_data.ids):,} training "
-            f"tokens are assistant tokens (the loss) | {layout}"
+            f"tokens are assistant tokens (the loss) | {layout}{check}"
         )
 
 

@@ -355,7 +355,7 @@ def _print_summary(log: MetricsLog, state: dict, first_step: int, max_steps: int
     """The run's last line: its figures, the final evaluation's among them (bits per byte, downstream tasks)."""
     done, eval_loss = max_steps - first_step + 1, last_eval["eval_loss"]
     figures = "".join(
-        f", {k} {v:.3f}" for k, v in last_eval.items() if k not in ("eval_loss", "eval_ppl", "downstream_s")
+        f", {k} {v:.3f}" for k, v in last_eval.items() if k not in ("eval_loss", "eval_ppl") and not k.endswith("_s")
     )
     best = state["best"]
     best_text = (

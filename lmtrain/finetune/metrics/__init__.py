@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-AVAILABLE = ("accuracy", "macro_f1")
+AVAILABLE = ("accuracy", "macro_f1", "exact_match", "chrf")
 
 
 def load_metric(name: str):
