@@ -7,22 +7,35 @@ atomic rename, so a process killed while saving leaves only a `.tmp-` directory 
 never selected and is cleared by the next save. Resolution checks the listing, so a checkpoint that
 lost a shard or was truncated later (a full disk, a bad copy) is reported and skipped.
 
+Saving is synchronous, or asynchronous (`train.checkpoint_async`, `Checkpointer`): the loop then pays only for
+`save_state` into node-local RAM (/dev/shm), and a background thread per rank copies that snapshot into the `.tmp-`
+directory; the main process publishes it as above once every rank's copy is in. At most one save is in flight.
+
+Resuming on another number of processes: Accelerate's own checkpoint (one process, plain data parallel) holds the
+whole model and optimizer and loads on any number; DeepSpeed's ZeRO shards are converted once, by DeepSpeed's
+`ds_to_universal`, into a universal checkpoint (run_dir/checkpoints/step_N/universal/) that DeepSpeed reshards
+on load (`checkpoint.load_universal`).
+
 Assumes run_dir is on a filesystem every rank sees (as multi-node checkpointing with DeepSpeed does).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import json
 import os
 import re
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from lmtrain.errors import UserError
@@ -31,6 +44,8 @@ STATE_FILE = "trainer_state.json"
 COMPLETE_FILE = "COMPLETE.json"
 DEEPSPEED_TAG = "pytorch_model"
 """The folder in which Accelerate's save_state has DeepSpeed write the engine's shards (its MODEL_NAME)."""
+UNIVERSAL_DIR = "universal"
+"""The folder, inside a checkpoint, of its DeepSpeed universal form (made when resumed on another world size)."""
 # Fault injection for the reliability tests and benchmark: SIGKILL the main process in the middle of
 # saving the checkpoint of this step.
 KILL_DURING_SAVE_FAULT_ENV = "LMTRAIN_FAULT_KILL_DURING_SAVE_STEP"
@@ -49,6 +64,7 @@ HARMLESS_CHANGES = (
     "train.checkpoint_every",
     "train.keep_last",
     "train.keep_every",
+    "train.checkpoint_async",
     "train.resume",
     "train.allow_resume_changes",
     "train.overwrite",
@@ -143,20 +159,28 @@ def _on_all_ranks(accelerator: Accelerator, action, step: int, root: Path, clean
         try:
             action()
         except Exception as exc:  # noqa: BLE001 - reported on every rank just below
-            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
-            failure = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
+            failure = _failure_text(exc)
             if cleanup is not None:
                 shutil.rmtree(cleanup, ignore_errors=True)
-    failed = failure is not None
-    if accelerator.num_processes > 1:
-        flag = torch.tensor([float(failed)], device=accelerator.device)
-        failed = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-    if failed:
+    if _any_rank(accelerator, failure is not None):
         raise CheckpointError(
             f"could not save checkpoint step {step} under {root}: "
             f"{failure or 'another process failed to write its part'}. Earlier checkpoints are "
             "untouched; free space or fix permissions, then rerun to resume"
         )
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether `flag` is true on any rank (every rank calls this)."""
+    if accelerator.num_processes == 1:
+        return flag
+    tensor = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+
+def _failure_text(exc: Exception) -> str:
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+    return "the disk is full" if full else f"{type(exc).__name__}: {exc}"
 
 
 def complete_checkpoints(run_dir: str | Path) -> tuple[list[Checkpoint], list[str]]:
@@ -284,3 +308,82 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- resuming on another number of processes
+
+
+def resume_directory(checkpoint: Checkpoint, accelerator: Accelerator) -> tuple[Path, str | None]:
+    """The directory from which `accelerator.load_state` restores `checkpoint` on this launch, and a note for the
+    log when the number of processes changed. Call before `accelerator.prepare`: DeepSpeed reads
+    `checkpoint.load_universal` when it builds the engine.
+
+    What carries over to another world size: weights and optimizer state (resharded by DeepSpeed, or whole in
+    Accelerate's checkpoint), step, schedule and data position (the trainer state; the sampler's global batches
+    do not depend on the number of processes). Not: the RNG streams of ranks the saving run did not have (they
+    start from the seed; ranks it had get theirs back), and the order of floating-point sums across ranks."""
+    saved_world, world = checkpoint.state().get("world_size", accelerator.num_processes), accelerator.num_processes
+    deepspeed_launch = accelerator.distributed_type == DistributedType.DEEPSPEED
+    deepspeed_checkpoint = (checkpoint.path / DEEPSPEED_TAG).is_dir()
+    if deepspeed_launch != deepspeed_checkpoint:
+        saved_by, launch = ("a DeepSpeed", "without") if deepspeed_checkpoint else ("an Accelerate (non-DeepSpeed)", "with")
+        raise UserError(
+            f"{checkpoint.path} was saved by {saved_by} launch and this launch runs {launch} DeepSpeed; resume it "
+            "with the kind of launch that saved it (the accelerate config's distributed_type), any number of processes"
+        )
+    if saved_world == world:
+        return checkpoint.path, None
+    change = f"saved by {saved_world} process(es), resumed on {world}"
+    rng = f"; RNG streams restored for ranks 0-{min(saved_world, world) - 1}, seeded for the others"
+    if not deepspeed_launch:
+        return checkpoint.path, f"{change}: Accelerate's checkpoint holds the whole model and optimizer{rng}"
+    universal = checkpoint.path / UNIVERSAL_DIR
+    failure = None
+    if accelerator.is_main_process and not (universal / DEEPSPEED_TAG).is_dir():
+        try:
+            _convert_to_universal(checkpoint.path, universal)
+        except Exception as exc:  # noqa: BLE001 - reported on every rank just below
+            failure = _failure_text(exc)
+    if _any_rank(accelerator, failure is not None):
+        raise CheckpointError(
+            f"{checkpoint.path}: converting the DeepSpeed shards of {saved_world} processes for {world} failed "
+            f"({failure or 'on the main process'}). Convert them yourself and run again: {universal_command(checkpoint.path)}"
+        )
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config["checkpoint"] = {**config.get("checkpoint", {}), "load_universal": True}
+    return universal, f"{change}: DeepSpeed's universal checkpoint {universal} resharded the optimizer{rng}"
+
+
+def universal_command(path: Path) -> str:
+    """The command that converts checkpoint `path`'s ZeRO shards into the universal checkpoint the resume reads."""
+    return (
+        f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {path / DEEPSPEED_TAG} "
+        f"--output_folder {path / UNIVERSAL_DIR / DEEPSPEED_TAG} --inject_missing_state"
+    )
+
+
+def _convert_to_universal(path: Path, universal: Path) -> None:
+    """DeepSpeed's own converter (ds_to_universal), run in this process: ZeRO-1/2/3 shards of any number of ranks
+    to one folder per parameter (fp32 weights, Adam moments) that any number of ranks can load. Written under a
+    `.tmp-` name and renamed, like a checkpoint; the RNG states of the saving ranks are linked in beside it, where
+    Accelerate's load_state looks for them."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    staging = path / f".tmp-{UNIVERSAL_DIR}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    args = argparse.Namespace(
+        input_folder=str(path / DEEPSPEED_TAG),
+        output_folder=str(staging / DEEPSPEED_TAG),
+        num_extract_workers=1,  # in this process: the trainer's process group must not be forked
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # ZeRO-1/2 checkpoints of a plain transformers model lack the version key
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # its progress is a log, not the run's output
+        ds_to_universal(args)
+    for rng_state in path.glob("random_states_*.pkl"):
+        os.link(rng_state, staging / rng_state.name)
+    os.replace(staging, universal)
+    _fsync_dir(path)

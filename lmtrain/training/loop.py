@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from lmtrain.config.batch import BatchArithmetic
@@ -41,6 +41,7 @@ from lmtrain.training.checkpoint import (
     is_harmless,
     recipe_differences,
     resolve_resume,
+    resume_directory,
     save_checkpoint,
 )
 from lmtrain.training.distributed import make_accelerator
@@ -271,19 +272,17 @@ def _set_up(recipe, task: Task, accelerator: Accelerator):
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
     optimizer = build_optimizer(model, t)
     fused = " (fused)" if optimizer.defaults.get("fused") else ""
+    notes = []
+    if resume_from is not None:  # before prepare: a resume on another world size configures DeepSpeed
+        saved = resume_from.state()
+        notes = check_resume_compatible(saved, recipe_dict, task.fingerprints(), t.allow_resume_changes)
+        load_from, world_change = resume_directory(resume_from, accelerator)
+        notes += [world_change] if world_change else []
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, t)
     state = {"step": 0, "tokens_seen": 0, "skipped_steps": 0, "first_eval_loss": None, "best": None}
-    notes = []
     if resume_from is not None:
-        saved = resume_from.state()
-        notes = check_resume_compatible(saved, recipe_dict, task.fingerprints(), t.allow_resume_changes)
-        if accelerator.distributed_type == DistributedType.DEEPSPEED and saved["world_size"] != world:
-            raise UserError(
-                f"{resume_from.path} holds DeepSpeed shards of {saved['world_size']} processes and this "
-                f"launch has {world}; resume with {saved['world_size']} processes"
-            )
-        accelerator.load_state(str(resume_from.path))
+        accelerator.load_state(str(load_from))
         scheduler.load_state_dict(saved["scheduler"])
         state = {key: saved[key] for key in state}
 
