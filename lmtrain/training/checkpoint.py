@@ -24,12 +24,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,12 +131,29 @@ def save_checkpoint(
     final = root / f"step_{step:08d}"
     staging = root / f".tmp-step_{step:08d}"
 
+    _on_all_ranks(accelerator, _preparer(root, final) if accelerator.is_main_process else None, step, root)
+    _on_all_ranks(accelerator, lambda: accelerator.save_state(str(staging)), step, root, staging)
+    publish = _publisher(root, staging, final, step, state, keep_last, keep_every)
+    _on_all_ranks(accelerator, publish if accelerator.is_main_process else None, step, root, staging)
+    return final
+
+
+def _preparer(root: Path, final: Path):
+    """The main process's work before a save: the checkpoints folder exists, no stale staging holds the disk."""
+
     def prepare() -> None:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if final.exists():  # a rerun of a step already saved (e.g. a preemption right after a save)
             shutil.rmtree(final)
+
+    return prepare
+
+
+def _publisher(root: Path, staging: Path, final: Path, step: int, state: dict, keep_last: int, keep_every: int):
+    """The main process's work once every rank's files are in `staging`: the trainer state, the listing, the rename
+    that makes the checkpoint visible, then pruning."""
 
     def publish() -> None:
         if os.environ.get(KILL_DURING_SAVE_FAULT_ENV) == str(step):
@@ -144,10 +165,176 @@ def save_checkpoint(
         _fsync_dir(root)
         _prune(root, keep_last, keep_every)
 
-    _on_all_ranks(accelerator, prepare if accelerator.is_main_process else None, step, root)
-    _on_all_ranks(accelerator, lambda: accelerator.save_state(str(staging)), step, root, staging)
-    _on_all_ranks(accelerator, publish if accelerator.is_main_process else None, step, root, staging)
-    return final
+    return publish
+
+
+SNAPSHOT_ENV = "LMTRAIN_CHECKPOINT_SNAPSHOT_DIR"
+"""Where asynchronous saves take their snapshot: node-local and fast (default /dev/shm, i.e. RAM)."""
+
+
+def snapshot_root(run_dir: str | Path) -> Path:
+    """This run's snapshot folder: node-local RAM (/dev/shm) unless LMTRAIN_CHECKPOINT_SNAPSHOT_DIR names another
+    place (a local NVMe disk when RAM is short). Named after the run, so that a run killed mid-save finds and clears
+    its own leftovers at its next save."""
+    base = os.environ.get(SNAPSHOT_ENV) or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(base) / f"lmtrain-checkpoint-{digest}"
+
+
+class Checkpointer:
+    """Saves the checkpoints of `fit`, synchronously or asynchronously, and measures what each one costs the loop
+    (`checkpoint_stall_s`).
+
+    Asynchronous: every rank writes its `save_state` into node-local RAM (the consistent copy: taking it is all the
+    loop waits for), then a background thread per rank copies it into the shared `.tmp-` directory. The ranks learn
+    that every copy is in through one small all-reduce per step while a save is in flight (`poll`); the main
+    process's thread then publishes (trainer state, COMPLETE.json, rename, pruning). At most one save is in flight:
+    the next one, a preemption's or the last one waits for it. A process killed meanwhile leaves only `.tmp-`, so
+    the previous checkpoint stays the one selected.
+
+    DeepSpeed's own asynchronous engines do not fit here: DecoupledCheckpointEngine writes through
+    FastCheckpointEngine (GPU and libaio) from tensors shared with the live engine, and neither knows our atomic
+    publication. Writing `save_state` to RAM keeps every file byte for byte what a synchronous save writes."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: str | Path, keep_last: int, keep_every: int,
+                 asynchronous: bool):  # fmt: skip
+        self.accelerator, self.run_dir = accelerator, Path(run_dir)
+        self.keep_last, self.keep_every, self.asynchronous = keep_last, keep_every, asynchronous
+        self.in_flight: _BackgroundSave | None = None
+        self.stalls: list[float] = []
+        self.write_seconds: list[float] = []
+
+    def save(self, step: int, state: dict, wait: bool = False) -> tuple[Path, list[dict]]:
+        """Checkpoint `step` with trainer state `state`; `wait`: written and published before returning (the last
+        save of a run). The path it will have, and log records: the previous save's if this one waited for it,
+        then this one's (what it cost the loop)."""
+        start = time.perf_counter()
+        records = self.wait() if self.in_flight else []
+        state = json.loads(json.dumps(state))  # the state of this step, whatever the loop does next
+        root = checkpoints_dir(self.run_dir)
+        if wait or not self.asynchronous:
+            path = save_checkpoint(self.accelerator, self.run_dir, step, state, self.keep_last, self.keep_every)
+            written = {"checkpoint_bytes": checkpoint_bytes(path)}
+        else:
+            path, written = root / f"step_{step:08d}", {}
+            self.in_flight = self._start(step, state, root)
+        stall = time.perf_counter() - start
+        self.stalls.append(stall)
+        asynchronous = self.in_flight is not None
+        record = {"step": step, "event": "checkpoint", "checkpoint_stall_s": stall, "async": asynchronous, **written}
+        return path, [*records, record]
+
+    def _start(self, step: int, state: dict, root: Path) -> _BackgroundSave:
+        accelerator = self.accelerator
+        final, staging = root / f"step_{step:08d}", root / f".tmp-step_{step:08d}"
+        snapshot = snapshot_root(self.run_dir) / f"rank{accelerator.process_index:05d}"
+
+        def take_snapshot() -> None:
+            shutil.rmtree(snapshot, ignore_errors=True)  # a snapshot of a run killed before its copy finished
+            snapshot.mkdir(parents=True)
+            accelerator.save_state(str(snapshot))
+
+        _on_all_ranks(accelerator, _preparer(root, final) if accelerator.is_main_process else None, step, root)
+        _on_all_ranks(accelerator, take_snapshot, step, root, snapshot)
+        publish = None
+        if accelerator.is_main_process:
+            publish = _publisher(root, staging, final, step, state, self.keep_last, self.keep_every)
+        return _BackgroundSave(step, snapshot, staging, publish)
+
+    def poll(self) -> list[dict]:
+        """Every rank calls this after each step: the log records of a save that finished, and a CheckpointError
+        on every rank if any rank's background write failed."""
+        save = self.in_flight
+        if save is None:
+            return []
+        done = save.failure is None
+        published = self.accelerator.is_main_process and save.published.is_set() and done  # the main's to say
+        flags = [float(save.copied.is_set() and done), float(not done), float(published)]
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(torch.tensor(flags, device=self.accelerator.device), "sum").tolist()
+        copied, failed, published = flags
+        if failed:
+            self.in_flight = None
+            if self.accelerator.is_main_process:
+                shutil.rmtree(save.staging, ignore_errors=True)
+            raise CheckpointError(
+                f"could not save checkpoint step {save.step} under {save.staging.parent}: "
+                f"{save.failure or 'another process failed to write its part'}. Earlier checkpoints are "
+                "untouched; free space or fix permissions, then rerun to resume"
+            )
+        if copied == self.accelerator.num_processes:
+            save.others_copied.set()  # the main process's thread publishes now
+        if not published:
+            return []
+        self.in_flight = None
+        seconds = time.perf_counter() - save.started
+        self.write_seconds.append(seconds)
+        record = {"step": save.step, "event": "checkpoint_written", "write_s": seconds}
+        if self.accelerator.is_main_process:
+            record["checkpoint_bytes"] = checkpoint_bytes(checkpoints_dir(self.run_dir) / f"step_{save.step:08d}")
+        return [record]
+
+    def wait(self) -> list[dict]:
+        """Block until the save in flight is published (every rank calls this); its log records."""
+        while self.in_flight is not None:
+            if records := self.poll():
+                return records
+            time.sleep(0.01)
+        return []
+
+    def summary(self) -> str:
+        if not self.stalls:
+            return "checkpoints: none saved"
+        kind = "asynchronous" if self.asynchronous else "synchronous"
+        writes = f", background writes {sum(self.write_seconds):.2f} s" if self.write_seconds else ""
+        return (
+            f"checkpoints: {len(self.stalls)} saved ({kind}), training stalled {sum(self.stalls):.2f} s in all "
+            f"(max {max(self.stalls):.2f} s){writes}"
+        )
+
+
+class _BackgroundSave:
+    """One rank's part of an asynchronous save, in a thread: copy the RAM snapshot into the shared `.tmp-` folder;
+    on the main process, then wait until every rank's copy is in (`others_copied`, set by `Checkpointer.poll`)
+    and publish."""
+
+    def __init__(self, step: int, snapshot: Path, staging: Path, publish):
+        self.step, self.snapshot, self.staging, self.publish = step, snapshot, staging, publish
+        self.copied, self.others_copied, self.published = threading.Event(), threading.Event(), threading.Event()
+        self.failure: str | None = None
+        self.started = time.perf_counter()
+        # a daemon: a run that dies does not wait for its write, whose `.tmp-` folder is then never selected
+        threading.Thread(target=self._run, name=f"checkpoint-{step}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for file in sorted(self.snapshot.rglob("*")):
+                if file.is_file():
+                    target = self.staging / file.relative_to(self.snapshot)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _copy_durably(file, target)
+            shutil.rmtree(self.snapshot, ignore_errors=True)
+            self.copied.set()
+            if self.publish is not None:
+                self.others_copied.wait()
+                self.publish()
+        except Exception as exc:  # noqa: BLE001 - reported on every rank by Checkpointer.poll
+            self.failure = _failure_text(exc)
+            shutil.rmtree(self.snapshot, ignore_errors=True)
+        self.copied.set()
+        self.published.set()
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with target.open("rb") as file:
+        os.fsync(file.fileno())
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """The size of checkpoint `path`, from its COMPLETE.json listing."""
+    listing = json.loads((path / COMPLETE_FILE).read_text(encoding="utf-8"))["files"]
+    return sum(listing.values())
 
 
 def _on_all_ranks(accelerator: Accelerator, action, step: int, root: Path, cleanup: Path | None = None) -> None:
@@ -326,7 +513,9 @@ def resume_directory(checkpoint: Checkpoint, accelerator: Accelerator) -> tuple[
     deepspeed_launch = accelerator.distributed_type == DistributedType.DEEPSPEED
     deepspeed_checkpoint = (checkpoint.path / DEEPSPEED_TAG).is_dir()
     if deepspeed_launch != deepspeed_checkpoint:
-        saved_by, launch = ("a DeepSpeed", "without") if deepspeed_checkpoint else ("an Accelerate (non-DeepSpeed)", "with")
+        saved_by, launch = (
+            ("a DeepSpeed", "without") if deepspeed_checkpoint else ("an Accelerate (non-DeepSpeed)", "with")
+        )
         raise UserError(
             f"{checkpoint.path} was saved by {saved_by} launch and this launch runs {launch} DeepSpeed; resume it "
             "with the kind of launch that saved it (the accelerate config's distributed_type), any number of processes"
