@@ -374,8 +374,8 @@ def checkpoint_lines(recipe: Recipe, n_params: int, cluster: Cluster, step_s: fl
         f"moments), {share / GIB:,.2f} GiB per process; every {every:,} steps ({format_duration(every * step_s)}), "
         f"{count:,} in the run",
         f"  stall per checkpoint at the rates measured on the development machine (benchmarks/reliability.py): "
-        f"synchronous {format_duration(sync_s)} ({MEASURED_SAVE_MIB_S:,.0f} MiB/s per process, "
-        f"{count * sync_s / 3600:,.1f} h over the run), asynchronous {format_duration(async_s)} "
+        f"synchronous {sync_s:,.1f} s ({MEASURED_SAVE_MIB_S:,.0f} MiB/s per process, "
+        f"{count * sync_s / 3600:,.1f} h over the run), asynchronous {async_s:,.1f} s "
         f"({MEASURED_SNAPSHOT_MIB_S:,.0f} MiB/s into RAM, {count * async_s / 3600:,.1f} h)",
         f"  train.checkpoint_async: {chosen} in this recipe; asynchronous saves need {per_node / GIB:,.1f} GiB of free "
         "RAM per node (/dev/shm) for the snapshot; measure your storage with benchmarks/reliability.py",
