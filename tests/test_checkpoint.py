@@ -467,12 +467,12 @@ def test_an_asynchronous_checkpoint_is_bitwise_the_synchronous_one(tmp_path, sna
 
 def test_an_asynchronous_save_is_published_only_when_written_and_one_at_a_time(tmp_path, snapshot_dir, monkeypatch):
     release = __import__("threading").Event()
-    copy = ckpt._copy_durably
-    monkeypatch.setattr(ckpt, "_copy_durably", lambda s, t: (release.wait(), copy(s, t)))
+    copy = ckpt._copy
+    monkeypatch.setattr(ckpt, "_copy", lambda s, t: (release.wait(), copy(s, t)))
     checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path, 5, 0, True)
     checkpointer.save(1, {"step": 1})
-    assert checkpointer.poll() == [] and names(tmp_path) == []  # still writing: nothing visible, nothing resumable
-    assert resolve_resume(tmp_path, "auto") == (None, [])
+    assert checkpointer.poll() == [] and names(tmp_path) == [".tmp-step_00000001"]  # still writing: not visible,
+    assert resolve_resume(tmp_path, "auto") == (None, [])  # nothing to resume from
     release.set()
     path, records = checkpointer.save(2, {"step": 2})  # waits for step 1 first: at most one save in flight
     assert [(r.get("event"), r["step"]) for r in records] == [("checkpoint_written", 1), ("checkpoint", 2)]
@@ -489,7 +489,7 @@ def test_a_background_write_that_fails_is_reported_and_keeps_earlier_checkpoints
     def full_disk(source, target):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "_copy_durably", full_disk)
+    monkeypatch.setattr(ckpt, "_copy", full_disk)
     checkpointer.save(200, {"step": 200})
     with pytest.raises(CheckpointError) as raised:
         checkpointer.wait()

@@ -159,7 +159,10 @@ def _publisher(root: Path, staging: Path, final: Path, step: int, state: dict, k
         if os.environ.get(KILL_DURING_SAVE_FAULT_ENV) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)  # the reliability tests' crash: shards written, nothing renamed
         _write_json(staging / STATE_FILE, state)
-        files = {str(f.relative_to(staging)): f.stat().st_size for f in sorted(staging.rglob("*")) if f.is_file()}
+        written = [f for f in sorted(staging.rglob("*")) if f.is_file()]
+        for file in written:  # on disk before COMPLETE.json says so: a power cut must not leave a listed hole
+            _fsync_file(file)
+        files = {str(f.relative_to(staging)): f.stat().st_size for f in written}
         _write_json(staging / COMPLETE_FILE, {"step": step, "files": files})
         os.replace(staging, final)
         _fsync_dir(root)
@@ -312,7 +315,7 @@ class _BackgroundSave:
                 if file.is_file():
                     target = self.staging / file.relative_to(self.snapshot)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    _copy_durably(file, target)
+                    _copy(file, target)
             shutil.rmtree(self.snapshot, ignore_errors=True)
             self.copied.set()
             if self.publish is not None:
@@ -325,9 +328,12 @@ class _BackgroundSave:
         self.published.set()
 
 
-def _copy_durably(source: Path, target: Path) -> None:
-    shutil.copyfile(source, target)
-    with target.open("rb") as file:
+def _copy(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)  # made durable by the publication, which syncs every file
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as file:
         os.fsync(file.fileno())
 
 
