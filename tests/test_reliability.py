@@ -130,6 +130,25 @@ def test_sigterm_right_after_an_asynchronous_save_started_finishes_it_saves_and_
     assert_identical_to_reference(outcome)
 
 
+@pytest.mark.distributed
+def test_two_zero3_processes_saving_asynchronously_write_the_synchronous_checkpoints(ws, tmp_path):
+    """Each rank snapshots its own ZeRO-3 shards into RAM and copies them; the published checkpoints hold the same
+    bytes as the synchronous reference's (trainer_state.json and COMPLETE.json name the run_dir, so they differ)."""
+    run_dir = tmp_path / "async"
+    result = ws.train(run_dir, 2, rel.ASYNC)
+    reference = ws.reference(2)
+    assert rel.step_losses(run_dir) == rel.step_losses(reference)  # bitwise
+    assert "checkpoint (asynchronous: written in the background)" in result.stderr
+    for step in (rel.CHECKPOINT_EVERY, 2 * rel.CHECKPOINT_EVERY, rel.MAX_STEPS):
+        ours, theirs = (d / "checkpoints" / f"step_{step:08d}" for d in (run_dir, reference))
+        files = {str(f.relative_to(ours)) for f in ours.rglob("*") if f.is_file()}
+        assert files == {str(f.relative_to(theirs)) for f in theirs.rglob("*") if f.is_file()}
+        shards = [name for name in files if name.startswith("pytorch_model/")]
+        assert len(shards) == 4  # model and optimizer states of 2 ranks
+        for name in files - {"trainer_state.json", "COMPLETE.json"}:
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+
+
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_is_used(ws):
     outcome = rel.corrupt_checkpoint(ws)
     assert outcome["reported"], outcome["resume_stderr"][-2000:]
