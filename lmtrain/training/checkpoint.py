@@ -317,6 +317,8 @@ class _BackgroundSave:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     _copy(file, target)
             shutil.rmtree(self.snapshot, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the run's folder, once no rank of this node uses it
+                self.snapshot.parent.rmdir()
             self.copied.set()
             if self.publish is not None:
                 self.others_copied.wait()
@@ -529,7 +531,8 @@ def resume_directory(checkpoint: Checkpoint, accelerator: Accelerator) -> tuple[
     if saved_world == world:
         return checkpoint.path, None
     change = f"saved by {saved_world} process(es), resumed on {world}"
-    rng = f"; RNG streams restored for ranks 0-{min(saved_world, world) - 1}, seeded for the others"
+    kept = min(saved_world, world)
+    rng = f"; RNG streams restored for rank{'s 0-' if kept > 1 else ' '}{kept - 1}, seeded for the others"
     if not deepspeed_launch:
         return checkpoint.path, f"{change}: Accelerate's checkpoint holds the whole model and optimizer{rng}"
     universal = checkpoint.path / UNIVERSAL_DIR
