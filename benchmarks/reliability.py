@@ -461,6 +461,7 @@ def checkpoint_stall(root: Path) -> dict:
     evaluation), trained 21 steps with a checkpoint every 10, once with each setting. Compared: the stall of the periodic saves (steps 10 and 20; the last save always waits), each
     run's own `checkpoint_stall_s` records; and the write rates the runs measured (the synchronous save's bytes
     per second of stall, the background write's bytes per second)."""
+    root.mkdir(parents=True, exist_ok=True)
     recipe = yaml.safe_load((REPO_ROOT / "recipes/smoke/pretrain.yaml").read_text(encoding="utf-8"))
     recipe.pop("eval", None)
     recipe["run_dir"] = str(root / "unused")
@@ -518,6 +519,9 @@ def main() -> None:
             except Exception as exc:  # a scenario that crashes is a failed scenario, not a crashed benchmark
                 outcome = {"ok": False, "steps_lost": -1, "error": str(exc)[-500:]}
             summary[name] = {"ok": bool(outcome["ok"]), "steps_lost": int(outcome["steps_lost"])}
+            if "max_loss_rel_diff" in outcome:  # a world-size change: how far from the reference on the new count
+                summary[name]["max_loss_rel_diff"] = outcome["max_loss_rel_diff"]
+                summary[name]["max_weight_abs_diff"] = outcome["max_weight_abs_diff"]
             print(
                 f"{name:<30} {'pass' if outcome['ok'] else 'FAIL':<6} {outcome.get('last_step_reached', '-'):>9} "
                 f"{outcome.get('resumed_from', '-'):>10} {outcome['steps_lost']:>10}  "
