@@ -511,3 +511,16 @@ def test_the_last_save_is_synchronous_and_waits_for_the_one_in_flight(tmp_path, 
         ("checkpoint", 2, False),
     ]
     assert checkpointer.in_flight is None and verify(path) is None and records[-1]["checkpoint_bytes"] > 0
+
+
+def test_a_snapshot_that_does_not_fit_falls_back_to_a_synchronous_save(tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "ram"
+    blocked.write_text("a file where the snapshot folder would go: what a full /dev/shm looks like to mkdir")
+    monkeypatch.setenv(ckpt.SNAPSHOT_ENV, str(blocked))
+    checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path / "run", 2, 0, True)
+    path, records = checkpointer.save(5, {"step": 5})
+    assert checkpointer.in_flight is None and verify(path) is None  # written and published, synchronously
+    assert records[-1]["async"] is False and records[-1]["checkpoint_bytes"] > 0
+    warning = capsys.readouterr().err
+    assert f"warning: could not save checkpoint step 5 under {ckpt.snapshot_root(tmp_path / 'run').parent}" in warning
+    assert "saving step 5 synchronously instead" in warning

@@ -94,6 +94,10 @@ class CheckpointError(UserError):
     """Saving failed in a way the user must fix (disk full, directory not writable)."""
 
 
+class SnapshotError(CheckpointError):
+    """An asynchronous save could not take its snapshot (node RAM full): the save falls back to synchronous."""
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -220,7 +224,13 @@ class Checkpointer:
             written = {"checkpoint_bytes": checkpoint_bytes(path)}
         else:
             path, written = root / f"step_{step:08d}", {}
-            self.in_flight = self._start(step, state, root)
+            try:
+                self.in_flight = self._start(step, state, root)
+            except SnapshotError as exc:  # RAM is short: this checkpoint the slow way rather than none
+                if self.accelerator.is_main_process:
+                    print(f"warning: {exc}; saving step {step} synchronously instead", file=sys.stderr, flush=True)
+                path = save_checkpoint(self.accelerator, self.run_dir, step, state, self.keep_last, self.keep_every)
+                written = {"checkpoint_bytes": checkpoint_bytes(path)}
         stall = time.perf_counter() - start
         self.stalls.append(stall)
         asynchronous = self.in_flight is not None
@@ -238,7 +248,10 @@ class Checkpointer:
             accelerator.save_state(str(snapshot))
 
         _on_all_ranks(accelerator, _preparer(root, final) if accelerator.is_main_process else None, step, root)
-        _on_all_ranks(accelerator, take_snapshot, step, root, snapshot)
+        try:
+            _on_all_ranks(accelerator, take_snapshot, step, snapshot.parent, snapshot)
+        except CheckpointError as exc:
+            raise SnapshotError(str(exc).split(". Earlier checkpoints")[0]) from None
         publish = None
         if accelerator.is_main_process:
             publish = _publisher(root, staging, final, step, state, self.keep_last, self.keep_every)
