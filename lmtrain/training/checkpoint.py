@@ -221,7 +221,7 @@ class Checkpointer:
         root = checkpoints_dir(self.run_dir)
         if wait or not self.asynchronous:
             path = save_checkpoint(self.accelerator, self.run_dir, step, state, self.keep_last, self.keep_every)
-            written = {"checkpoint_bytes": checkpoint_bytes(path)}
+            written = self._size(path)
         else:
             path, written = root / f"step_{step:08d}", {}
             try:
@@ -230,7 +230,7 @@ class Checkpointer:
                 if self.accelerator.is_main_process:
                     print(f"warning: {exc}; saving step {step} synchronously instead", file=sys.stderr, flush=True)
                 path = save_checkpoint(self.accelerator, self.run_dir, step, state, self.keep_last, self.keep_every)
-                written = {"checkpoint_bytes": checkpoint_bytes(path)}
+                written = self._size(path)
         stall = time.perf_counter() - start
         self.stalls.append(stall)
         asynchronous = self.in_flight is not None
@@ -286,9 +286,13 @@ class Checkpointer:
         seconds = time.perf_counter() - save.started
         self.write_seconds.append(seconds)
         record = {"step": save.step, "event": "checkpoint_written", "write_s": seconds}
-        if self.accelerator.is_main_process:
-            record["checkpoint_bytes"] = checkpoint_bytes(checkpoints_dir(self.run_dir) / f"step_{save.step:08d}")
+        record.update(self._size(checkpoints_dir(self.run_dir) / f"step_{save.step:08d}"))
         return [record]
+
+    def _size(self, path: Path) -> dict:
+        """The checkpoint's size for its log record, read by the process that published it (the only one whose
+        view of a shared filesystem is sure to have it already)."""
+        return {"checkpoint_bytes": checkpoint_bytes(path)} if self.accelerator.is_main_process else {}
 
     def wait(self) -> list[dict]:
         """Block until the save in flight is published (every rank calls this); its log records."""
