@@ -38,6 +38,18 @@ this estimate leaves out (activation gradients in the backward pass, communicati
 RESERVED_GIB = 2.0
 """Memory torch cannot use for tensors: CUDA context, NCCL communicators, cuBLAS/cuDNN workspaces."""
 SHIPPED_DS_CONFIGS = {2: "ds_config/zero2.json", 3: "ds_config/zero3.json"}
+CHECKPOINT_BYTES_PER_PARAM = 12
+"""A ZeRO checkpoint holds each parameter's fp32 master weight and Adam's two fp32 moments (bf16 weights are
+rebuilt from them). Measured: 12.05 bytes per parameter in the 2-process ZeRO-3 checkpoint of
+tests/test_reliability.py (1,984,422 bytes of optimizer shards for 164,672 parameters; the rest is metadata)."""
+MEASURED_SAVE_MIB_S = 413.0
+"""A synchronous save's rate (bytes per second of stall, one process, files synced to disk) measured on the
+development machine (2 shared CPU cores, a virtual disk) by benchmarks/reliability.py's checkpoint_stall:
+84.3 MiB in 0.204 s (mean of the saves at steps 10 and 20; sync_write_mib_per_s 413)."""
+MEASURED_SNAPSHOT_MIB_S = 487.0
+"""An asynchronous save's snapshot rate into RAM (/dev/shm), the same run: 84.3 MiB in 0.173 s. On this machine
+RAM is hardly faster than the disk, so the snapshot saves little; where the storage is slower than host memory
+(a shared filesystem, GPUs copying to host), the gap is the point."""
 
 
 @dataclass(frozen=True)
@@ -344,7 +356,32 @@ def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     ]
     if dtype == "fp32":
         lines.append("note: fp32 training runs far below this bf16/fp16 tensor-core peak; expect several times longer")
-    return "\n".join(lines)
+    step_s = arithmetic.tokens_per_step / tokens_per_s
+    return "\n".join([*lines, "", *checkpoint_lines(recipe, n_params, cluster, step_s)])
+
+
+def checkpoint_lines(recipe: Recipe, n_params: int, cluster: Cluster, step_s: float) -> list[str]:
+    """The size of a checkpoint and the training time each one stalls, synchronous and asynchronous, at the write
+    rates measured on the development machine (every process writes its share at that rate: a shared filesystem
+    slower in aggregate makes the synchronous figure longer; a GPU adds its device-to-host copy to the snapshot)."""
+    t = recipe.train
+    total = n_params * CHECKPOINT_BYTES_PER_PARAM
+    share, per_node = total / cluster.world_size, total / cluster.nodes
+    every = t.checkpoint_every or t.max_steps
+    count = t.max_steps // every
+    sync_s, async_s = share / (MEASURED_SAVE_MIB_S * 2**20), share / (MEASURED_SNAPSHOT_MIB_S * 2**20)
+    chosen = "on" if t.checkpoint_async else "off"
+    return [
+        f"checkpoints: {total / GIB:,.1f} GiB each ({CHECKPOINT_BYTES_PER_PARAM} bytes/param: fp32 weights + Adam "
+        f"moments), {share / GIB:,.2f} GiB per process; every {every:,} steps ({format_duration(every * step_s)}), "
+        f"{count:,} in the run",
+        f"  stall per checkpoint at the rates measured on the development machine (benchmarks/reliability.py): "
+        f"synchronous {sync_s:,.1f} s ({MEASURED_SAVE_MIB_S:,.0f} MiB/s per process, "
+        f"{count * sync_s / 3600:,.1f} h over the run), asynchronous {async_s:,.1f} s "
+        f"({MEASURED_SNAPSHOT_MIB_S:,.0f} MiB/s into RAM, {count * async_s / 3600:,.1f} h)",
+        f"  train.checkpoint_async: {chosen} in this recipe; asynchronous saves need {per_node / GIB:,.1f} GiB of free "
+        "RAM per node (/dev/shm) for the snapshot; measure your storage with benchmarks/reliability.py",
+    ]
 
 
 def _refused(recipe: Recipe, stage: int) -> bool:

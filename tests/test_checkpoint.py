@@ -240,6 +240,7 @@ class StubAccelerator:
 
     def __init__(self, fail_with=None, num_processes=1, others_failed=False):
         self.is_main_process = True
+        self.process_index = 0
         self.num_processes = num_processes
         self.device = torch.device("cpu")
         self.fail_with = fail_with
@@ -417,3 +418,109 @@ def test_other_ranks_only_write_their_part(tmp_path):
     save_checkpoint(accelerator, tmp_path, 8, {"step": 8}, keep_last=1, keep_every=0)
     assert accelerator.saved_to == [str(tmp_path / "checkpoints" / ".tmp-step_00000008")]
     assert names(tmp_path) == [".tmp-step_00000007", ".tmp-step_00000008"] and stale.is_dir()
+
+
+# ---------------------------------------------------------------- asynchronous saves
+
+
+def trained_accelerator():
+    """A real Accelerator with a small model and AdamW after one update: save_state writes model.safetensors,
+    optimizer.bin (Adam moments) and the RNG state."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(8, 16)).pow(2).mean().backward()
+    optimizer.step()
+    return accelerator
+
+
+def files_of(path):
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture
+def snapshot_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(ckpt.SNAPSHOT_ENV, str(tmp_path / "ram"))
+    return tmp_path / "ram"
+
+
+def test_an_asynchronous_checkpoint_is_bitwise_the_synchronous_one(tmp_path, snapshot_dir):
+    accelerator = trained_accelerator()
+    state = {"step": 3, "tokens_seen": 96}
+    sync_path, sync_records = ckpt.Checkpointer(accelerator, tmp_path / "sync", 2, 0, False).save(3, state)
+    checkpointer = ckpt.Checkpointer(accelerator, tmp_path / "async", 2, 0, True)
+    async_path, records = checkpointer.save(3, state)
+    assert [r["async"] for r in records] == [True] and "checkpoint_bytes" not in records[0]
+    state["step"] = 4  # the loop goes on: the checkpoint keeps the state of its step
+    written = checkpointer.wait()
+    assert [(r["event"], r["step"]) for r in written] == [("checkpoint_written", 3)]
+    assert written[0]["checkpoint_bytes"] == sync_records[0]["checkpoint_bytes"] == ckpt.checkpoint_bytes(sync_path)
+    assert files_of(async_path) == files_of(sync_path)  # every byte, COMPLETE.json and trainer_state.json included
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(files_of(async_path))
+    assert sync_records[0]["async"] is False and sync_records[0]["checkpoint_stall_s"] > 0
+    assert not list(snapshot_dir.rglob("*.bin"))  # the RAM snapshot is freed once copied
+
+
+def test_an_asynchronous_save_is_published_only_when_written_and_one_at_a_time(tmp_path, snapshot_dir, monkeypatch):
+    release = __import__("threading").Event()
+    copy = ckpt._copy
+    monkeypatch.setattr(ckpt, "_copy", lambda s, t: (release.wait(), copy(s, t)))
+    checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path, 5, 0, True)
+    checkpointer.save(1, {"step": 1})
+    assert checkpointer.poll() == []  # still writing: not visible,
+    assert not [name for name in names(tmp_path) if name.startswith("step_")]
+    assert resolve_resume(tmp_path, "auto") == (None, [])  # nothing to resume from
+    release.set()
+    path, records = checkpointer.save(2, {"step": 2})  # waits for step 1 first: at most one save in flight
+    assert [(r.get("event"), r["step"]) for r in records] == [("checkpoint_written", 1), ("checkpoint", 2)]
+    assert verify(tmp_path / "checkpoints" / "step_00000001") is None
+    checkpointer.wait()
+    assert verify(path) is None and names(tmp_path) == ["step_00000001", "step_00000002"]
+    assert checkpointer.summary().startswith("checkpoints: 2 saved (asynchronous), training stalled ")
+
+
+def test_a_background_write_that_fails_is_reported_and_keeps_earlier_checkpoints(tmp_path, snapshot_dir, monkeypatch):
+    earlier = make_checkpoint(tmp_path, 100)
+    checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path, 1, 0, True)
+
+    def full_disk(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_copy", full_disk)
+    checkpointer.save(200, {"step": 200})
+    with pytest.raises(CheckpointError) as raised:
+        checkpointer.wait()
+    assert str(raised.value) == (
+        f"could not save checkpoint step 200 under {tmp_path / 'checkpoints'}: the disk is full. Earlier checkpoints "
+        "are untouched; free space or fix permissions, then rerun to resume"
+    )
+    assert names(tmp_path) == ["step_00000100"] and verify(earlier) is None  # no staging left holding the disk
+    assert checkpointer.poll() == []  # reported once; the run stops on the error
+
+
+def test_the_last_save_is_synchronous_and_waits_for_the_one_in_flight(tmp_path, snapshot_dir):
+    checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path, 5, 0, True)
+    checkpointer.save(1, {"step": 1})
+    path, records = checkpointer.save(2, {"step": 2}, wait=True)
+    assert [(r.get("event"), r["step"], r.get("async")) for r in records] == [
+        ("checkpoint_written", 1, None),
+        ("checkpoint", 2, False),
+    ]
+    assert checkpointer.in_flight is None and verify(path) is None and records[-1]["checkpoint_bytes"] > 0
+
+
+def test_a_snapshot_that_does_not_fit_falls_back_to_a_synchronous_save(tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "ram"
+    blocked.write_text("a file where the snapshot folder would go: what a full /dev/shm looks like to mkdir")
+    monkeypatch.setenv(ckpt.SNAPSHOT_ENV, str(blocked))
+    checkpointer = ckpt.Checkpointer(StubAccelerator(), tmp_path / "run", 2, 0, True)
+    path, records = checkpointer.save(5, {"step": 5})
+    assert checkpointer.in_flight is None and verify(path) is None  # written and published, synchronously
+    assert records[-1]["async"] is False and records[-1]["checkpoint_bytes"] > 0
+    warning = capsys.readouterr().err
+    assert f"warning: could not save checkpoint step 5 under {ckpt.snapshot_root(tmp_path / 'run').parent}" in warning
+    assert "saving step 5 synchronously instead" in warning

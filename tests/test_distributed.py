@@ -152,7 +152,9 @@ def test_zero3_export_holds_the_trained_weights(both_runs):
 def test_only_the_main_process_writes_shared_files(both_runs):
     _, _, zero3, _ = both_runs
     lines = (zero3 / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(set(lines)) == 8 + 3  # 8 step lines, 3 evaluations, each written once
+    saves = [line for line in lines if '"event": "checkpoint' in line]  # what each checkpoint cost, once per save
+    assert len(lines) == len(set(lines)) == 8 + 3 + len(saves)  # 8 step lines, 3 evaluations, each written once
+    assert saves and all(json.loads(line)["step"] for line in saves)
     event_files = list(zero3.rglob("events.out.tfevents.*"))  # named events.out.tfevents.<time>.<host>.<pid>.<n>
     assert event_files and len({path.name.split(".")[-2] for path in event_files}) == 1  # one writing process
     assert sorted(p.name for p in (zero3 / "final").glob("*.safetensors")) == ["model.safetensors"]

@@ -475,3 +475,21 @@ def test_slurm_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
     assert sorted(line for line in log if "saved" in line) == ["node 0: saved checkpoint", "node 1: saved checkpoint"]
     assert log[-1] == "scontrol requeue 4242"  # after both nodes saved
     assert "requeueing job 4242" in stderr
+
+
+def test_the_plan_states_checkpoint_size_and_stall_from_measured_rates():
+    """84 GB for the 7B: 12 bytes per parameter (fp32 master weights and Adam moments, as measured on a ZeRO-3
+    checkpoint), each process writing its share; the stall at the rates benchmarks/reliability.py measured."""
+    from lmtrain import plan
+
+    report = plan_report(load_recipe(SEVEN_B), Cluster(nodes=8))
+    total = 7_000_559_616 * 12
+    assert total / 1e9 == pytest.approx(84.0, abs=0.01)
+    share = total / 64
+    assert f"checkpoints: {total / GIB:,.1f} GiB each (12 bytes/param: fp32 weights + Adam moments), " in report
+    assert f"{share / GIB:,.2f} GiB per process; every 500 steps" in report and "480 in the run" in report
+    sync_s, async_s = share / (plan.MEASURED_SAVE_MIB_S * 2**20), share / (plan.MEASURED_SNAPSHOT_MIB_S * 2**20)
+    assert f"synchronous {sync_s:,.1f} s ({plan.MEASURED_SAVE_MIB_S:,.0f} MiB/s per process" in report
+    assert f"asynchronous {async_s:,.1f} s ({plan.MEASURED_SNAPSHOT_MIB_S:,.0f} MiB/s into RAM" in report
+    assert async_s < sync_s
+    assert f"train.checkpoint_async: on in this recipe; asynchronous saves need {total / 8 / GIB:,.1f} GiB" in report

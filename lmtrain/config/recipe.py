@@ -440,6 +440,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     """Save the full training state (weights, optimizer, scheduler, data position, RNG) every N steps to
     run_dir/checkpoints/; also at the end and when the run is preempted (0 = only then)."""
+    checkpoint_async: bool = False
+    """Save checkpoints in the background: training waits only while each process writes its state into node-local
+    RAM (/dev/shm, or $LMTRAIN_CHECKPOINT_SNAPSHOT_DIR), then continues while it is copied to run_dir and published
+    (at most one save in flight; the last save and a preemption's wait). Needs free RAM for each process's share of
+    a checkpoint; on by default in the 7B recipes, where a synchronous save stalls every GPU (docs/training.md)."""
     keep_last: int = 2
     """Checkpoints to keep, newest first (at least 1: the one a resume needs)."""
     keep_every: int = 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from lmtrain.config.batch import BatchArithmetic
@@ -35,13 +35,14 @@ from lmtrain.formatting import format_count, format_duration
 from lmtrain.model.flops import flops_per_token, peak_flops_per_device
 from lmtrain.model.llama import parameter_count
 from lmtrain.training.checkpoint import (
+    Checkpointer,
     check_resume_compatible,
     checkpoints_dir,
     complete_checkpoints,
     is_harmless,
     recipe_differences,
     resolve_resume,
-    save_checkpoint,
+    resume_directory,
 )
 from lmtrain.training.distributed import make_accelerator
 from lmtrain.training.faults import with_injected_faults
@@ -100,6 +101,7 @@ def fit(recipe, task: Task) -> FitResult:
     accum = accelerator.gradient_accumulation_steps
     window = ThroughputWindow(accelerator, _flops_per_token(accelerator, model, task))
     recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
+    checkpointer = Checkpointer(accelerator, run_dir, t.keep_last, t.keep_every, t.checkpoint_async)
     first_step, consecutive_skips, start = state["step"] + 1, 0, time.perf_counter()
     progress = tqdm(total=t.max_steps, initial=state["step"], desc="train", dynamic_ncols=True,
                     disable=not (accelerator.is_main_process and sys.stderr.isatty()))  # fmt: skip
@@ -124,6 +126,8 @@ def fit(recipe, task: Task) -> FitResult:
             scheduler.step()
             window.add(result, updated=not skip)
             state["step"] = step
+            for record in checkpointer.poll():  # an asynchronous save that finished writing, if any
+                log.write(record)
             progress.update(1)
             diverged = consecutive_skips >= t.max_skipped_steps
             periodic = t.checkpoint_every and step % t.checkpoint_every == 0
@@ -134,7 +138,8 @@ def fit(recipe, task: Task) -> FitResult:
                 with window.excluded():
                     last_eval = run_eval(step)
             if save_now:
-                path = _checkpoint(accelerator, run_dir, step, state, scheduler, recipe, task, sampler)
+                last = stop_now or diverged or step == t.max_steps  # waits until written: the process ends next
+                path = _checkpoint(checkpointer, accelerator, step, state, scheduler, recipe, task, sampler, log, last)
                 with window.excluded():
                     outputs.checkpoint(model, step, state["tokens_seen"])
             if diverged:
@@ -150,6 +155,7 @@ def fit(recipe, task: Task) -> FitResult:
                                 f"checkpoint saved in {path}. Run the same command again to resume", stop.exit_code)  # fmt: skip
     progress.close()
     seconds = time.perf_counter() - start
+    log.print(checkpointer.summary())
     outputs.final(model, final_dir)
     accelerator.end_training()
     _print_summary(log, state, first_step, t.max_steps, seconds, window.excluded_seconds, last_eval, final_dir)
@@ -271,19 +277,17 @@ def _set_up(recipe, task: Task, accelerator: Accelerator):
     n_params, n_trainable = parameter_count(model), parameter_count(model, trainable_only=True)
     optimizer = build_optimizer(model, t)
     fused = " (fused)" if optimizer.defaults.get("fused") else ""
+    notes = []
+    if resume_from is not None:  # before prepare: a resume on another world size configures DeepSpeed
+        saved = resume_from.state()
+        notes = check_resume_compatible(saved, recipe_dict, task.fingerprints(), t.allow_resume_changes)
+        load_from, world_change = resume_directory(resume_from, accelerator)
+        notes += [world_change] if world_change else []
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = build_scheduler(optimizer, t)
     state = {"step": 0, "tokens_seen": 0, "skipped_steps": 0, "first_eval_loss": None, "best": None}
-    notes = []
     if resume_from is not None:
-        saved = resume_from.state()
-        notes = check_resume_compatible(saved, recipe_dict, task.fingerprints(), t.allow_resume_changes)
-        if accelerator.distributed_type == DistributedType.DEEPSPEED and saved["world_size"] != world:
-            raise UserError(
-                f"{resume_from.path} holds DeepSpeed shards of {saved['world_size']} processes and this "
-                f"launch has {world}; resume with {saved['world_size']} processes"
-            )
-        accelerator.load_state(str(resume_from.path))
+        accelerator.load_state(str(load_from))
         scheduler.load_state_dict(saved["scheduler"])
         state = {key: saved[key] for key in state}
 
@@ -323,7 +327,9 @@ def _flops_per_token(accelerator: Accelerator, model, task: Task) -> float:
     return flops_per_token(accelerator.unwrap_model(model).config, task.seq_len, task.head_width)
 
 
-def _checkpoint(accelerator, run_dir: Path, step: int, state: dict, scheduler, recipe, task: Task, sampler) -> Path:
+def _checkpoint(checkpointer: Checkpointer, accelerator, step: int, state: dict, scheduler, recipe, task: Task,
+                sampler, log: MetricsLog, last: bool) -> Path:  # fmt: skip
+    """Save checkpoint `step` and log what it cost the loop (`checkpoint_stall_s`)."""
     saved = {
         **state,
         "scheduler": scheduler.state_dict(),
@@ -332,8 +338,10 @@ def _checkpoint(accelerator, run_dir: Path, step: int, state: dict, scheduler, r
         "world_size": accelerator.num_processes,
         "epoch": sampler.epoch_at(step),
     }
-    t = recipe.train
-    return save_checkpoint(accelerator, run_dir, step, saved, t.keep_last, t.keep_every)
+    path, records = checkpointer.save(step, saved, wait=last)
+    for record in records:
+        log.write(record)
+    return path
 
 
 def _already_complete(outputs: RunOutputs, accelerator, model, state: dict, log: MetricsLog, final_dir: Path,

@@ -63,6 +63,13 @@ def _format_record(r: dict) -> str:
             f"step {r['step']:>6} | loss spike on rank {r['rank']}: {r['loss']:.4f} vs running mean "
             f"{r['running_mean']:.4f} | data indices {r['data_indices']}"
         )
+    if r.get("event") == "checkpoint":
+        how = "asynchronous: written in the background" if r["async"] else "written"
+        size = f", {r['checkpoint_bytes'] / 2**20:,.1f} MiB" if "checkpoint_bytes" in r else ""
+        return f"step {r['step']:>6} | checkpoint ({how}{size}): training stalled {r['checkpoint_stall_s']:.3f} s"
+    if r.get("event") == "checkpoint_written":
+        size = r.get("checkpoint_bytes", 0) / 2**20
+        return f"step {r['step']:>6} | checkpoint written and published: {size:,.1f} MiB in {r['write_s']:.2f} s"
     if "eval_loss" in r:
         extra = "".join(f" | {k} {v:.4f}" for k, v in r.items() if k not in ("step", "eval_loss", "eval_ppl"))
         ppl = f" | ppl {r['eval_ppl']:,.2f}" if "eval_ppl" in r else ""
