@@ -26,11 +26,11 @@ def main() -> None:
     removed = ", ".join(f"{n} {reason}" for reason, n in filters["removed"].items()) or "none"
     print(f"  quality filters removed: {removed}; boilerplate lines removed: {filters['boilerplate_lines_removed']:,}")
     print(f"  duplicates removed: {dedup['exact_duplicates']:,} exact, {dedup['near_duplicates']:,} near")
-    print(f"  {'source':<40}{'weight':>8}{'target':>8}{'share':>8}{'documents':>11}{'tokens':>14}")
+    print(f"  {'source':<40}{'weight':>8}{'target':>8}{'documents':>11}{'tokens':>14}  (weights apply when training)")
     for s in manifest["sources"]:
         print(
-            f"  {s['name'][-40:]:<40}{s['weight']:>8g}{s['target_token_share']:>8.1%}{s['token_share']:>8.1%}"
-            f"{s['documents']:>11,}{s['tokens']:>14,}{'  (ran out)' if s['ran_out'] else ''}"
+            f"  {s['name'][-40:]:<40}{s['weight']:>8g}{s['target_token_share']:>8.1%}"
+            f"{s['documents']:>11,}{s['tokens']:>14,}"
         )
     print(f"  {'split':<12}{'documents':>12}{'tokens':>14}{'blocks':>10}{'dropped tail':>14}")
     for split, s in manifest["splits"].items():
