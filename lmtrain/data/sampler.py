@@ -111,7 +111,8 @@ class MixtureSampler(GlobalBatchSampler):
     def source_order(self, source: int, epoch: int) -> np.ndarray:
         cached = self._orders.get(source)
         if cached is None or cached[0] != epoch:
-            rng = np.random.default_rng([self.seed, source, epoch])
+            # source 0 is seeded as GlobalBatchSampler is: a one-source run draws the batches it always drew
+            rng = np.random.default_rng([self.seed, epoch] + ([source] if source else []))
             cached = (epoch, rng.permutation(self.blocks_per_source[source]))
             self._orders[source] = cached
         return cached[1]
