@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,19 +196,28 @@ def test_changed_input_file_rebuilds(tmp_path, capsys):
     assert after["documents"]["read"] == before["documents"]["read"] + 1
 
 
-def test_interrupted_run_leaves_no_data_dir(recipe_path, monkeypatch):
+def test_interrupted_run_leaves_no_data_dir_and_the_next_run_finishes_it(recipe_path, monkeypatch):
     recipe = load_recipe(recipe_path)
+    finished = prepare_data(recipe)
+    shutil.rmtree(recipe.data.dir)
+    close = ShardWriter.close
 
-    def crash(self):  # the first shard is half-written when the run is interrupted
-        self._file.write(b"x")
-        raise KeyboardInterrupt
+    def crash(self):  # the first final shard is half-written when the run is interrupted
+        if "/data/sources/" in str(self.path):
+            self._file.write(b"x")
+            raise KeyboardInterrupt
+        close(self)
 
     monkeypatch.setattr(ShardWriter, "close", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(recipe)
     data_dir = Path(recipe.data.dir)
     assert not data_dir.exists()
-    assert list(data_dir.parent.iterdir()) == []  # the scratch dir is gone too
+    [work] = data_dir.parent.iterdir()  # only the work dir, with the tasks that finished
+    monkeypatch.setattr(ShardWriter, "close", close)
+    again = prepare_data(recipe)
+    assert again["content_fingerprint"] == finished["content_fingerprint"]
+    assert not work.exists()
 
 
 def test_refuses_to_replace_a_directory_that_is_not_prepared_data(recipe_path):

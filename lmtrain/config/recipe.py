@@ -289,6 +289,14 @@ class DataConfig:
     source of few documents, the tail of its text (data.sources.N.validation_by)."""
     batch_size: int = 1000
     """Documents per tokenizer batch; the tokenizer encodes a batch on all cores."""
+    tasks: int = 4
+    """Independent slices data preparation cuts every source into (contiguous runs of its files; a kind that cannot
+    be sliced, or a source with max_documents, goes to the first task). The prepared data does not depend on it;
+    more tasks bound each task's memory and let more workers run (lmtrain/data/workers.py)."""
+    workers: int = 1
+    """Tasks run at once, each in its own process (datatrove's LocalPipelineExecutor). Output is identical for
+    any number; set it to the machine's cores (several threads encode inside each task, so cores / 2 is
+    about as fast on a busy machine). On a cluster: data_prep/prepare.py --slurm."""
     mixture_window: int = 0
     """Blocks over which the sources' weights hold exactly (lmtrain/data/sampler.py MixtureSampler): every window
     of this many consecutive training blocks has round(weight share × window) blocks of each source. 0 =
@@ -311,6 +319,8 @@ class DataConfig:
             0.0 < self.validation_fraction < 1.0, f"{where}.validation_fraction: must be between 0 and 1 (exclusive)"
         )
         p.need(self.batch_size >= 1, f"{where}.batch_size: must be at least 1")
+        p.need(self.tasks >= 1, f"{where}.tasks: must be at least 1")
+        p.need(self.workers >= 1, f"{where}.workers: must be at least 1")
         p.need(self.mixture_window >= 0, f"{where}.mixture_window: must be 0 (the global batch) or more")
         return p
 

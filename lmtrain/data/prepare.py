@@ -26,29 +26,25 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value
-from tqdm.auto import tqdm
 
 from lmtrain.config.recipe import DataConfig, Recipe
 from lmtrain.corpus.dedup import Deduplicator
-from lmtrain.corpus.mixture import SourceStats, open_sources
-from lmtrain.corpus.sources import describe_source, is_validation_document, source_label
-from lmtrain.data.shards import SHARD_SUFFIX, PackedRows, ShardWriter, TokenStream, source_dir, token_dtype
+from lmtrain.corpus.mixture import SourceStats
+from lmtrain.corpus.sources import describe_source, source_label
+from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
+from lmtrain.data.workers import HELD_OUT_CHARS, encoder_stats, merged_stats, run_stages, source_summary
 from lmtrain.errors import UserError
-from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 HELD_OUT = "held_out.jsonl"
-HELD_OUT_CHARS = 2_000_000
-"""Characters of held-out documents kept per source in held_out.jsonl (whole documents, up to the first past it)."""
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 5
 """Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
@@ -84,21 +80,23 @@ def prepare_data(recipe: Recipe) -> dict:
         print(f"data: rebuilding {out_dir}: {_what_changed(previous['inputs'], inputs)}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space next to data.dir: same filesystem, so the finished result is renamed into place.
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as scratch:
-        start = time.perf_counter()
-        staged = Path(scratch) / "data"
-        manifest = _build(recipe, tokenizer_dir, staged, Path(scratch))
-        manifest = {
-            "input_fingerprint": fingerprint,
-            "inputs": inputs,
-            "tokenizer_dir": str(tokenizer_dir),
-            **manifest,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        # manifest.json is written last: a data dir without one is never mistaken for a finished one.
-        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(staged, out_dir)
+    # Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
+    # failed or killed run: the next run with the same inputs redoes only the tasks that had not finished.
+    work = out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{data.tasks}tasks"
+    start = time.perf_counter()
+    manifest = _build(recipe, work)
+    manifest = {
+        "input_fingerprint": fingerprint,
+        "inputs": inputs,
+        "tokenizer_dir": str(tokenizer_dir),
+        **manifest,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    # manifest.json is written last: a data dir without one is never mistaken for a finished one.
+    staged = work / "data"
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _replace_dir(staged, out_dir)
+    shutil.rmtree(work)
     return manifest
 
 
@@ -160,40 +158,47 @@ def as_datasets(data_dir: str | Path, rows_per_batch: int = 1024) -> DatasetDict
     )
 
 
-def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) -> dict:
+def _build(recipe: Recipe, work: Path) -> dict:
+    """Run the stages (lmtrain/data/workers.py), check what they made, and merge every task's counts."""
     data = recipe.data
-    tokenizer = load_tokenizer(tokenizer_dir)
+    run_stages(recipe, work)
+    tokenizer = load_tokenizer(recipe.tokenizer.dir)
     dtype = token_dtype(len(tokenizer))
-    dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
-    streams, source_stats = open_sources(data, dedup, split=True)
-    encoder = corpus_encoder(tokenizer_dir)
-    held_out = HeldOutSample(scratch / HELD_OUT, len(streams))
-    splits = []
-    progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
-    for i, docs in enumerate(streams):
-        # Every source is prepared whole, whatever its weight: the sampler mixes them (lmtrain/data/sampler.py).
-        writers = {
-            split: ShardWriter(source_dir(out_dir, i, split) / f"00000{SHARD_SUFFIX}", dtype, tokenizer.eos_token_id)
-            for split in SPLITS
-        }
-        documents = tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction, held_out.sink(i))
-        pending: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
-        for validation, ids in documents:
-            split = "validation" if validation else "train"
-            pending[split].append(ids)
-            if len(pending[split]) == data.batch_size:
-                writers[split].add(pending[split])
-                pending[split] = []
-            progress.update()
-        for split, writer in writers.items():
-            writer.add(pending[split])
-            writer.close()
-        splits.append({split: SplitSummary.of(w, data.seq_len) for split, w in writers.items()})
-    progress.close()
+    staged = work / "data"
+    source_stats, splits, held_out = [], [], {}
+    for i, source in enumerate(data.sources):
+        stats = merged_stats(work, i, source_label(source, i), data.tasks)
+        plan, counts, texts = source_summary(work, i, data.tasks)
+        found = {"exact_duplicate": plan["exact_duplicates"], "near_duplicate": plan["near_duplicates"]}
+        stats.duplicates.update({kind: n for kind, n in found.items() if n})
+        stats.kept, stats.validation_by = plan["kept"], plan["validation_by"]
+        stats.validation_note = plan.get("note", "")
+        if stats.validation_note:
+            print(f"data: {stats.name}: {stats.validation_note}", file=sys.stderr)
+        source_stats.append(stats)
+        splits.append(
+            {split: SplitSummary.of(counts[split], data.seq_len, staged, i, split, dtype) for split in SPLITS}
+        )
+        held_out[stats.name] = _first_chars(texts, HELD_OUT_CHARS)
     _check_not_empty(data, source_stats, splits)
     _check_enough(data, splits)
-    held_out.close(out_dir / HELD_OUT, [s.name for s in source_stats])
-    return _report(data, source_stats, splits, dedup, encoder, dtype, tokenizer.eos_token_id)
+    with open(staged / HELD_OUT, "w", encoding="utf-8") as f:
+        for name, texts in held_out.items():
+            for text in texts:
+                f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
+    dedup = Deduplicator(data.dedup).describe() if data.dedup.exact or data.dedup.near else None
+    return _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
+
+
+def _first_chars(texts: list[str], chars: int) -> list[str]:
+    """Whole texts, up to the first that reaches `chars` characters in all."""
+    kept, total = [], 0
+    for text in texts:
+        if total >= chars:
+            break
+        kept.append(text)
+        total += len(text)
+    return kept
 
 
 @dataclasses.dataclass
@@ -207,52 +212,10 @@ class SplitSummary:
     sha256: str
 
     @classmethod
-    def of(cls, writer: ShardWriter, seq_len: int) -> SplitSummary:
-        blocks, tail = divmod(writer.tokens, seq_len)
-        return cls(writer.documents, writer.tokens, blocks, tail, writer.digest.hexdigest())
-
-
-def tokenized_documents(
-    documents: Iterator[str],
-    encoder: CorpusEncoder,
-    batch_size: int,
-    validation_fraction: float,
-    held_out: Callable[[str], None] = lambda text: None,
-) -> Iterator[tuple[bool, list[int]]]:
-    """(is validation, token ids) per document, encoded a batch at a time on all cores; the text of each
-    validation document the mixture takes goes to `held_out`. No batch is read ahead: with several sources,
-    which copy of a cross-source duplicate is kept, and the documents each source reports read, follow the
-    order the mixture takes documents in."""
-    while batch := list(islice(documents, batch_size)):
-        for text, ids in zip(batch, encoder.encode_batch(batch)):
-            validation = is_validation_document(text, validation_fraction)
-            if validation:
-                held_out(str(text))
-            yield validation, ids
-
-
-class HeldOutSample:
-    """The first HELD_OUT_CHARS characters of held-out documents of every source, as JSONL lines
-    {"source": name, "text": document}: text the model never trains on, for building downstream tasks."""
-
-    def __init__(self, path: Path, sources: int):
-        self.path = path
-        self.texts: list[list[str]] = [[] for _ in range(sources)]
-        self.chars = [0] * sources
-
-    def sink(self, source: int) -> Callable[[str], None]:
-        def keep(text: str) -> None:
-            if self.chars[source] < HELD_OUT_CHARS:
-                self.texts[source].append(text)
-                self.chars[source] += len(text)
-
-        return keep
-
-    def close(self, out_path: Path, names: list[str]) -> None:
-        with open(out_path, "w", encoding="utf-8") as f:
-            for name, texts in zip(names, self.texts):
-                for text in texts:
-                    f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
+    def of(cls, counts: dict, seq_len: int, data_dir: Path, source: int, split: str, dtype: np.dtype) -> SplitSummary:
+        blocks, tail = divmod(counts["tokens"], seq_len)
+        digest = stream_digest(TokenStream(source_dir(data_dir, source, split), dtype))
+        return cls(counts["documents"], counts["tokens"], blocks, tail, digest)
 
 
 def read_held_out(data_dir: str | Path) -> dict[str, list[str]]:
@@ -334,8 +297,8 @@ def _report(
     data: DataConfig,
     source_stats: list[SourceStats],
     splits: list[dict[str, SplitSummary]],
-    dedup: Deduplicator | None,
-    encoder: CorpusEncoder,
+    dedup: dict | None,
+    encoder: dict,
     dtype: np.dtype,
     eos_id: int,
 ) -> dict:
@@ -380,12 +343,12 @@ def _report(
             "removed": dict(filtered),
             "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats),
         },
-        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False})
+        "dedup": (dedup or {"exact": False, "near": False})
         | {
             "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
             "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats),
         },
-        "encoder": encoder.stats(),
+        "encoder": encoder,
         "eos_id": eos_id,
         "shards": {
             "dtype": dtype.name,

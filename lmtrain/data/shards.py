@@ -64,6 +64,14 @@ class ShardWriter:
         self.documents += len(documents)
         self.tokens += len(stream)
 
+    def add_stream(self, ids: np.ndarray, documents: int) -> None:
+        """Write ids that already hold their eos tokens (`documents` of them end in this stream)."""
+        data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
+        self._file.write(data)
+        self.digest.update(data)
+        self.documents += documents
+        self.tokens += len(ids)
+
     def close(self) -> None:
         self._file.close()
         os.replace(self._partial, self.path)
