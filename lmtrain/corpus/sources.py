@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import functools
 import glob
 import gzip
 import hashlib
@@ -274,6 +275,7 @@ def is_validation_document(text: str, fraction: float) -> bool:
 # ---------------------------------------------------------------------------- built-in kinds
 
 
+@functools.cache  # listed once per process: every data preparation task would otherwise walk the tree again
 def python_stdlib_files() -> list[Path]:
     """The running interpreter's standard-library .py files, without installed packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
