@@ -4,8 +4,9 @@ memory per worker at 1× and 4× the corpus, and the rate against the encoder al
     python benchmarks/data_prep_scaling.py [--tasks 8]
 
 Corpus: the running interpreter's standard library (offline everywhere): its files in 4 interleaved quarters; "1×"
-is one quarter, "4×" all of it (distinct text, so dedup does not shrink it). Settings: the 7B recipe's cleaning,
-filters (min_chars 200, quality filters on) and dedup (exact and MinHash near dedup on), document masking, a
+is one quarter, "4×" all of it (distinct text, so dedup does not shrink it). Settings: the 7B recipe's for its code
+source (cleaning with min_chars 200, no HTML stripping, prose filters off) and its dedup with MinHash near dedup on
+(exact and near), document masking, a
 byte-level BPE of 8,192 tokens trained on the corpus first. Every preparation runs in a fresh process (`prepare_data`
 as data_prep/prepare.py runs it), which reports the peak RSS of its largest worker process (RUSAGE_CHILDREN).
 
@@ -64,13 +65,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         quarters = write_quarters(tmp / "corpus")
-        recipe = write_recipe(tmp, [str(tmp / "corpus" / "*" / "*.py")])
+        recipe = write_recipe(tmp, [str(tmp / "corpus" / "*" / "*.txt")])
         train_tokenizer(load_recipe(recipe))
         runs = {}
         for workers in (1, 2):
             runs[workers] = prepare(recipe, tmp / f"w{workers}", args.tasks, workers)
             report(f"whole corpus, {workers} worker(s)", runs[workers])
-        quarter = prepare(recipe, tmp / "q", max(args.tasks // 4, 1), 2, [str(quarters[0] / "*.py")])
+        quarter = prepare(recipe, tmp / "q", max(args.tasks // 4, 1), 2, [str(quarters[0] / "*.txt")])
         report("a quarter of the corpus, 2 workers", quarter)
         encoder_rate = tiktoken_rate(tmp / "w1" / "data", recipe)
     one, two = runs[1], runs[2]
@@ -102,18 +103,20 @@ def write_quarters(root: Path) -> list[Path]:
     for q in quarters:
         q.mkdir(parents=True)
     for i, path in enumerate(python_stdlib_files()):
-        (quarters[i % 4] / f"{i:05d}.py").symlink_to(path)
+        (quarters[i % 4] / f"{i:05d}.txt").symlink_to(path)  # read as plain text, one document per file
     return quarters
 
 
 def write_recipe(tmp: Path, paths: list[str]) -> Path:
     seven_b = yaml.safe_load((ROOT / "recipes" / "llama-7b" / "pretrain.yaml").read_text(encoding="utf-8"))["data"]
+    code = next(s for s in seven_b["sources"] if s["name"] == "code")
     recipe = {
         "tokenizer": {"dir": str(tmp / "tokenizer"), "vocab_size": 8192},
         "data": {
             "sources": [{"kind": "files", "name": "stdlib", "paths": paths, "txt_documents": "file"}],
-            "clean": seven_b["clean"] | {"strip_html": False},  # code: `a<b and c>d` is not a tag
-            "filters": seven_b["filters"],
+            # the 7B's settings for its code source (the stdlib is code): its cleaning, prose filters off
+            "clean": seven_b["clean"] | code["clean"],
+            "filters": code["filters"],
             "dedup": seven_b["dedup"] | {"exact": True, "near": True},
             "seq_len": 1024,
             "validation_fraction": 0.02,

@@ -329,11 +329,9 @@ def read_hub(config: SourceConfig, request: Request) -> Iterator[Row]:
     if request.text_column and dataset.column_names is not None:
         _require_column(Path(config.dataset), request.text_column, dataset.column_names)
     if request.shard[1] > 1:
-        # the documented way: whole data files per task when they divide evenly, else every task reads the
-        # stream and keeps every count-th record (datasets.distributed.split_dataset_by_node)
-        from datasets.distributed import split_dataset_by_node
-
-        dataset = split_dataset_by_node(dataset, rank=request.shard[0], world_size=request.shard[1])
+        dataset = _hub_slice(dataset, *request.shard)
+        if dataset is None:
+            return
     rows = iter(dataset)
     row = 0
     while True:
@@ -347,6 +345,21 @@ def read_hub(config: SourceConfig, request: Request) -> Iterator[Row]:
             return
         yield Row(f"{config.dataset}/{config.split} row {row}", record)
         row += 1
+
+
+def _hub_slice(dataset, index: int, count: int):
+    """Slice `index` of `count` of a Hub dataset, contiguous so that the slices in order are the whole split:
+    a downloaded split by rows; a stream by its data files (`IterableDataset.shard`), and with more slices than
+    files, one file each for the first slices and nothing for the others (a stream cannot be cut inside a file
+    without every slice reading it)."""
+    import datasets
+
+    if not isinstance(dataset, datasets.IterableDataset):
+        return dataset.shard(count, index, contiguous=True)
+    files = dataset.num_shards
+    if count <= files:
+        return dataset.shard(count, index, contiguous=True)
+    return dataset.shard(files, index, contiguous=True) if index < files else None
 
 
 def resolve_files(patterns: list[str], key: str = "data.sources") -> list[Path]:

@@ -33,13 +33,21 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value
+from datatrove.pipeline.base import PipelineStep
 
 from lmtrain.config.recipe import DataConfig, Recipe
 from lmtrain.corpus.dedup import Deduplicator
 from lmtrain.corpus.mixture import SourceStats
 from lmtrain.corpus.sources import describe_source, source_label
 from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
-from lmtrain.data.workers import HELD_OUT_CHARS, encoder_stats, merged_stats, run_stages, source_summary
+from lmtrain.data.workers import (
+    HELD_OUT_CHARS,
+    SlurmOptions,
+    encoder_stats,
+    merged_stats,
+    run_stages,
+    source_summary,
+)
 from lmtrain.errors import UserError
 from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
 
@@ -51,7 +59,41 @@ FORMAT_VERSION = 5
 
 
 def prepare_data(recipe: Recipe) -> dict:
-    """Build (or reuse) the packed splits in data.dir; return the manifest."""
+    """Build (or reuse) the per-source shards in data.dir; return the manifest."""
+    data = recipe.data
+    tokenizer_dir = Path(recipe.tokenizer.dir)
+    inputs, fingerprint = _inputs(recipe)
+    out_dir = Path(data.dir)
+    previous = read_manifest(out_dir)
+    if previous is not None and previous["input_fingerprint"] == fingerprint:
+        print(f"data: reusing {out_dir} (inputs unchanged, fingerprint {fingerprint[:12]})")
+        return previous
+    if previous is not None:
+        print(f"data: rebuilding {out_dir}: {_what_changed(previous['inputs'], inputs)}")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
+    # failed or killed run: the next run with the same inputs redoes only the tasks that had not finished.
+    work = _work_dir(recipe, fingerprint)
+    start = time.perf_counter()
+    manifest = _build(recipe, work)
+    manifest = {
+        "input_fingerprint": fingerprint,
+        "inputs": inputs,
+        "tokenizer_dir": str(tokenizer_dir),
+        **manifest,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    # manifest.json is written last: a data dir without one is never mistaken for a finished one.
+    staged = work / "data"
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _replace_dir(staged, out_dir)
+    shutil.rmtree(work)
+    return manifest
+
+
+def _inputs(recipe: Recipe) -> tuple[dict, str]:
+    """What the prepared data depends on, and its fingerprint."""
     data = recipe.data
     tokenizer_dir = Path(recipe.tokenizer.dir)
     if not (tokenizer_dir / "tokenizer.json").is_file():
@@ -70,34 +112,40 @@ def prepare_data(recipe: Recipe) -> dict:
         "seq_len": data.seq_len,
         "validation_fraction": data.validation_fraction,
     }
-    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    out_dir = Path(data.dir)
-    previous = read_manifest(out_dir)
-    if previous is not None and previous["input_fingerprint"] == fingerprint:
-        print(f"data: reusing {out_dir} (inputs unchanged, fingerprint {fingerprint[:12]})")
-        return previous
-    if previous is not None:
-        print(f"data: rebuilding {out_dir}: {_what_changed(previous['inputs'], inputs)}")
+    return inputs, hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
-    # failed or killed run: the next run with the same inputs redoes only the tasks that had not finished.
-    work = out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{data.tasks}tasks"
-    start = time.perf_counter()
-    manifest = _build(recipe, work)
-    manifest = {
-        "input_fingerprint": fingerprint,
-        "inputs": inputs,
-        "tokenizer_dir": str(tokenizer_dir),
-        **manifest,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    # manifest.json is written last: a data dir without one is never mistaken for a finished one.
-    staged = work / "data"
-    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _replace_dir(staged, out_dir)
-    shutil.rmtree(work)
-    return manifest
+
+def _work_dir(recipe: Recipe, fingerprint: str) -> Path:
+    """Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
+    failed or killed run: the next run with the same inputs redoes only the tasks that had not finished."""
+    out_dir = Path(recipe.data.dir)
+    return out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{recipe.data.tasks}tasks"
+
+
+def submit_to_slurm(recipe: Recipe, slurm: SlurmOptions) -> None:
+    """Submit the stages as dependent SLURM job arrays (datatrove's SlurmPipelineExecutor), then one job that
+    merges the counts and puts data.dir in place: prepare_data again, where every stage's tasks are complete.
+    Resubmitting after a failure runs only the tasks that did not complete."""
+    _, fingerprint = _inputs(recipe)
+    work = _work_dir(recipe, fingerprint)
+    Path(recipe.data.dir).parent.mkdir(parents=True, exist_ok=True)
+    last = run_stages(recipe, work, slurm.executor)
+    slurm.executor(pipeline=[FinishStep(recipe)], tasks=1, workers=1, logging_dir=str(work / "logs" / "finish"),
+                   start_method=None, depends=last, cpus_per_task=2).run()  # fmt: skip
+
+
+class FinishStep(PipelineStep):
+    """The last SLURM job: prepare_data, whose stages are all complete by then, merges and writes data.dir."""
+
+    name = "merge the counts, write data.dir"
+    type = "lmtrain"
+
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
+        prepare_data(self.recipe)
 
 
 def read_manifest(data_dir: str | Path) -> dict | None:

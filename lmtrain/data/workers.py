@@ -40,6 +40,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -71,20 +72,57 @@ def document_order(source: int, task: int, index: np.ndarray | int) -> np.ndarra
     return (source << _SOURCE_BITS) | (task << _TASK_BITS) | index
 
 
-def run_stages(recipe: Recipe, work: Path, executor=LocalPipelineExecutor) -> None:
-    """The four stages, one after the other, each skipping the tasks it finished in an earlier run."""
+def run_stages(recipe: Recipe, work: Path, executor=None):
+    """The four stages, one after the other, each skipping the tasks it finished in an earlier run; returns the
+    last stage's executor. `executor` makes a stage's executor (LocalPipelineExecutor by default, or
+    SlurmOptions.executor, whose stages each wait for the one before)."""
     d = recipe.data
-    workers = min(d.workers, d.tasks)
     dedup = d.dedup.exact or d.dedup.near
     stages = [("read", ReadStep(recipe, work), d.tasks)]
     if dedup:
         stages.append(("dedup", DedupStep(recipe, work), d.tasks))
     stages += [("cluster", ClusterStep(recipe, work), 1), ("write", WriteStep(recipe, work), d.tasks)]
+    make = executor or LocalPipelineExecutor
+    last = None
     for name, step, tasks in stages:
-        logs = work / "logs" / name
-        executor(
-            pipeline=[step], tasks=tasks, workers=min(workers, tasks), logging_dir=str(logs), start_method=START_METHOD
-        ).run()
+        logs = str(work / "logs" / name)
+        workers = min(d.workers, tasks)
+        options = {"depends": last} if executor is not None else {}
+        last = make(
+            pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs, start_method=START_METHOD, **options
+        )
+        last.run()
+    return last
+
+
+@dataclass
+class SlurmOptions:
+    """Where and how the stages run on a SLURM cluster (data_prep/prepare.py --slurm-partition ...)."""
+
+    partition: str
+    time: str = "24:00:00"
+    cpus_per_task: int = 4
+    """Cores per task: the encoder runs a thread per core."""
+    mem_per_cpu_gb: int = 4
+    env_command: str | None = None
+    """A shell line run before each task (e.g. `source .venv/bin/activate`)."""
+
+    def executor(self, pipeline, tasks, workers, logging_dir, start_method, depends=None, cpus_per_task=None):
+        from datatrove.executor import SlurmPipelineExecutor  # only here: a local run never needs it
+
+        return SlurmPipelineExecutor(
+            pipeline=pipeline,
+            tasks=tasks,
+            workers=-1,  # every task at once, as far as the cluster schedules them
+            time=self.time,
+            partition=self.partition,
+            cpus_per_task=cpus_per_task or self.cpus_per_task,
+            mem_per_cpu_gb=self.mem_per_cpu_gb,
+            job_name=f"lmtrain-data-{Path(logging_dir).name}",
+            env_command=self.env_command,
+            logging_dir=logging_dir,
+            depends=depends,
+        )
 
 
 def _dir(work: Path, stage: str, source: int, task: int) -> Path:
