@@ -169,3 +169,18 @@ def test_a_source_emptied_by_filtering_is_named(tokenizer, tmp_path):
         UserError, match=r"data\.sources\.1 \(zh\): no document left to pack \(62 read, 62 filtered \(too_few_units\)\)"
     ):
         prepare_data(recipe)
+
+
+def test_training_refuses_a_mixture_the_prepared_data_cannot_serve(tokenizer, tmp_path):
+    from lmtrain.training.pretrain import load_packed_splits
+
+    emptied = ["data.sources.1.filters={enabled: true, min_units: 100000}"]
+    path = write_recipe(tokenizer, tmp_path, weights=(1, 0, 1))
+    prepare_data(load_recipe(path, emptied))
+    with pytest.raises(UserError, match=r"data\.sources\.1 \(zh\): weight 0\.3 but no prepared training block"):
+        load_packed_splits(load_recipe(path, [*emptied, "data.sources.1.weight=0.3"]))
+    extra = '[{kind: files, name: en, paths: ["x"]}, {kind: files, name: zh, paths: ["x"]}, {kind: files, name: code, paths: ["x"]}, {kind: python_stdlib, name: more}]'  # noqa: E501
+    with pytest.raises(UserError, match=r"data\.sources\.3 \(more\): .* has no prepared shards for it"):
+        load_packed_splits(load_recipe(path, [f"data.sources={extra}"]))
+    manifest, train, validation = load_packed_splits(load_recipe(path, emptied))
+    assert train.blocks_per_source[1] == 0 and len(train) == sum(train.blocks_per_source) > 0

@@ -111,3 +111,21 @@ def test_a_killed_run_restarts_where_it_stopped_with_the_same_data(corpus, tmp_p
     restarted = prepared(corpus, tmp_path / "killed", "data.tasks=8", "data.workers=1")
     assert restarted == clean and not work.exists()
     assert sorted(ran) == sorted(set(range(8)) - set(done))  # the finished tasks were not run again
+
+
+def test_hub_slices_are_contiguous_and_cover_the_split_once():
+    import datasets
+
+    from lmtrain.corpus.sources import _hub_slice
+
+    rows = datasets.Dataset.from_dict({"text": [str(i) for i in range(10)]})
+    stream = rows.to_iterable_dataset(num_shards=4)  # 4 data files of 3, 3, 2, 2 records
+
+    def texts(part):
+        return [] if part is None else [r["text"] for r in part]
+
+    for dataset in (rows, stream):
+        for count in (1, 3, 4, 6):
+            slices = [texts(_hub_slice(dataset, i, count)) for i in range(count)]
+            assert sum(slices, []) == [str(i) for i in range(10)]  # in order, none twice, none missing
+    assert [len(texts(_hub_slice(stream, i, 6))) for i in range(6)] == [3, 3, 2, 2, 0, 0]  # whole files only

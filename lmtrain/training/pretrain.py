@@ -251,6 +251,13 @@ def _check_sources(recipe: Recipe, manifest: dict) -> None:
                 f"data.sources.{i} ({name}): {recipe.data.dir} has no prepared shards for it (prepared: "
                 f"{', '.join(prepared)}); run `python data_prep/prepare.py RECIPE` with this recipe"
             )
+    for i, (source, summary) in enumerate(zip(recipe.data.sources, manifest["sources"])):
+        if source.weight > 0 and not summary["splits"]["train"]["blocks"]:
+            raise UserError(
+                f"data.sources.{i} ({prepared[i]}): weight {source.weight:g} but no prepared training block "
+                f"({summary['splits']['train']['tokens']:,} tokens, fewer than data.seq_len); give it weight 0 "
+                "or add text to it and prepare again"
+            )
     if len(prepared) > len(recipe.data.sources):
         raise UserError(
             f"data.sources: {recipe.data.dir} was prepared with {len(prepared)} sources, the recipe lists "
