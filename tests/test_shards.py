@@ -86,3 +86,34 @@ def test_data_of_the_old_format_is_refused_with_prepare_again(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match=r"format 4.*prepare it again: python data_prep/prepare.py"):
         open_prepared(tmp_path, manifest, document_masking=True)
+
+
+def test_flex_attention_on_derived_boundaries_gives_the_document_masked_sdpa_logits_and_loss(tmp_path):
+    """The varlen path: blocks read from shards, boundaries derived from the eos tokens, through FlexAttention's
+    document block mask (CPU forward; torch has no FlexAttention backward on CPU) equal sdpa's dense
+    document-masked result (transformers builds a block-diagonal mask from the same position_ids)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmtrain.model.llama import llama_config
+    from tests.test_speed import tiny_recipe
+
+    writer = ShardWriter(tmp_path / "s" / "00000.bin", token_dtype(384), EOS)
+    writer.add(random_documents(12, 384, seed=4))
+    writer.close()
+    rows = PackedRows([TokenStream(tmp_path / "s", token_dtype(384))], seq_len=48, eos_id=EOS, positions=True)
+    read = rows[np.arange(2)]
+    ids, positions = torch.from_numpy(read["input_ids"]).long(), torch.from_numpy(read["position_ids"]).long()
+    assert (positions[:, 1:] == 0).any()  # the blocks hold several documents
+    batch = {"input_ids": ids, "position_ids": positions, "labels": document_labels(ids, positions), "use_cache": False}
+    config = llama_config(tiny_recipe())
+    torch.manual_seed(0)
+    flex = AutoModelForCausalLM.from_config(config, attn_implementation="flex_attention").eval()
+    sdpa = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(flex.state_dict())
+    with torch.no_grad():
+        varlen, dense = flex(**batch), sdpa(**batch)
+        one_document = sdpa(input_ids=ids, labels=batch["labels"], use_cache=False)
+    torch.testing.assert_close(varlen.logits, dense.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(varlen.loss, dense.loss, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(varlen.logits, one_document.logits, atol=1e-3)  # the boundaries are what matter
