@@ -62,6 +62,8 @@ START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else 
 """How datatrove starts worker processes. fork: a worker inherits the imported modules, where forkserver (datatrove's
 default) imports lmtrain, datasets and transformers again in every worker of every stage (tests/test_workers.py:
 184 s with forkserver, 7.9 s with fork on 2 cores). Nothing in the parent holds threads or locks a task uses."""
+WRITE_CHUNK = 65_536
+"""Documents the write stage handles at a time: its memory is one chunk's tokens, whatever the slice's size."""
 LINE_BREAK_SEARCH = 10_000
 """Tokens searched back from a spans cut for a line break to cut after."""
 _SOURCE_BITS, _TASK_BITS = 52, 36
@@ -385,47 +387,65 @@ class WriteStep(_Step):
     name = "write the final shards"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
-        d = self.recipe.data
         tokenizer = load_tokenizer(self.recipe.tokenizer.dir)
-        dtype = token_dtype(len(tokenizer))
-        for i in range(len(d.sources)):
-            read = _dir(self.work, "read", i, rank)
+        for i in range(len(self.recipe.data.sources)):
             plan = json.loads((self.work / "plan" / f"{i:03d}.json").read_text(encoding="utf-8"))
-            lengths = np.load(read / "lengths.npy")
-            keep = np.ones(len(lengths), dtype=bool)
-            keep[np.load(self.work / "plan" / f"{i:03d}-{rank:05d}.npz")["removed"]] = False
-            tokens = np.memmap(read / f"tokens{SHARD_SUFFIX}", dtype=dtype, mode="r") if lengths.sum() else None
-            document = np.repeat(np.arange(len(lengths)), lengths + 1)
+            writers = {
+                split: ShardWriter(
+                    source_dir(self.work / "data", i, split) / f"{rank:05d}{SHARD_SUFFIX}",
+                    token_dtype(len(tokenizer)),
+                    tokenizer.eos_token_id,
+                )
+                for split in SPLITS
+            }
             if plan["validation_by"] == "documents":
-                validation = np.load(read / "validation.npy")
-                parts = {"train": keep & ~validation, "validation": keep & validation}
-                counts = {split: (tokens[mask[document]] if tokens is not None else [], int(mask.sum()))
-                          for split, mask in parts.items()}  # fmt: skip
-                held_out = [h["text"] for h in json.loads((read / "held_out.json").read_text()) if keep[h["index"]]]
+                held_out = self._documents(i, rank, writers)
             else:
-                stream = tokens[keep[document]] if tokens is not None else np.empty(0, dtype=dtype)
-                cut = min(max(plan["validation_from_token"] - plan["tasks"][rank]["first_token"], 0), len(stream))
-                eos = tokenizer.eos_token_id
-                train = stream[:cut]
-                if 0 < cut < len(stream) and stream[cut - 1] != eos:  # the cut piece ends with its own eos
-                    train = np.append(train, np.array([eos], dtype=dtype))
-                counts = {
-                    "train": (train, int((train == eos).sum())),
-                    "validation": (stream[cut:], int((stream[cut:] == eos).sum())),
-                }
-                held_out = [tokenizer.decode(stream[cut : cut + HELD_OUT_CHARS].tolist())] if cut < len(stream) else []
-            summary = {}
-            for split, (ids, documents) in counts.items():
-                path = source_dir(self.work / "data", i, split) / f"{rank:05d}{SHARD_SUFFIX}"
-                writer = ShardWriter(path, dtype, tokenizer.eos_token_id)
-                writer.add_stream(np.asarray(ids, dtype=dtype), documents)
+                held_out = self._spans(i, rank, plan, writers, tokenizer)
+            for writer in writers.values():
                 writer.close()
-                summary[split] = {"documents": writer.documents, "tokens": writer.tokens}
+            summary = {split: {"documents": w.documents, "tokens": w.tokens} for split, w in writers.items()}
             out = self.work / "written" / f"{i:03d}-{rank:05d}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             partial = out.with_name(out.name + ".partial")
             partial.write_text(json.dumps({"splits": summary, "held_out": held_out}, ensure_ascii=False), "utf-8")
             os.replace(partial, out)
+
+    def _documents(self, source: int, rank: int, writers: dict[str, ShardWriter]) -> list[str]:
+        """Kept documents to the split their text's hash chose, WRITE_CHUNK documents at a time (bounded memory)."""
+        read = _dir(self.work, "read", source, rank)
+        lengths = np.load(read / "lengths.npy")
+        keep = np.ones(len(lengths), dtype=bool)
+        keep[np.load(self.work / "plan" / f"{source:03d}-{rank:05d}.npz")["removed"]] = False
+        validation = np.load(read / "validation.npy")
+        tokens = (
+            np.memmap(read / f"tokens{SHARD_SUFFIX}", dtype=writers["train"].dtype, mode="r") if len(lengths) else None
+        )
+        ends = np.cumsum(lengths + 1)
+        for first in range(0, len(lengths), WRITE_CHUNK):
+            last = min(first + WRITE_CHUNK, len(lengths))
+            start = int(ends[first - 1]) if first else 0
+            chunk = tokens[start : int(ends[last - 1])]
+            document = np.repeat(np.arange(last - first), lengths[first:last] + 1)
+            for split, wanted in (("train", False), ("validation", True)):
+                mask = keep[first:last] & (validation[first:last] == wanted)
+                writers[split].add_stream(chunk[mask[document]], int(mask.sum()))
+        held_out = json.loads((read / "held_out.json").read_text(encoding="utf-8"))
+        return [h["text"] for h in held_out if keep[h["index"]]]
+
+    def _spans(self, source: int, rank: int, plan: dict, writers: dict[str, ShardWriter], tokenizer) -> list[str]:
+        """The slice's kept tokens, cut where the source's validation tail begins (if it begins in this slice)."""
+        read = _dir(self.work, "read", source, rank)
+        removals = self.work / "plan" / f"{source:03d}-{rank:05d}.npz"
+        stream = _kept_stream(read, removals, writers["train"].dtype)
+        cut = min(max(plan["validation_from_token"] - plan["tasks"][rank]["first_token"], 0), len(stream))
+        eos = tokenizer.eos_token_id
+        train, validation = stream[:cut], stream[cut:]
+        if 0 < cut < len(stream) and stream[cut - 1] != eos:  # the cut piece ends with its own eos
+            train = np.append(train, np.array([eos], dtype=train.dtype))
+        writers["train"].add_stream(train, int((train == eos).sum()))
+        writers["validation"].add_stream(validation, int((validation == eos).sum()))
+        return [tokenizer.decode(validation[:HELD_OUT_CHARS].tolist())] if len(validation) else []
 
 
 def source_summary(work: Path, source: int, tasks: int) -> tuple[dict, dict[str, dict], list[str]]:
