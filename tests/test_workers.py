@@ -131,3 +131,35 @@ def test_hub_slices_are_contiguous_and_cover_the_split_once():
             slices = [texts(_hub_slice(dataset, i, count)) for i in range(count)]
             assert sum(slices, []) == [str(i) for i in range(10)]  # in order, none twice, none missing
     assert [len(texts(_hub_slice(stream, i, 6))) for i in range(6)] == [3, 3, 2, 2, 0, 0]  # whole files only
+
+
+def test_slurm_submission_chains_the_stages_then_the_merge(corpus, tmp_path, monkeypatch):
+    """No cluster here: a stand-in `sbatch` records each script. Each stage is a job array waiting for the one
+    before (datatrove's SlurmPipelineExecutor), and the last job, after the write stage, runs prepare_data."""
+    from lmtrain.data.prepare import submit_to_slurm
+    from lmtrain.data.workers import SlurmOptions
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(
+        f"#!/bin/sh\nn=$(wc -l < {log} 2>/dev/null || echo 0)\nfor last; do :; done\n"
+        f"echo \"$((100+n)) $* $(grep -o 'job-name=[a-z-]*' $last)\" >> {log}\n"
+        'echo "Submitted batch job $((100+n))"\n'
+    )
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    recipe = load_recipe(corpus, [f"data.dir={tmp_path / 'data'}", "data.tasks=8"])
+    submit_to_slurm(recipe, SlurmOptions("cpu"))
+    # each stage: its job array, then datatrove's stats-merging job (submitted without --export)
+    jobs = [line.split() for line in log.read_text().splitlines() if "--export" in line]
+    names = [j[-1] for j in jobs]
+    assert names == [f"job-name=lmtrain-data-{s}" for s in ("read", "dedup", "cluster", "write", "finish")]
+    stage_ids = {j[-1]: j[0] for j in jobs if j[-1].startswith("job-name=lmtrain")}
+    dependencies = {j[-1]: [a for a in j if a.startswith("--dependency")] for j in jobs}
+    order = ["read", "dedup", "cluster", "write", "finish"]
+    for before, after in zip(order, order[1:]):
+        wanted = f"--dependency=afterok:{stage_ids[f'job-name=lmtrain-data-{before}']}"
+        assert dependencies[f"job-name=lmtrain-data-{after}"] == [wanted]
+    assert not (tmp_path / "data").exists()  # nothing ran here
