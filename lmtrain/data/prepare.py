@@ -41,7 +41,6 @@ from lmtrain.corpus.mixture import SourceStats
 from lmtrain.corpus.sources import describe_source, source_label
 from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
 from lmtrain.data.workers import (
-    HELD_OUT_CHARS,
     SlurmOptions,
     encoder_stats,
     merged_stats,
@@ -227,7 +226,7 @@ def _build(recipe: Recipe, work: Path) -> dict:
         splits.append(
             {split: SplitSummary.of(counts[split], data.seq_len, staged, i, split, dtype) for split in SPLITS}
         )
-        held_out[stats.name] = _first_chars(texts, HELD_OUT_CHARS)
+        held_out[stats.name] = texts
     _check_not_empty(data, source_stats, splits)
     _check_enough(data, splits)
     with open(staged / HELD_OUT, "w", encoding="utf-8") as f:
@@ -236,17 +235,6 @@ def _build(recipe: Recipe, work: Path) -> dict:
                 f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
     dedup = Deduplicator(data.dedup).describe() if data.dedup.exact or data.dedup.near else None
     return _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
-
-
-def _first_chars(texts: list[str], chars: int) -> list[str]:
-    """Whole texts, up to the first that reaches `chars` characters in all."""
-    kept, total = [], 0
-    for text in texts:
-        if total >= chars:
-            break
-        kept.append(text)
-        total += len(text)
-    return kept
 
 
 @dataclasses.dataclass

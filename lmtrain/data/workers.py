@@ -453,11 +453,16 @@ def source_summary(work: Path, source: int, tasks: int) -> tuple[dict, dict[str,
     plan = json.loads((work / "plan" / f"{source:03d}.json").read_text(encoding="utf-8"))
     splits = {split: Counter() for split in SPLITS}
     held_out: list[str] = []
+    chars = 0
     for t in range(tasks):
         written = json.loads((work / "written" / f"{source:03d}-{t:05d}.json").read_text(encoding="utf-8"))
         for split in SPLITS:
             splits[split].update(written["splits"][split])
-        held_out += written["held_out"]
+        for text in written["held_out"]:  # the source's first held-out documents, up to the cap
+            if chars >= HELD_OUT_CHARS:
+                break
+            held_out.append(text)
+            chars += len(text)
     return plan, {split: dict(c) for split, c in splits.items()}, held_out
 
 
