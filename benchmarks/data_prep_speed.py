@@ -10,8 +10,8 @@ fastest run counts (shared machines are noisy):
   the same merges, giving the same ids) alone, without its spot check: the limit of this pipeline;
 - run_clm: a faithful reimplementation of transformers' examples/pytorch/language-modeling/run_clm.py
   data path: `Dataset.map(tokenize, batched=True)` then `Dataset.map(group_texts, batched=True)`;
-- this pipeline: lmtrain.data.prepare's tokenize and pack stage (tokenized_documents -> SplitWriter),
-  writing packed Arrow blocks to disk.
+- this pipeline: lmtrain.data.workers' tokenize and write stage (CorpusEncoder -> ShardWriter), writing
+  uint16 token shards to disk (blocks are cut when read, lmtrain/data/shards.py).
 Then memory: peak RSS of the whole `prepare_data` (read, clean, tokenize, pack, save; dedup off,
 since the larger corpus is the same text 4 times) on the corpus and on 4 copies of it, each in a
 fresh process. Prints a table, then one JSON line: tokens_per_s, vs_run_clm, vs_raw_limit, rss_growth_4x,
@@ -40,8 +40,11 @@ import yaml  # noqa: E402
 
 from lmtrain.config.recipe import load_recipe  # noqa: E402
 from lmtrain.corpus.cleaning import clean_text  # noqa: E402
-from lmtrain.corpus.sources import python_stdlib_files  # noqa: E402
-from lmtrain.data.prepare import SPLITS, SplitWriter, tokenized_documents  # noqa: E402
+from lmtrain.corpus.sources import (
+    is_validation_document,  # noqa: E402
+    python_stdlib_files,  # noqa: E402
+)
+from lmtrain.data.shards import ShardWriter, token_dtype  # noqa: E402
 from lmtrain.tokenizer.bpe import corpus_encoder, load_tokenizer, train_tokenizer  # noqa: E402
 from lmtrain.tokenizer.report import read_sample  # noqa: E402
 
@@ -217,14 +220,18 @@ def run_clm_way(texts: list[str], tokenizer_dir: str, batch_size: int, cache: Pa
 
 
 def this_pipeline(texts: list[str], tokenizer_dir: str, eos_id: int, batch_size: int, out: Path) -> tuple[int, float]:
-    out.mkdir()
     encoder = corpus_encoder(tokenizer_dir)  # loaded before the clock starts, as run_clm_way's tokenizer
     start = time.perf_counter()
-    writers = {split: SplitWriter(out / f"{split}.arrow", SEQ_LEN, eos_id, False, batch_size) for split in SPLITS}
+    dtype = token_dtype(VOCAB_SIZE)
+    writers = {split: ShardWriter(out / split / "00000.bin", dtype, eos_id) for split in ("train", "validation")}
     tokens = 0
-    for validation, ids in tokenized_documents(iter(texts), encoder, batch_size, 0.02):
-        writers["validation" if validation else "train"].add(0, ids)
-        tokens += len(ids)
+    for i in range(0, len(texts), batch_size):
+        batch = texts[i : i + batch_size]
+        ids = encoder.encode_batch(batch)
+        for split in writers:
+            held_out = split == "validation"
+            writers[split].add([d for t, d in zip(batch, ids) if is_validation_document(t, 0.02) == held_out])
+        tokens += sum(map(len, ids))
     for writer in writers.values():
         writer.close()
     return tokens, time.perf_counter() - start

@@ -346,11 +346,12 @@ class Turns:
 
 
 def _load(recipe_path: str):
-    """The recipe, its model (built as lmtrain builds it, same seed) and its train blocks."""
-    import datasets
+    """The recipe, its model (built as lmtrain builds it, same seed) and its train blocks (a Dataset of them, in the
+    order of the trainer's block indices, so that the same sampler gives the same batches)."""
     from transformers import set_seed
 
     from lmtrain.config.recipe import load_recipe
+    from lmtrain.data.prepare import as_datasets
     from lmtrain.model.llama import build_model, llama_config
     from lmtrain.tokenizer.bpe import load_tokenizer
 
@@ -360,7 +361,7 @@ def _load(recipe_path: str):
     model = build_model(
         recipe, llama_config(recipe, {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id})
     )
-    return recipe, model, datasets.load_from_disk(recipe.data.dir)["train"]
+    return recipe, model, as_datasets(recipe.data.dir)["train"].select_columns(["input_ids"])
 
 
 def bare_loop(args: argparse.Namespace, turns: Turns) -> None:

@@ -1,6 +1,12 @@
-"""Clean, tokenize and pack a recipe's corpus into train/validation splits in data.dir.
+"""Clean, filter, deduplicate and tokenize a recipe's corpus into per-source token shards in data.dir.
 
     python data_prep/prepare.py recipes/smoke/pretrain.yaml [key.path=value ...]
+    python data_prep/prepare.py RECIPE data.workers=64 data.tasks=1024           (one node, 64 processes)
+    python data_prep/prepare.py RECIPE data.tasks=1024 --slurm-partition cpu    (a cluster: sbatch job arrays)
+
+Runs as data.tasks independent tasks on datatrove (lmtrain/data/workers.py), data.workers at once; a run that
+stopped resumes with the tasks that had not finished. With --slurm-partition the stages are submitted as
+dependent SLURM job arrays and a last job writes data.dir; run the same command again to resubmit what failed.
 
 Needs the recipe's tokenizer (python tokenizer/train_tokenizer.py RECIPE). Re-running with
 unchanged inputs reuses data.dir; see data.dir/manifest.json for what went in.
@@ -8,12 +14,27 @@ unchanged inputs reuses data.dir; see data.dir/manifest.json for what went in.
 
 from lmtrain.cli import recipe_parser, run
 from lmtrain.config.recipe import load_recipe
-from lmtrain.data.prepare import prepare_data
+from lmtrain.data.prepare import prepare_data, submit_to_slurm
+from lmtrain.data.workers import SlurmOptions
 
 
 def main() -> None:
-    args = recipe_parser(__doc__.splitlines()[0]).parse_intermixed_args()
+    parser = recipe_parser(__doc__.splitlines()[0])
+    parser.add_argument("--slurm-partition", help="submit the tasks to this SLURM partition instead of running here")
+    parser.add_argument("--slurm-time", default="24:00:00", help="time limit of each SLURM task")
+    parser.add_argument("--slurm-cpus-per-task", type=int, default=4, help="cores per SLURM task")
+    parser.add_argument("--slurm-env", help="shell line each SLURM task runs first, e.g. 'source .venv/bin/activate'")
+    args = parser.parse_intermixed_args()
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.slurm_partition:
+        options = SlurmOptions(
+            args.slurm_partition, args.slurm_time, args.slurm_cpus_per_task, env_command=args.slurm_env
+        )
+        submit_to_slurm(recipe, options)
+        print(
+            f"data: submitted {recipe.data.tasks} tasks per stage to {args.slurm_partition}; the last job writes {recipe.data.dir}"
+        )
+        return
     manifest = prepare_data(recipe)
     docs = manifest["documents"]
     skipped = ", ".join(f"{n} {reason}" for reason, n in docs["skipped"].items()) or "none"
@@ -26,11 +47,11 @@ def main() -> None:
     removed = ", ".join(f"{n} {reason}" for reason, n in filters["removed"].items()) or "none"
     print(f"  quality filters removed: {removed}; boilerplate lines removed: {filters['boilerplate_lines_removed']:,}")
     print(f"  duplicates removed: {dedup['exact_duplicates']:,} exact, {dedup['near_duplicates']:,} near")
-    print(f"  {'source':<40}{'weight':>8}{'target':>8}{'share':>8}{'documents':>11}{'tokens':>14}")
+    print(f"  {'source':<40}{'weight':>8}{'target':>8}{'documents':>11}{'tokens':>14}  (weights apply when training)")
     for s in manifest["sources"]:
         print(
-            f"  {s['name'][-40:]:<40}{s['weight']:>8g}{s['target_token_share']:>8.1%}{s['token_share']:>8.1%}"
-            f"{s['documents']:>11,}{s['tokens']:>14,}{'  (ran out)' if s['ran_out'] else ''}"
+            f"  {s['name'][-40:]:<40}{s['weight']:>8g}{s['target_token_share']:>8.1%}"
+            f"{s['documents']:>11,}{s['tokens']:>14,}"
         )
     print(f"  {'split':<12}{'documents':>12}{'tokens':>14}{'blocks':>10}{'dropped tail':>14}")
     for split, s in manifest["splits"].items():

@@ -13,14 +13,13 @@ tests/test_data_mixture.py.
 import math
 from types import SimpleNamespace
 
-import datasets
 import numpy as np
 import pytest
 import torch
 
 from lmtrain.config.recipe import load_recipe
 from lmtrain.data.packing import Packer, TagPacker
-from lmtrain.data.prepare import prepare_data, read_held_out
+from lmtrain.data.prepare import as_datasets, prepare_data, read_held_out
 from lmtrain.tokenizer.bpe import load_tokenizer, token_byte_lengths
 from lmtrain.training.pretrain import PretrainTask, metric_name
 from tests.test_data_mixture import SEQ_LEN, chinese_doc, code_doc, corpus, english_doc, tokenizer, write_recipe
@@ -76,14 +75,16 @@ def test_tag_blocks_line_up_with_token_blocks_across_batches():
 
 def test_validation_tokens_carry_the_source_of_their_held_out_document(prepared):
     recipe, manifest = prepared
-    splits = datasets.load_from_disk(recipe.data.dir)
-    assert "source" not in splits["train"].column_names
+    splits = as_datasets(recipe.data.dir)
     validation = splits["validation"]
     tok = load_tokenizer(recipe.tokenizer.dir)
     held_out = read_held_out(recipe.data.dir)
     names = [s["name"] for s in manifest["sources"]]
     assert set(held_out) == set(names)
-    ids, tags = np.array(validation["input_ids"]).reshape(-1), np.array(validation["source"]).reshape(-1)
+    ids, tags = (
+        np.array(validation["input_ids"]).reshape(-1),
+        np.repeat(np.array(validation["source"]), SEQ_LEN),
+    )  # each block comes from one source
     runs = np.flatnonzero(np.diff(tags)) + 1
     seen = set()
     for start, end in zip([0, *runs], [*runs, len(ids)]):
@@ -108,7 +109,7 @@ def test_bits_per_byte_per_source_equal_the_hand_computation(prepared):
     )
     metrics = task.evaluate(model, accelerator)
 
-    validation = datasets.load_from_disk(recipe.data.dir)["validation"]
+    validation = as_datasets(recipe.data.dir)["validation"]
     lengths = token_byte_lengths(task.tokenizer)
     names = [metric_name(s["name"]) for s in manifest["sources"]]
     nll, nbytes = {n: 0.0 for n in names}, {n: 0 for n in names}
@@ -117,7 +118,7 @@ def test_bits_per_byte_per_source_equal_the_hand_computation(prepared):
             ids = torch.tensor(row["input_ids"])
             logprobs = torch.log_softmax(model(input_ids=ids[None]).logits[0].double(), -1)
             for t in range(1, len(ids)):
-                name = names[row["source"][t]]
+                name = names[row["source"]]
                 nll[name] -= logprobs[t - 1, ids[t]].item()
                 nbytes[name] += int(lengths[ids[t]])
     targets = len(validation) * (SEQ_LEN - 1)

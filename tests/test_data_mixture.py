@@ -7,7 +7,6 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -15,7 +14,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from lmtrain.config.recipe import load_recipe  # noqa: E402
-from lmtrain.data.prepare import prepare_data  # noqa: E402
+from lmtrain.data.prepare import open_prepared, prepare_data
+from lmtrain.data.sampler import MixtureSampler  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
 from lmtrain.tokenizer.bpe import train_tokenizer  # noqa: E402
 from tests.test_dedup import HAN, WORDS, chinese, edit, english  # noqa: E402
@@ -112,43 +112,53 @@ def test_mixed_corpus_counts_filters_dedup_and_shares(tokenizer, tmp_path):
     assert manifest["filters"]["removed"] == {"duplicate_lines": 1}
     assert list(manifest["encoder"]["documents"]) == ["tiktoken"] and manifest["encoder"]["spot_checked_documents"] > 0
     assert manifest["encoder"]["fell_back_to_tokenizers_at"] is None
-    # One source ran out; the others were cut so that the token shares hold.
-    ran_out = [s for s in manifest["sources"] if s["ran_out"]]
-    assert len(ran_out) == 1 and ran_out[0]["documents"] == ran_out[0]["kept"]
-    for source, target in zip(manifest["sources"], (0.5, 0.3, 0.2)):
-        assert source["target_token_share"] == target
-        assert abs(source["token_share"] - target) < 0.01
+    # Every source is prepared whole (the sampler applies the weights), and the counts add up.
+    for source in manifest["sources"]:
+        assert source["documents"] == source["kept"] > 0
+        assert source["tokens"] == sum(split["tokens"] for split in source["splits"].values())
     split_tokens = sum(s["tokens"] for s in manifest["splits"].values())
     assert sum(s["tokens"] for s in manifest["sources"]) == split_tokens
     assert manifest["documents"]["kept"] == sum(s["documents"] for s in manifest["sources"])
     assert len(manifest["content_fingerprint"]) == 64
+    assert manifest["shards"]["dtype"] == "uint16"  # vocabulary 512
 
 
-def test_weights_change_the_mixture_and_zero_skips_a_source(tokenizer, tmp_path):
-    manifest = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path, weights=(1, 0, 1))))
-    en, zh, code = manifest["sources"]
-    assert zh["documents"] == zh["documents_read"] == 0
-    assert abs(en["token_share"] - 0.5) < 0.01 and abs(code["token_share"] - 0.5) < 0.01
+def test_new_weights_and_document_masking_reuse_the_prepared_data(tokenizer, tmp_path, capsys):
+    first = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path)))
+    capsys.readouterr()
+    again = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path, weights=(1, 0, 1), document_masking=True)))
+    assert "reusing" in capsys.readouterr().out
+    assert again["content_fingerprint"] == first["content_fingerprint"]
 
 
-def test_document_masking_stores_positions_restarting_after_each_eos(tokenizer, tmp_path):
+def test_sampler_meets_the_weights_exactly_in_every_window(tokenizer, tmp_path):
+    manifest = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path)))
+    train, _ = open_prepared(tmp_path / "data", manifest, document_masking=False)
+    window = 20  # 0.5 / 0.3 / 0.2 of 20 blocks: 10 / 6 / 4
+    sampler = MixtureSampler(train.blocks_per_source, [0.5, 0.3, 0.2], global_batch_size=4, seed=0, window=window)
+    stream = np.concatenate([sampler.global_batch(step) for step in range(window * 3 // 4)])
+    for start in range(0, len(stream), window):
+        sources = train.source_of(stream[start : start + window])
+        assert np.bincount(sources, minlength=3).tolist() == [10, 6, 4]
+    # each source's blocks are drawn without repeats until all have been drawn once (then a new epoch)
+    for s, n in enumerate(train.blocks_per_source):
+        drawn = stream[train.source_of(stream) == s][:n]
+        assert len(set(drawn.tolist())) == len(drawn)
+
+
+def test_document_positions_restart_after_each_eos(tokenizer, tmp_path):
     manifest = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path, document_masking=True)))
-    assert manifest["columns"] == ["input_ids", "position_ids"]
-    train = datasets.load_from_disk(str(tmp_path / "data"))["train"]
-    blocks, positions = np.array(train["input_ids"]), np.array(train["position_ids"])
+    train, _ = open_prepared(tmp_path / "data", manifest, document_masking=True)
+    rows = train[np.arange(len(train))]
+    blocks, positions = rows["input_ids"], rows["position_ids"]
     assert blocks.shape == positions.shape == (manifest["splits"]["train"]["blocks"], SEQ_LEN)
+    assert manifest["eos_id"] == 0
     for tokens, pos in zip(blocks.tolist(), positions.tolist()):
         expected, p = [], 0
         for token in tokens:
             expected.append(p)
             p = 0 if token == 0 else p + 1
         assert pos == expected
-    (tmp_path / "plain").mkdir()
-    without = prepare_data(load_recipe(write_recipe(tokenizer, tmp_path / "plain")))
-    assert np.array_equal(
-        np.array(datasets.load_from_disk(str(tmp_path / "plain" / "data"))["train"]["input_ids"]), blocks
-    )
-    assert without["content_fingerprint"] != manifest["content_fingerprint"]
 
 
 def test_a_source_emptied_by_filtering_is_named(tokenizer, tmp_path):
@@ -159,3 +169,18 @@ def test_a_source_emptied_by_filtering_is_named(tokenizer, tmp_path):
         UserError, match=r"data\.sources\.1 \(zh\): no document left to pack \(62 read, 62 filtered \(too_few_units\)\)"
     ):
         prepare_data(recipe)
+
+
+def test_training_refuses_a_mixture_the_prepared_data_cannot_serve(tokenizer, tmp_path):
+    from lmtrain.training.pretrain import load_packed_splits
+
+    emptied = ["data.sources.1.filters={enabled: true, min_units: 100000}"]
+    path = write_recipe(tokenizer, tmp_path, weights=(1, 0, 1))
+    prepare_data(load_recipe(path, emptied))
+    with pytest.raises(UserError, match=r"data\.sources\.1 \(zh\): weight 0\.3 but no prepared training block"):
+        load_packed_splits(load_recipe(path, [*emptied, "data.sources.1.weight=0.3"]))
+    extra = '[{kind: files, name: en, paths: ["x"]}, {kind: files, name: zh, paths: ["x"]}, {kind: files, name: code, paths: ["x"]}, {kind: python_stdlib, name: more}]'  # noqa: E501
+    with pytest.raises(UserError, match=r"data\.sources\.3 \(more\): .* has no prepared shards for it"):
+        load_packed_splits(load_recipe(path, [f"data.sources={extra}"]))
+    manifest, train, validation = load_packed_splits(load_recipe(path, emptied))
+    assert train.blocks_per_source[1] == 0 and len(train) == sum(train.blocks_per_source) > 0

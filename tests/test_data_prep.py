@@ -2,22 +2,22 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
-from datasets import DatasetDict  # noqa: E402
 
 from lmtrain.config.recipe import load_recipe  # noqa: E402
-from lmtrain.data.prepare import prepare_data  # noqa: E402
+from lmtrain.data.prepare import as_datasets, prepare_data  # noqa: E402
+from lmtrain.data.shards import ShardWriter  # noqa: E402
 from lmtrain.errors import UserError  # noqa: E402
 from lmtrain.tokenizer.bpe import load_tokenizer, train_tokenizer  # noqa: E402
 
@@ -118,13 +118,13 @@ def test_end_to_end_on_txt_jsonl_parquet_csv(corpus, recipe_path):
     recipe = load_recipe(recipe_path)
     manifest = prepare_data(recipe)
 
-    splits = datasets.load_from_disk(recipe.data.dir)
+    splits = as_datasets(recipe.data.dir)
     assert set(splits) == {"train", "validation"}
     tokenizer = load_tokenizer(recipe.tokenizer.dir)
     decoded_per_split = {}
     for name in ("train", "validation"):
         split = splits[name]
-        assert split.column_names == (["input_ids"] if name == "train" else ["input_ids", "source"])
+        assert split.column_names == ["input_ids", "source"]
         assert split.features["input_ids"].feature.dtype == "int32"
         blocks = np.array(split["input_ids"])
         assert blocks.shape == (manifest["splits"][name]["blocks"], SEQ_LEN)
@@ -156,7 +156,7 @@ def test_rerun_reuses_and_changes_rebuild(corpus, recipe_path, capsys):
     root, _ = corpus
     recipe = load_recipe(recipe_path)
     first = prepare_data(recipe)
-    arrow_file = next((Path(recipe.data.dir) / "train").glob("*.arrow"))
+    arrow_file = next((Path(recipe.data.dir) / "sources" / "000" / "train").glob("*.bin"))
     mtime = arrow_file.stat().st_mtime_ns
     capsys.readouterr()
 
@@ -166,7 +166,7 @@ def test_rerun_reuses_and_changes_rebuild(corpus, recipe_path, capsys):
 
     prepare_data(load_recipe(recipe_path, ["data.seq_len=16"]))
     assert "seq_len changed (32 -> 16)" in capsys.readouterr().out
-    assert len(datasets.load_from_disk(recipe.data.dir)["train"][0]["input_ids"]) == 16
+    assert len(as_datasets(recipe.data.dir)["train"][0]["input_ids"]) == 16
 
     prepare_data(load_recipe(recipe_path, ["data.seq_len=16", "data.clean.lowercase=true"]))
     assert "clean changed" in capsys.readouterr().out
@@ -196,20 +196,28 @@ def test_changed_input_file_rebuilds(tmp_path, capsys):
     assert after["documents"]["read"] == before["documents"]["read"] + 1
 
 
-def test_interrupted_run_leaves_no_data_dir(recipe_path, monkeypatch):
+def test_interrupted_run_leaves_no_data_dir_and_the_next_run_finishes_it(recipe_path, monkeypatch):
     recipe = load_recipe(recipe_path)
+    finished = prepare_data(recipe)
+    shutil.rmtree(recipe.data.dir)
+    close = ShardWriter.close
 
-    def crash(self, path, *args, **kwargs):
-        Path(path).mkdir(parents=True)
-        (Path(path) / "half-written").write_text("x")
-        raise KeyboardInterrupt
+    def crash(self):  # the first final shard is half-written when the run is interrupted
+        if "/data/sources/" in str(self.path):
+            self._file.write(b"x")
+            raise KeyboardInterrupt
+        close(self)
 
-    monkeypatch.setattr(DatasetDict, "save_to_disk", crash)
+    monkeypatch.setattr(ShardWriter, "close", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(recipe)
     data_dir = Path(recipe.data.dir)
     assert not data_dir.exists()
-    assert list(data_dir.parent.iterdir()) == []  # the scratch dir is gone too
+    [work] = data_dir.parent.iterdir()  # only the work dir, with the tasks that finished
+    monkeypatch.setattr(ShardWriter, "close", close)
+    again = prepare_data(recipe)
+    assert again["content_fingerprint"] == finished["content_fingerprint"]
+    assert not work.exists()
 
 
 def test_refuses_to_replace_a_directory_that_is_not_prepared_data(recipe_path):

@@ -3,12 +3,12 @@
 import json
 import math
 
-import datasets
 import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lmtrain.data.prepare import as_datasets
 from tests.conftest import run_cli
 
 TINY = """
@@ -79,7 +79,7 @@ def test_export_is_a_plain_hf_model_with_the_trained_weights(trained):
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
 
     # Parity: the reloaded model reproduces the last validation loss the trainer logged.
-    validation = datasets.load_from_disk(str(root / "data"))["validation"].with_format("torch")
+    validation = as_datasets(root / "data")["validation"].with_format("torch")
     input_ids = validation[:16]["input_ids"].long()
     losses = [model(input_ids=input_ids[i : i + 4], labels=input_ids[i : i + 4]).loss for i in range(0, 16, 4)]
     with torch.no_grad():

@@ -6,7 +6,6 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
@@ -16,7 +15,7 @@ from lmtrain.config.recipe import load_recipe  # noqa: E402
 from lmtrain.corpus.cleaning import clean_text  # noqa: E402
 from lmtrain.corpus.records import load_splits  # noqa: E402
 from lmtrain.corpus.sources import SOURCES, Row, source  # noqa: E402
-from lmtrain.data.prepare import prepare_data  # noqa: E402
+from lmtrain.data.prepare import as_datasets, prepare_data  # noqa: E402
 from lmtrain.tokenizer.bpe import load_tokenizer, train_tokenizer  # noqa: E402
 from lmtrain.tokenizer.report import python_prose  # noqa: E402
 
@@ -70,7 +69,7 @@ def test_one_large_txt_file_is_split_by_spans_without_loss_or_overlap(tmp_path):
     assert manifest["documents"]["read"] == 1
     assert manifest["sources"][0]["validation_by"] == "spans"
     assert len(manifest["notes"]) == 1 and "too few to hold out 2.00% by whole documents" in manifest["notes"][0]
-    splits = datasets.load_from_disk(recipe.data.dir)
+    splits = as_datasets(recipe.data.dir)
     assert len(splits["train"]) > 0 and len(splits["validation"]) > 0
 
     tokenizer = load_tokenizer(recipe.tokenizer.dir)
@@ -125,7 +124,7 @@ def test_a_registered_source_kind_feeds_pretraining(tmp_path, numbers_kind):
 
 def tokenizer_text(recipe, split: str) -> str:
     tokenizer = load_tokenizer(recipe.tokenizer.dir)
-    return tokenizer.decode(np.array(datasets.load_from_disk(recipe.data.dir)[split]["input_ids"]).reshape(-1))
+    return tokenizer.decode(np.array(as_datasets(recipe.data.dir)[split]["input_ids"]).reshape(-1))
 
 
 def finetune_recipe(tmp_path: Path, data: dict) -> FinetuneRecipe:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmtrain.data.sampler import GlobalBatchSampler
+from lmtrain.data.sampler import GlobalBatchSampler, MixtureSampler, window_quotas
 
 
 def test_every_block_once_per_epoch():
@@ -105,3 +105,29 @@ def test_seed_changes_order_and_world_must_divide():
     assert not np.array_equal(a.global_batch(0), b.global_batch(0))
     with pytest.raises(ValueError, match="not divisible by 3"):
         a.rank_batch(0, 0, 3)
+
+
+def test_one_source_mixture_draws_what_the_plain_sampler_draws():
+    plain, mixed = GlobalBatchSampler(37, 8, seed=4), MixtureSampler([37], [1.0], 8, seed=4, window=8)
+    for step in (0, 3, 4, 5, 20):
+        assert mixed.global_batch(step).tolist() == plain.global_batch(step).tolist()
+
+
+def test_window_quotas_sum_to_the_window_and_follow_the_weights():
+    assert window_quotas([0.55, 0.30, 0.15], 1000) == [550, 300, 150]
+    assert window_quotas([0.55, 0.30, 0.15], 16) == [9, 5, 2]
+    assert window_quotas([1, 0, 1], 5) == [3, 0, 2]  # ties to the first; weight 0 never drawn
+    assert window_quotas([1000, 1], 10) == [9, 1]  # a positive weight gets a block
+
+
+def test_mixture_batches_are_the_same_for_any_world_size_and_resume_by_arithmetic():
+    sampler = MixtureSampler([50, 7, 300], [0.5, 0.2, 0.3], global_batch_size=12, seed=2, window=20)
+    whole = sampler.global_batch(33)
+    for world in (1, 2, 3, 4):
+        parts = [sampler.rank_batch(33, rank, world) for rank in range(world)]
+        assert np.concatenate(parts).tolist() == whole.tolist()
+    fresh = MixtureSampler([50, 7, 300], [0.5, 0.2, 0.3], global_batch_size=12, seed=2, window=20)
+    assert fresh.global_batch(33).tolist() == whole.tolist()  # no replay of steps 0..32
+    assert sampler.shares() == [0.5, 0.2, 0.3]
+    # the 7-block source is drawn 4 times per 20-block window: after 100 windows, ≈57 epochs of it
+    assert abs(sampler.source_epochs(100 * 20 // 12)[1] - 400 / 7) < 1

@@ -213,8 +213,9 @@ class SourceConfig:
     name: str = ""
     """Label in logs and the manifest (default: the dataset name, the first path, or the kind)."""
     weight: float = 1.0
-    """Share of the packed tokens drawn from this source, relative to the other sources' weights
-    (0 = skip the source). Mixing stops when a weighted source runs out, so the shares hold."""
+    """Share of the training tokens drawn from this source, relative to the other sources' weights (0 = not
+    trained on). Applied when training samples blocks (exactly, over every data.mixture_window blocks): a new
+    weight needs no new data preparation. A small source repeats (its epochs are in the log)."""
     streaming: bool = False
     """For kind=hub: stream records instead of downloading the whole dataset first; for corpora
     that do not fit on disk."""
@@ -288,8 +289,21 @@ class DataConfig:
     source of few documents, the tail of its text (data.sources.N.validation_by)."""
     batch_size: int = 1000
     """Documents per tokenizer batch; the tokenizer encodes a batch on all cores."""
+    tasks: int = 4
+    """Independent slices data preparation cuts every source into (contiguous runs of its files; a kind that cannot
+    be sliced, or a source with max_documents, goes to the first task). The prepared data does not depend on it;
+    more tasks bound each task's memory and let more workers run (lmtrain/data/workers.py)."""
+    workers: int = 1
+    """Tasks run at once, each in its own process (datatrove's LocalPipelineExecutor). Output is identical for
+    any number; set it to the machine's cores (several threads encode inside each task, so cores / 2 is
+    about as fast on a busy machine). On a cluster: data_prep/prepare.py --slurm."""
+    mixture_window: int = 0
+    """Blocks over which the sources' weights hold exactly (lmtrain/data/sampler.py MixtureSampler): every window
+    of this many consecutive training blocks has round(weight share × window) blocks of each source. 0 =
+    train.global_batch_size, so every global batch has the same mix."""
     document_masking: bool = False
-    """Also store per-document `position_ids` (restarting at 0 at each document start in a block).
+    """Train with per-document `position_ids` (restarting at 0 at each document start in a block, derived from
+    the eos tokens when a block is read: nothing more is stored).
     Training then keeps attention inside each document and does not train on the first token of a
     document that follows another one in its block (lmtrain/data/packing.py: document_labels)."""
 
@@ -305,6 +319,9 @@ class DataConfig:
             0.0 < self.validation_fraction < 1.0, f"{where}.validation_fraction: must be between 0 and 1 (exclusive)"
         )
         p.need(self.batch_size >= 1, f"{where}.batch_size: must be at least 1")
+        p.need(self.tasks >= 1, f"{where}.tasks: must be at least 1")
+        p.need(self.workers >= 1, f"{where}.workers: must be at least 1")
+        p.need(self.mixture_window >= 0, f"{where}.mixture_window: must be 0 (the global batch) or more")
         return p
 
 

@@ -95,19 +95,22 @@ class Deduplicator:
             key = exact_key(text)
             if key in self._exact:
                 return "exact_duplicate"
-        band_keys: list[int] = []
-        if self.cfg.near:
-            shingles = self.hasher.shingles(text)
-            if len(shingles):
-                signature = self.hasher.signature(shingles).astype(np.uint64).reshape(self.bands, self.rows)
-                band_keys = (signature * self._row_weights).sum(axis=1, dtype=np.uint64).tolist()
-                if any(k in table for k, table in zip(band_keys, self._band_tables)):
-                    return "near_duplicate"
+        band_keys: list[int] = self.band_keys(text) if self.cfg.near else []
+        if any(k in table for k, table in zip(band_keys, self._band_tables)):
+            return "near_duplicate"
         if self.cfg.exact:
             self._exact.add(key)
         for k, table in zip(band_keys, self._band_tables):
             table.add(k)
         return None
+
+    def band_keys(self, text: str) -> list[int]:
+        """One 64-bit key per LSH band of the document's MinHash signature (none for a text without units)."""
+        shingles = self.hasher.shingles(text)
+        if not len(shingles):
+            return []
+        signature = self.hasher.signature(shingles).astype(np.uint64).reshape(self.bands, self.rows)
+        return (signature * self._row_weights).sum(axis=1, dtype=np.uint64).tolist()
 
     def describe(self) -> dict:
         return {

@@ -70,13 +70,19 @@ class SourceStats:
 
 
 def source_documents(
-    source: SourceConfig, index: int, data: DataConfig, dedup: Deduplicator | None, stats: SourceStats
+    source: SourceConfig,
+    index: int,
+    data: DataConfig,
+    dedup: Deduplicator | None,
+    stats: SourceStats,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[str]:
-    """One source's cleaned documents that pass its quality filters and are not duplicates."""
+    """One source's cleaned documents that pass its quality filters and are not duplicates (of `shard`, a slice
+    of the source: sources.read_source)."""
     clean = source.clean or data.clean
     filters = source.filters or data.filters
     min_chars = max(clean.min_chars, 1)
-    for raw in read_source(source, stats.corpus, f"data.sources.{index}"):
+    for raw in read_source(source, stats.corpus, f"data.sources.{index}", shard):
         text = clean_text(raw, clean)
         if len(text) < min_chars:
             stats.too_short += 1

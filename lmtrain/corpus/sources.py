@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import functools
 import glob
 import gzip
 import hashlib
@@ -84,6 +85,9 @@ class Request:
     text_column: str | None = None
     """Pretraining: the field holding the text; a reader may read only it, and should say so at once if the
     source has no such column. None: whole records (fine-tuning)."""
+    shard: tuple[int, int] = (0, 1)
+    """(index, count): read only this slice of the source (data preparation's tasks, lmtrain/data/workers.py);
+    only kinds registered with shardable=True are asked for a slice other than (0, 1)."""
 
 
 SourceReader = Callable[[SourceConfig, Request], Iterator[Row]]
@@ -94,6 +98,8 @@ class SourceKind:
     read: SourceReader
     files: Callable[[SourceConfig], list[Path]] | None = None
     """The local files the source reads: their names, sizes and mtimes key the caches (describe_source)."""
+    shardable: bool = False
+    """The reader honours Request.shard; a kind that does not is read whole by the first task."""
 
 
 SOURCES: dict[str, SourceKind] = {}
@@ -101,14 +107,14 @@ SOURCES: dict[str, SourceKind] = {}
 
 
 def source(
-    kind: str, files: Callable[[SourceConfig], list[Path]] | None = None
+    kind: str, files: Callable[[SourceConfig], list[Path]] | None = None, shardable: bool = False
 ) -> Callable[[SourceReader], SourceReader]:
     """Register a reader as source kind `kind` (see the module docstring)."""
 
     def register(read: SourceReader) -> SourceReader:
         if kind in SOURCES:  # a second registration would silently change what existing recipes read
             raise ValueError(f"source kind {kind!r} is already registered (by {SOURCES[kind].read.__qualname__})")
-        SOURCES[kind] = SourceKind(read, files)
+        SOURCES[kind] = SourceKind(read, files, shardable)
         return read
 
     return register
@@ -183,9 +189,19 @@ def source_label(source: SourceConfig, index: int) -> str:
     return f"{source.kind}.{index}"
 
 
-def read_source(source: SourceConfig, stats: CorpusStats, key: str = "data.sources") -> Iterator[str]:
-    """The documents of one source (its text_column of each row), at most `source.max_documents` of them."""
-    rows = source_kind(source.kind, f"{key}.kind").read(source, Request(key, source.text_column))
+def read_source(
+    source: SourceConfig, stats: CorpusStats, key: str = "data.sources", shard: tuple[int, int] = (0, 1)
+) -> Iterator[str]:
+    """The documents of one source (its text_column of each row), at most `source.max_documents` of them; with
+    `shard` (index, count), only that slice: a contiguous run of its files, so that the slices in index order
+    are the whole source in order. A kind that cannot be sliced, or a source capped by max_documents (a cap over
+    the whole source), is read whole by slice 0."""
+    kind = source_kind(source.kind, f"{key}.kind")
+    if shard[1] > 1 and (not kind.shardable or source.max_documents):
+        if shard[0]:
+            return
+        shard = (0, 1)
+    rows = kind.read(source, Request(key, source.text_column, shard))
     for text in islice(_texts(rows, source.text_column, stats), source.max_documents or None):
         stats.documents += 1
         yield text
@@ -259,6 +275,7 @@ def is_validation_document(text: str, fraction: float) -> bool:
 # ---------------------------------------------------------------------------- built-in kinds
 
 
+@functools.cache  # listed once per process: every data preparation task would otherwise walk the tree again
 def python_stdlib_files() -> list[Path]:
     """The running interpreter's standard-library .py files, without installed packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -266,10 +283,16 @@ def python_stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if installed.isdisjoint(p.relative_to(root).parts))
 
 
-@source("python_stdlib", files=lambda config: python_stdlib_files())
+def file_slice(files: list[Path], shard: tuple[int, int]) -> list[Path]:
+    """Slice `index` of `count` contiguous, near-equal runs of `files`."""
+    index, count = shard
+    return files[len(files) * index // count : len(files) * (index + 1) // count]
+
+
+@source("python_stdlib", files=lambda config: python_stdlib_files(), shardable=True)
 def read_python_stdlib(config: SourceConfig, request: Request) -> Iterator[Row]:
     """Each .py file of the standard library, whole, as one document (offline, on every machine)."""
-    for path in python_stdlib_files():
+    for path in file_slice(python_stdlib_files(), request.shard):
         yield from _text_rows(path, "file", request.text_column or "text")
 
 
@@ -277,17 +300,17 @@ def _files_of(config: SourceConfig) -> list[Path]:
     return resolve_files(config.paths)
 
 
-@source("files", files=_files_of)
+@source("files", files=_files_of, shardable=True)
 def read_files(config: SourceConfig, request: Request) -> Iterator[Row]:
     """Local files matched by `paths`, each read by the reader of its type (FILE_TYPES)."""
-    for path in resolve_files(config.paths, request.key):
+    for path in file_slice(resolve_files(config.paths, request.key), request.shard):
         if path.stat().st_size == 0:
             yield Row(str(path), None, "empty_file")
         else:
             yield from file_reader(path)(path, config, request)
 
 
-@source("hub")
+@source("hub", shardable=True)
 def read_hub(config: SourceConfig, request: Request) -> Iterator[Row]:
     """A Hugging Face Hub dataset's split, downloaded or streamed."""
     import datasets  # deferred: only hub sources need it, and it is slow to import
@@ -305,6 +328,10 @@ def read_hub(config: SourceConfig, request: Request) -> Iterator[Row]:
     # a streamed dataset may not know its columns before the first record
     if request.text_column and dataset.column_names is not None:
         _require_column(Path(config.dataset), request.text_column, dataset.column_names)
+    if request.shard[1] > 1:
+        dataset = _hub_slice(dataset, *request.shard)
+        if dataset is None:
+            return
     rows = iter(dataset)
     row = 0
     while True:
@@ -318,6 +345,21 @@ def read_hub(config: SourceConfig, request: Request) -> Iterator[Row]:
             return
         yield Row(f"{config.dataset}/{config.split} row {row}", record)
         row += 1
+
+
+def _hub_slice(dataset, index: int, count: int):
+    """Slice `index` of `count` of a Hub dataset, contiguous so that the slices in order are the whole split:
+    a downloaded split by rows; a stream by its data files (`IterableDataset.shard`), and with more slices than
+    files, one file each for the first slices and nothing for the others (a stream cannot be cut inside a file
+    without every slice reading it)."""
+    import datasets
+
+    if not isinstance(dataset, datasets.IterableDataset):
+        return dataset.shard(count, index, contiguous=True)
+    files = dataset.num_shards
+    if count <= files:
+        return dataset.shard(count, index, contiguous=True)
+    return dataset.shard(files, index, contiguous=True) if index < files else None
 
 
 def resolve_files(patterns: list[str], key: str = "data.sources") -> list[Path]:

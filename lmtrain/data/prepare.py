@@ -1,23 +1,21 @@
-"""Data preparation: raw sources -> cleaned, filtered, deduplicated, mixed, packed `datasets` on disk.
+"""Data preparation: raw sources -> cleaned, filtered, deduplicated, tokenized per-source shards on disk.
 
     per source: read (sources.py) -> clean -> quality filters -> dedup (mixture.py, one index
-    across sources) -> assign split (whole documents by a hash of the text; the tail of the text
-    for a source of few documents) -> tokenize (batches, all cores)
-    then: weighted mixture by tokens -> pack into seq_len blocks (packing.py) -> Arrow shards
+    across sources, sources in recipe order) -> assign split (whole documents by a hash of the text; the tail of
+    the text for a source of few documents) -> tokenize (batches, all cores) -> uint16 shards (shards.py)
 
-The whole run is one pass over lazy streams: memory holds one batch of documents per source and
-one batch of blocks per split, plus, while a source's validation mode is decided (`validation_by: auto`),
-its first ⌈5 / validation_fraction⌉ documents (a whole source held out by spans, `validation_by: spans`). data.dir then holds `train` and
-`validation` splits with `input_ids` (int32, exactly seq_len long; with data.document_masking also
-`position_ids`; the validation split also `source`, the index in the manifest's `sources` of the document each
-token belongs to, for bits per byte per source), held_out.jsonl (a sample of each source's held-out documents, from
-which evaluation builds downstream tasks never seen in training), plus manifest.json: inputs, counts per source, filter reason and duplicate kind,
-how each source's validation text was held out (and why, in `notes`, where by spans),
-the achieved token share of every source, and a sha256 of the packed content. The input
-fingerprint covers the sources (including file sizes and mtimes), cleaning, filter, dedup and
-packing settings and the tokenizer content: a re-run with the same inputs reuses data.dir; any
-change rebuilds it. Work happens in a scratch directory next to data.dir, renamed into place
-when complete, so a stale or half-written result is never picked up.
+Sources stay separate on disk and every source is prepared whole, whatever its weight: the recipe's weights are
+applied when training samples blocks (lmtrain/data/sampler.py MixtureSampler), so a new mixture needs no new
+data. data.dir then holds sources/<i>/{train,validation}/*.bin (token ids, each document followed by eos;
+document boundaries are derived from the eos when read, so data.document_masking costs no bytes on disk),
+held_out.jsonl (a sample of each source's held-out documents, from which evaluation builds downstream tasks
+never seen in training), plus manifest.json: inputs, counts per source, filter reason and duplicate kind, what
+each source's splits hold (documents, tokens, blocks, sha256), how each source's validation text was held out
+(and why, in `notes`, where by spans), and a fingerprint of the whole content. The input fingerprint covers the
+sources (including file sizes and mtimes, not their weights), cleaning, filter, dedup and packing settings and
+the tokenizer content: a re-run with the same inputs reuses data.dir; any change rebuilds it. Work happens in a
+scratch directory next to data.dir, renamed into place when complete, so a stale or half-written result is
+never picked up.
 """
 
 from __future__ import annotations
@@ -28,56 +26,42 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from itertools import chain, islice
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, List, Value
-from tqdm.auto import tqdm
+from datatrove.pipeline.base import PipelineStep
 
 from lmtrain.config.recipe import DataConfig, Recipe
 from lmtrain.corpus.dedup import Deduplicator
-from lmtrain.corpus.mixture import SourceStats, WeightedMixture, open_sources
-from lmtrain.corpus.sources import describe_source, is_validation_document
-from lmtrain.data.packing import Packer, TagPacker
+from lmtrain.corpus.mixture import SourceStats
+from lmtrain.corpus.sources import describe_source, source_label
+from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
+from lmtrain.data.workers import (
+    SlurmOptions,
+    encoder_stats,
+    merged_stats,
+    run_stages,
+    source_summary,
+)
 from lmtrain.errors import UserError
-from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
+from lmtrain.tokenizer.bpe import load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 HELD_OUT = "held_out.jsonl"
-HELD_OUT_CHARS = 2_000_000
-"""Characters of held-out documents kept per source in held_out.jsonl (whole documents, up to the first past it)."""
 SPLITS = ("train", "validation")
-_FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Bump when the pipeline's output changes for the same inputs, so old data dirs are rebuilt."""
 
 
 def prepare_data(recipe: Recipe) -> dict:
-    """Build (or reuse) the packed splits in data.dir; return the manifest."""
+    """Build (or reuse) the per-source shards in data.dir; return the manifest."""
     data = recipe.data
     tokenizer_dir = Path(recipe.tokenizer.dir)
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise UserError(
-            f"tokenizer.dir {tokenizer_dir} holds no tokenizer; train it first: "
-            "python tokenizer/train_tokenizer.py RECIPE (with the same recipe and overrides)"
-        )
-    inputs = {
-        "format_version": _FORMAT_VERSION,
-        "sources": [describe_source(s) for s in data.sources],
-        "clean": dataclasses.asdict(data.clean),
-        "filters": dataclasses.asdict(data.filters),
-        "dedup": dataclasses.asdict(data.dedup),
-        "document_masking": data.document_masking,
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
-        "seq_len": data.seq_len,
-        "validation_fraction": data.validation_fraction,
-    }
-    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    inputs, fingerprint = _inputs(recipe)
     out_dir = Path(data.dir)
     previous = read_manifest(out_dir)
     if previous is not None and previous["input_fingerprint"] == fingerprint:
@@ -87,22 +71,80 @@ def prepare_data(recipe: Recipe) -> dict:
         print(f"data: rebuilding {out_dir}: {_what_changed(previous['inputs'], inputs)}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space next to data.dir: same filesystem, so the finished result is renamed into place.
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as scratch:
-        start = time.perf_counter()
-        staged = Path(scratch) / "data"
-        manifest = _build(recipe, tokenizer_dir, staged, Path(scratch))
-        manifest = {
-            "input_fingerprint": fingerprint,
-            "inputs": inputs,
-            "tokenizer_dir": str(tokenizer_dir),
-            **manifest,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        # manifest.json is written last: a data dir without one is never mistaken for a finished one.
-        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _replace_dir(staged, out_dir)
+    # Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
+    # failed or killed run: the next run with the same inputs redoes only the tasks that had not finished.
+    work = _work_dir(recipe, fingerprint)
+    start = time.perf_counter()
+    manifest = _build(recipe, work)
+    manifest = {
+        "input_fingerprint": fingerprint,
+        "inputs": inputs,
+        "tokenizer_dir": str(tokenizer_dir),
+        **manifest,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    # manifest.json is written last: a data dir without one is never mistaken for a finished one.
+    staged = work / "data"
+    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _replace_dir(staged, out_dir)
+    shutil.rmtree(work)
     return manifest
+
+
+def _inputs(recipe: Recipe) -> tuple[dict, str]:
+    """What the prepared data depends on, and its fingerprint."""
+    data = recipe.data
+    tokenizer_dir = Path(recipe.tokenizer.dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise UserError(
+            f"tokenizer.dir {tokenizer_dir} holds no tokenizer; train it first: "
+            "python tokenizer/train_tokenizer.py RECIPE (with the same recipe and overrides)"
+        )
+    inputs = {
+        "format_version": FORMAT_VERSION,
+        # weights are left out: the sampler applies them, so a new mixture reuses the prepared data
+        "sources": [{k: v for k, v in describe_source(s).items() if k != "weight"} for s in data.sources],
+        "clean": dataclasses.asdict(data.clean),
+        "filters": dataclasses.asdict(data.filters),
+        "dedup": dataclasses.asdict(data.dedup),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
+        "seq_len": data.seq_len,
+        "validation_fraction": data.validation_fraction,
+    }
+    return inputs, hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _work_dir(recipe: Recipe, fingerprint: str) -> Path:
+    """Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
+    failed or killed run: the next run with the same inputs redoes only the tasks that had not finished."""
+    out_dir = Path(recipe.data.dir)
+    return out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{recipe.data.tasks}tasks"
+
+
+def submit_to_slurm(recipe: Recipe, slurm: SlurmOptions) -> None:
+    """Submit the stages as dependent SLURM job arrays (datatrove's SlurmPipelineExecutor), then one job that
+    merges the counts and puts data.dir in place: prepare_data again, where every stage's tasks are complete.
+    Resubmitting after a failure runs only the tasks that did not complete."""
+    _, fingerprint = _inputs(recipe)
+    work = _work_dir(recipe, fingerprint)
+    Path(recipe.data.dir).parent.mkdir(parents=True, exist_ok=True)
+    last = run_stages(recipe, work, slurm.executor)
+    slurm.executor(pipeline=[FinishStep(recipe)], tasks=1, workers=1, logging_dir=str(work / "logs" / "finish"),
+                   start_method=None, depends=last, cpus_per_task=2).run()  # fmt: skip
+
+
+class FinishStep(PipelineStep):
+    """The last SLURM job: prepare_data, whose stages are all complete by then, merges and writes data.dir."""
+
+    name = "merge the counts, write data.dir"
+    type = "lmtrain"
+
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
+        prepare_data(self.recipe)
 
 
 def read_manifest(data_dir: str | Path) -> dict | None:
@@ -111,79 +153,105 @@ def read_manifest(data_dir: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) -> dict:
-    data = recipe.data
-    eos_id = load_tokenizer(tokenizer_dir).eos_token_id
-    dedup = Deduplicator(data.dedup) if data.dedup.exact or data.dedup.near else None
-    streams, source_stats = open_sources(data, dedup, split=True)
-    encoder = corpus_encoder(tokenizer_dir)
-    held_out = HeldOutSample(scratch / HELD_OUT, len(streams))
-    tokenized = [
-        tokenized_documents(docs, encoder, data.batch_size, data.validation_fraction, held_out.sink(i))
-        for i, docs in enumerate(streams)
-    ]
-    mixture = WeightedMixture(tokenized, [s.weight for s in data.sources], size=lambda doc: len(doc[1]) + 1)
-    writers = {
-        split: SplitWriter(
-            scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size, split != "train"
+def open_prepared(data_dir: str | Path, manifest: dict, document_masking: bool) -> tuple[PackedRows, PackedRows]:
+    """The train and validation blocks of a prepared data dir, memory-mapped: every source's blocks, numbered
+    source after source (the validation rows also carry each block's source index, for bits per byte per
+    source). Data of another format version is refused with what to do."""
+    if manifest["inputs"].get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{data_dir}: data prepared in format {manifest['inputs'].get('format_version')}, this version reads "
+            f"format {FORMAT_VERSION} (per-source uint16 shards); prepare it again: "
+            "python data_prep/prepare.py RECIPE (with the same recipe)"
+        )
+    dtype = np.dtype(manifest["shards"]["dtype"])
+    eos_id, seq_len = manifest["eos_id"], manifest["inputs"]["seq_len"]
+    count = len(manifest["sources"])
+    rows = {
+        split: PackedRows(
+            [TokenStream(source_dir(data_dir, i, split), dtype) for i in range(count)],
+            seq_len,
+            eos_id,
+            positions=document_masking,
+            sources=split != "train",
         )
         for split in SPLITS
     }
-    progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
-    for source, (validation, ids) in mixture:
-        writers["validation" if validation else "train"].add(source, ids)
-        progress.update()
-    progress.close()
-    for writer in writers.values():
-        writer.close()
-    _check_not_empty(data, source_stats, mixture)
-    _check_enough(data, writers)
-    DatasetDict({split: Dataset.from_file(str(w.path)) for split, w in writers.items()}).save_to_disk(str(out_dir))
-    held_out.close(out_dir / HELD_OUT, [s.name for s in source_stats])
-    return _report(data, source_stats, mixture, writers, dedup, encoder)
+    return rows["train"], rows["validation"]
 
 
-def tokenized_documents(
-    documents: Iterator[str],
-    encoder: CorpusEncoder,
-    batch_size: int,
-    validation_fraction: float,
-    held_out: Callable[[str], None] = lambda text: None,
-) -> Iterator[tuple[bool, list[int]]]:
-    """(is validation, token ids) per document, encoded a batch at a time on all cores; the text of each
-    validation document the mixture takes goes to `held_out`. No batch is read ahead: with several sources,
-    which copy of a cross-source duplicate is kept, and the documents each source reports read, follow the
-    order the mixture takes documents in."""
-    while batch := list(islice(documents, batch_size)):
-        for text, ids in zip(batch, encoder.encode_batch(batch)):
-            validation = is_validation_document(text, validation_fraction)
-            if validation:
-                held_out(str(text))
-            yield validation, ids
+def as_datasets(data_dir: str | Path, rows_per_batch: int = 1024) -> DatasetDict:
+    """The prepared blocks as a `datasets.DatasetDict` (train, validation) of `input_ids` rows with each block's
+    `source` index, for inspection and `push_to_hub`. Written to the datasets cache as Arrow (≈4 bytes per token):
+    the trainer reads the .bin shards directly and never needs this."""
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise UserError(f"{data_dir}: no prepared data (manifest.json missing); run data_prep/prepare.py first")
+    train, validation = open_prepared(data_dir, manifest, document_masking=False)
+    seq_len = manifest["inputs"]["seq_len"]
+    features = Features({"input_ids": List(Value("int32"), length=seq_len), "source": Value("int16")})
+
+    def blocks(rows: PackedRows) -> Iterator[dict]:
+        for start in range(0, len(rows), rows_per_batch):
+            indices = np.arange(start, min(start + rows_per_batch, len(rows)))
+            batch, sources = rows[indices]["input_ids"], rows.source_of(indices)
+            for ids, source in zip(batch, sources):
+                yield {"input_ids": ids, "source": int(source)}
+
+    return DatasetDict(
+        {
+            split: Dataset.from_generator(blocks, gen_kwargs={"rows": rows}, features=features)
+            for split, rows in (("train", train), ("validation", validation))
+        }
+    )
 
 
-class HeldOutSample:
-    """The first HELD_OUT_CHARS characters of held-out documents of every source, as JSONL lines
-    {"source": name, "text": document}: text the model never trains on, for building downstream tasks."""
+def _build(recipe: Recipe, work: Path) -> dict:
+    """Run the stages (lmtrain/data/workers.py), check what they made, and merge every task's counts."""
+    data = recipe.data
+    run_stages(recipe, work)
+    tokenizer = load_tokenizer(recipe.tokenizer.dir)
+    dtype = token_dtype(len(tokenizer))
+    staged = work / "data"
+    source_stats, splits, held_out = [], [], {}
+    for i, source in enumerate(data.sources):
+        stats = merged_stats(work, i, source_label(source, i), data.tasks)
+        plan, counts, texts = source_summary(work, i, data.tasks)
+        found = {"exact_duplicate": plan["exact_duplicates"], "near_duplicate": plan["near_duplicates"]}
+        stats.duplicates.update({kind: n for kind, n in found.items() if n})
+        stats.kept, stats.validation_by = plan["kept"], plan["validation_by"]
+        stats.validation_note = plan.get("note", "")
+        if stats.validation_note:
+            print(f"data: {stats.name}: {stats.validation_note}", file=sys.stderr)
+        source_stats.append(stats)
+        splits.append(
+            {split: SplitSummary.of(counts[split], data.seq_len, staged, i, split, dtype) for split in SPLITS}
+        )
+        held_out[stats.name] = texts
+    _check_not_empty(data, source_stats, splits)
+    _check_enough(data, splits)
+    with open(staged / HELD_OUT, "w", encoding="utf-8") as f:
+        for name, texts in held_out.items():
+            for text in texts:
+                f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
+    dedup = Deduplicator(data.dedup).describe() if data.dedup.exact or data.dedup.near else None
+    return _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
 
-    def __init__(self, path: Path, sources: int):
-        self.path = path
-        self.texts: list[list[str]] = [[] for _ in range(sources)]
-        self.chars = [0] * sources
 
-    def sink(self, source: int) -> Callable[[str], None]:
-        def keep(text: str) -> None:
-            if self.chars[source] < HELD_OUT_CHARS:
-                self.texts[source].append(text)
-                self.chars[source] += len(text)
+@dataclasses.dataclass
+class SplitSummary:
+    """What one source's split holds on disk."""
 
-        return keep
+    documents: int
+    tokens: int
+    blocks: int
+    dropped_tail_tokens: int
+    sha256: str
 
-    def close(self, out_path: Path, names: list[str]) -> None:
-        with open(out_path, "w", encoding="utf-8") as f:
-            for name, texts in zip(names, self.texts):
-                for text in texts:
-                    f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
+    @classmethod
+    def of(cls, counts: dict, seq_len: int, data_dir: Path, source: int, split: str, dtype: np.dtype) -> SplitSummary:
+        blocks, tail = divmod(counts["tokens"], seq_len)
+        digest = stream_digest(TokenStream(source_dir(data_dir, source, split), dtype))
+        return cls(counts["documents"], counts["tokens"], blocks, tail, digest)
 
 
 def read_held_out(data_dir: str | Path) -> dict[str, list[str]]:
@@ -199,84 +267,13 @@ def read_held_out(data_dir: str | Path) -> dict[str, list[str]]:
     return texts
 
 
-class SplitWriter:
-    """Packs one split's documents into blocks and appends them to an Arrow file, a batch at a time."""
-
-    def __init__(
-        self, path: Path, seq_len: int, eos_id: int, document_masking: bool, batch_size: int, source_column: bool
-    ):
-        self.path = path
-        self.packer = Packer(seq_len, eos_id)
-        self.document_masking = document_masking
-        self.batch_size = batch_size
-        self.tags = TagPacker(seq_len) if source_column else None
-        self.features = split_features(seq_len, document_masking, source_column)
-        self.writer = pa.ipc.new_stream(str(path), self.features.arrow_schema)
-        self.digest = hashlib.sha256()
-        self.tokens_by_source: Counter = Counter()
-        self._pending: list[list[int]] = []
-        self._sources: list[int] = []
-
-    def add(self, source: int, ids: list[int]) -> None:
-        self._pending.append(ids)
-        self._sources.append(source)
-        self.tokens_by_source[source] += len(ids) + 1
-        if len(self._pending) == self.batch_size:
-            self._flush()
-
-    def close(self) -> None:
-        self._flush()
-        self.writer.close()
-
-    def stats(self) -> dict:
-        return {
-            "documents": self.packer.documents,
-            "tokens": self.packer.tokens,
-            "blocks": self.packer.blocks,
-            "dropped_tail_tokens": self.packer.remainder_tokens,
-        }
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        # np.fromiter over the flattened ids is ~4x faster than pa.array on the list of lists (measured).
-        lengths = np.fromiter(map(len, self._pending), dtype=np.int32, count=len(self._pending))
-        flat = np.fromiter(chain.from_iterable(self._pending), dtype=np.int32, count=int(lengths.sum()))
-        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)])
-        documents = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
-        sources = np.array(self._sources, dtype=np.int16)
-        self._pending, self._sources = [], []
-        if self.document_masking:
-            blocks, positions = self.packer.add_with_positions(documents)
-            columns = {"input_ids": blocks, "position_ids": positions}
-        else:
-            columns = {"input_ids": self.packer.add(documents)}
-        if self.tags is not None:
-            columns["source"] = self.tags.add(sources, lengths)
-        if len(columns["input_ids"]) == 0:
-            return
-        arrays = []
-        for name, array in columns.items():
-            if name != "source":  # the data fingerprint checked on resume: what is trained on, as before tags existed
-                self.digest.update(array.tobytes())
-            arrays.append(pa.FixedSizeListArray.from_arrays(array.reshape(-1), array.shape[1]))
-        self.writer.write_batch(pa.record_batch(arrays, schema=self.features.arrow_schema))
-
-
-def split_features(seq_len: int, document_masking: bool, source_column: bool = False) -> Features:
-    block = List(Value("int32"), length=seq_len)
-    features = {"input_ids": block, "position_ids": block} if document_masking else {"input_ids": block}
-    if source_column:
-        features["source"] = List(Value("int16"), length=seq_len)
-    return Features(features)
-
-
-def _check_enough(data: DataConfig, writers: dict[str, SplitWriter]) -> None:
-    """Each split must fill at least one block; if one does not, say by how much, and what would fill it."""
-    tokens = {split: writer.packer.tokens for split, writer in writers.items()}
+def _check_enough(data: DataConfig, splits: list[dict[str, SplitSummary]]) -> None:
+    """Each split must fill at least one block, and every weighted source one training block; if not, say by how
+    much, and what would fill it."""
+    tokens = {split: sum(s[split].tokens for s in splits) for split in SPLITS}
     share = {"train": 1 - data.validation_fraction, "validation": data.validation_fraction}
-    for split, writer in writers.items():
-        if writer.packer.blocks:
+    for split in SPLITS:
+        if sum(s[split].blocks for s in splits):
             continue
         fixes = []
         if split == "validation":
@@ -290,14 +287,22 @@ def _check_enough(data: DataConfig, writers: dict[str, SplitWriter]) -> None:
             fixes.append(f"lower data.seq_len to {smallest} or less (the {min(tokens, key=tokens.get)} split's tokens)")
         missing = math.ceil((data.seq_len - tokens[split]) / share[split])
         fixes.append(f"add at least {missing:,} tokens of text to data.sources")
+        documents = sum(s[split].documents for s in splits)
         raise UserError(
-            f"data: the {split} split has {writer.packer.documents} document(s), {tokens[split]:,} tokens: not enough "
+            f"data: the {split} split has {documents} document(s), {tokens[split]:,} tokens: not enough "
             f"for one block of data.seq_len={data.seq_len} tokens; {'; or '.join(fixes)}"
         )
+    for i, (source, summary) in enumerate(zip(data.sources, splits)):
+        if source.weight > 0 and not summary["train"].blocks:
+            raise UserError(
+                f"data.sources.{i} ({source_label(source, i)}): {summary['train'].tokens:,} training tokens, fewer "
+                f"than one block of data.seq_len={data.seq_len}; the sampler cannot draw its weight from it. Add "
+                "text to it, lower data.seq_len, or give it weight 0"
+            )
 
 
-def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture: WeightedMixture) -> None:
-    """A source that gives no document ends the mixture at once: say which one and why."""
+def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], splits: list[dict[str, SplitSummary]]) -> None:
+    """A weighted source that gives no document cannot be mixed in: say which one and why."""
     read = sum(s.corpus.documents for s in source_stats)
     if read == 0:
         skipped = Counter()
@@ -307,46 +312,44 @@ def _check_not_empty(data: DataConfig, source_stats: list[SourceStats], mixture:
             f"data.sources: the corpus is empty: no documents were read ({_skips(skipped)}); "
             "check the paths and text_column of data.sources"
         )
-    i = mixture.exhausted
-    if i is None or mixture.items[i] > 0:
-        return
-    stats, source = source_stats[i], data.sources[i]
-    where = f"data.sources.{i} ({stats.name})"
-    if stats.corpus.documents and stats.too_short == stats.corpus.documents:
-        min_chars = (source.clean or data.clean).min_chars
+    for i, (stats, source, summary) in enumerate(zip(source_stats, data.sources, splits)):
+        if source.weight == 0 or any(s.documents for s in summary.values()):
+            continue
+        where = f"data.sources.{i} ({stats.name})"
+        if stats.corpus.documents and stats.too_short == stats.corpus.documents:
+            min_chars = (source.clean or data.clean).min_chars
+            raise UserError(
+                f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
+                f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
+                "and that text_column names the column holding the text"
+            )
         raise UserError(
-            f"data.clean: cleaning kept none of the {stats.corpus.documents} document(s) of {where} "
-            f"(all shorter than min_chars={min_chars} after cleaning); check the clean settings "
-            "and that text_column names the column holding the text"
+            f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
+            "input, or give it weight 0; the mixture cannot honour its weight without it"
         )
-    raise UserError(
-        f"{where}: no document left to pack ({stats.why_empty()}). Loosen its filters, fix its "
-        "input, or give it weight 0; the mixture cannot honour its weight without it"
-    )
 
 
 def _report(
     data: DataConfig,
     source_stats: list[SourceStats],
-    mixture: WeightedMixture,
-    writers: dict[str, SplitWriter],
-    dedup: Deduplicator | None,
-    encoder: CorpusEncoder,
+    splits: list[dict[str, SplitSummary]],
+    dedup: dict | None,
+    encoder: dict,
+    dtype: np.dtype,
+    eos_id: int,
 ) -> dict:
     total_weight = sum(s.weight for s in data.sources)
-    shares = mixture.shares()
     sources = []
-    for i, (source, stats) in enumerate(zip(data.sources, source_stats)):
+    for source, stats, summary in zip(data.sources, source_stats, splits):
         sources.append(
             {
                 "name": stats.name,
                 "kind": source.kind,
                 "weight": source.weight,
                 "target_token_share": round(source.weight / total_weight, 4),
-                "token_share": round(shares[i], 4),
-                "documents": mixture.items[i],
-                "tokens": mixture.taken[i],
-                "ran_out": mixture.exhausted == i,
+                "documents": sum(s.documents for s in summary.values()),
+                "tokens": sum(s.tokens for s in summary.values()),
+                "splits": {split: dataclasses.asdict(s) for split, s in summary.items()},
                 **stats.to_dict(),
             }
         )
@@ -357,35 +360,55 @@ def _report(
         for reason, where in stats.corpus.examples.items():
             examples.setdefault(reason, []).extend(where)
     too_short = sum(s.too_short for s in source_stats)
-    ended_by = source_stats[mixture.exhausted].name if mixture.exhausted is not None else None
-    digest = hashlib.sha256()
-    for writer in writers.values():
-        digest.update(writer.digest.digest())
+    totals = {
+        split: {
+            key: sum(getattr(s[split], key) for s in splits)
+            for key in ("documents", "tokens", "blocks", "dropped_tail_tokens")
+        }
+        for split in SPLITS
+    }
     return {
         "documents": {
             "read": sum(s.corpus.documents for s in source_stats),
-            "kept": sum(mixture.items),
+            "kept": sum(t["documents"] for t in totals.values()),
             "skipped": dict(skipped) | ({"too_short_after_cleaning": too_short} if too_short else {}),
             "skip_examples": examples,
         },
         "sources": sources,
-        "mixture": {"ended_when_source_ran_out": ended_by},
         "filters": {
             "removed": dict(filtered),
             "boilerplate_lines_removed": sum(s.boilerplate_lines_removed for s in source_stats),
         },
-        "dedup": (dedup.describe() if dedup else {"exact": False, "near": False})
+        "dedup": (dedup or {"exact": False, "near": False})
         | {
             "exact_duplicates": sum(s.duplicates["exact_duplicate"] for s in source_stats),
             "near_duplicates": sum(s.duplicates["near_duplicate"] for s in source_stats),
         },
-        "encoder": encoder.stats(),
-        "columns": list(split_features(data.seq_len, data.document_masking)),
-        "validation_columns": list(split_features(data.seq_len, data.document_masking, source_column=True)),
-        "splits": {split: writer.stats() for split, writer in writers.items()},
+        "encoder": encoder,
+        "eos_id": eos_id,
+        "shards": {
+            "dtype": dtype.name,
+            "bytes_per_token": dtype.itemsize,
+            "layout": "sources/<source index, 3 digits>/<split>/<shard>.bin: raw little-endian token ids, "
+            "each document followed by eos; blocks of seq_len cut from their concatenation",
+        },
+        "columns": ["input_ids", "position_ids"] if data.document_masking else ["input_ids"],
+        "validation_columns": ["input_ids", "position_ids", "source"]
+        if data.document_masking
+        else ["input_ids", "source"],
+        "splits": totals,
         "notes": [f"{s.name}: {s.validation_note}" for s in source_stats if s.validation_note],
-        "content_fingerprint": digest.hexdigest(),
+        "content_fingerprint": _content_fingerprint(splits),
     }
+
+
+def _content_fingerprint(splits: list[dict[str, SplitSummary]]) -> str:
+    """sha256 over every source's split digests, in order: what the trainer reads, whatever the weights."""
+    digest = hashlib.sha256()
+    for summary in splits:
+        for split in SPLITS:
+            digest.update(summary[split].sha256.encode())
+    return digest.hexdigest()
 
 
 def _skips(skipped: Counter) -> str:

@@ -201,10 +201,10 @@ def data_summary(m: dict) -> str:
                 dropped[reason] = s[reason]
         dropped_text = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items()) or "none"
         rows.append((s["name"], s["kind"], f"{s['documents_read']:,}", f"{s['kept']:,}", dropped_text,
-                     format_count(s["tokens"]), f"{s['target_token_share']:.1%}", f"{s['token_share']:.1%}"))  # fmt: skip
+                     format_count(s["tokens"]), f"{s['target_token_share']:.1%}"))  # fmt: skip
     splits = m["splits"]
-    header = ("source", "kind", "documents read", "kept", "dropped (by reason)", "tokens", "target share",
-              "achieved share")  # fmt: skip
+    header = ("source", "kind", "documents read", "kept", "dropped (by reason)", "tokens",
+              "target share")  # fmt: skip
     return (
         _table(header, rows)
         + f"\n\nAfter cleaning, filtering and deduplication: {splits['train']['documents']:,} training documents "
@@ -353,7 +353,7 @@ def dataset_card(manifest: dict, repo_id: str, license: str, languages: list[str
     code = f'from datasets import load_dataset\n\nblocks = load_dataset("{repo_id}")'
     text = (
         f"# {repo_id.split('/')[-1]}\n\nTokenized and packed pretraining data made by lmtrain's data_prep/prepare.py: "
-        f"rows of `{', '.join(manifest['columns'])}` ({manifest['inputs']['seq_len']} tokens each), train and "
+        f"rows of `input_ids` ({manifest['inputs']['seq_len']} tokens each) and the `source` they come from, train and "
         f"validation splits.\n\n{data_summary(manifest)}\n\n## How to use / 使用方法\n\n```python\n{code}\n```\n"
     )
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{text}")

@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 
 from lmtrain.config.batch import BatchArithmetic
 from lmtrain.config.recipe import recipe_to_dict, recipe_to_yaml
-from lmtrain.data.sampler import GlobalBatchSampler
 from lmtrain.errors import Preempted, UserError
 from lmtrain.formatting import format_count, format_duration
 from lmtrain.model.flops import flops_per_token, peak_flops_per_device
@@ -296,7 +295,7 @@ def _set_up(recipe, task: Task, accelerator: Accelerator):
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
     accelerator.init_trackers(run_dir.name, config=_flatten(recipe_dict), init_kwargs={"wandb": {"dir": str(run_dir)}})
     log = MetricsLog(accelerator, run_dir / "metrics.jsonl", after_step=state["step"])
-    sampler = GlobalBatchSampler(task.train_size, t.global_batch_size, t.seed)
+    sampler = task.sampler(t.global_batch_size, t.seed)
     accum = accelerator.gradient_accumulation_steps
     arithmetic = BatchArithmetic(world, t.micro_batch_size, accum, t.global_batch_size, task.seq_len, t.max_steps)
     peak_flops, peak_label = peak_flops_per_device(accelerator.device)

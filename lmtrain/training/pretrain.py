@@ -23,8 +23,11 @@ from accelerate import Accelerator
 from transformers import GenerationConfig
 
 from lmtrain.config.recipe import Recipe
+from lmtrain.corpus.sources import source_label
 from lmtrain.data.packing import IGNORE_INDEX, document_labels
-from lmtrain.data.prepare import read_held_out, read_manifest
+from lmtrain.data.prepare import open_prepared, read_held_out, read_manifest
+from lmtrain.data.sampler import MixtureSampler
+from lmtrain.data.shards import PackedRows
 from lmtrain.errors import UserError
 from lmtrain.evals.tasks import LOCAL_TASKS, load_tasks, write_local_tasks
 from lmtrain.model.export import export_model
@@ -42,16 +45,14 @@ class PretrainTask(Task):
         self.recipe = recipe
         self.tokenizer = load_tokenizer(recipe.tokenizer.dir)
         self.manifest, self.train_blocks, self.val_blocks = load_packed_splits(recipe)
-        self.train_rows, self.val_rows = BlockRows(self.train_blocks), BlockRows(self.val_blocks)
+        self.train_rows, self.val_rows = self.train_blocks, self.val_blocks
         self.seq_len = recipe.data.seq_len
         self.train_size = len(self.train_blocks)
         # With document positions, attention stays inside each document: transformers builds the
         # per-document mask from position_ids when no attention_mask is given and the cache is off.
-        self.document_masking = "position_ids" in self.train_blocks.column_names
+        self.document_masking = recipe.data.document_masking
         self.byte_lengths = torch.from_numpy(token_byte_lengths(self.tokenizer))
-        # Data prepared before the validation split had a `source` column still gives the overall figure.
-        has_sources = "source" in self.val_blocks.column_names
-        self.source_names = [metric_name(s["name"]) for s in self.manifest["sources"]] if has_sources else []
+        self.source_names = [metric_name(s["name"]) for s in self.manifest["sources"]]
         self.downstream = None
         if recipe.eval.tasks:  # read, built and tokenized now: a bad task file stops the run before training
             held_out = read_held_out(recipe.data.dir) if any(t.build for t in recipe.eval.tasks) else {}
@@ -68,14 +69,20 @@ class PretrainTask(Task):
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         return self._batch(self.train_rows, indices)
 
-    def _batch(self, blocks: BlockRows, indices: np.ndarray, sources: bool = False) -> dict[str, torch.Tensor]:
+    def sampler(self, global_batch_size: int, seed: int) -> MixtureSampler:
+        """The recipe's weights applied to the prepared sources' blocks (exact shares per data.mixture_window)."""
+        weights = [s.weight for s in self.recipe.data.sources]
+        window = self.recipe.data.mixture_window or global_batch_size
+        return MixtureSampler(self.train_blocks.blocks_per_source, weights, global_batch_size, seed, window)
+
+    def _batch(self, blocks: PackedRows, indices: np.ndarray, sources: bool = False) -> dict[str, torch.Tensor]:
         rows = blocks[indices]
         input_ids = torch.from_numpy(np.asarray(rows["input_ids"], dtype=np.int64))
         batch = {"input_ids": input_ids, "labels": input_ids, "use_cache": False}
         if self.document_masking:
             batch["position_ids"] = torch.from_numpy(np.asarray(rows["position_ids"], dtype=np.int64))
             batch["labels"] = document_labels(input_ids, batch["position_ids"])
-        if sources and self.source_names:
+        if sources:
             batch["source"] = torch.from_numpy(np.asarray(rows["source"], dtype=np.int64))
         return batch
 
@@ -150,7 +157,17 @@ class PretrainTask(Task):
     def describe(self) -> str:
         masking = ", document masking" if self.document_masking else ""
         downstream = f" | {self.downstream.describe()}" if self.downstream is not None else ""
-        return f"{len(self.val_blocks):,} validation blocks of {self.seq_len} tokens{masking}{downstream}"
+        t = self.recipe.train
+        sampler = self.sampler(t.global_batch_size, t.seed)
+        epochs = sampler.source_epochs(t.max_steps)
+        mix = ", ".join(
+            f"{name} {share:.1%} ({e:.2f} epochs)"
+            for name, share, e in zip(self.source_names, sampler.shares(), epochs)
+        )
+        return (
+            f"{len(self.val_blocks):,} validation blocks of {self.seq_len} tokens{masking} | token shares per "
+            f"{sampler.window:,} blocks: {mix}{downstream}"
+        )
 
 
 class BlockRows:
@@ -219,11 +236,30 @@ def load_packed_splits(recipe: Recipe) -> tuple[dict, datasets.Dataset, datasets
             f"{recipe.data.dir}: data was tokenized with a different tokenizer than the one in "
             f"{recipe.tokenizer.dir}; rerun data_prep/prepare.py with this recipe"
         )
-    if inputs.get("document_masking", False) != recipe.data.document_masking:
+    _check_sources(recipe, manifest)
+    train, validation = open_prepared(recipe.data.dir, manifest, recipe.data.document_masking)
+    return manifest, train, validation
+
+
+def _check_sources(recipe: Recipe, manifest: dict) -> None:
+    """The recipe's sources must be the prepared ones, in order: the sampler's weights refer to them by place."""
+    prepared = [s["name"] for s in manifest["sources"]]
+    for i, source in enumerate(recipe.data.sources):
+        name = source_label(source, i)
+        if i >= len(prepared) or prepared[i] != name:
+            raise UserError(
+                f"data.sources.{i} ({name}): {recipe.data.dir} has no prepared shards for it (prepared: "
+                f"{', '.join(prepared)}); run `python data_prep/prepare.py RECIPE` with this recipe"
+            )
+    for i, (source, summary) in enumerate(zip(recipe.data.sources, manifest["sources"])):
+        if source.weight > 0 and not summary["splits"]["train"]["blocks"]:
+            raise UserError(
+                f"data.sources.{i} ({prepared[i]}): weight {source.weight:g} but no prepared training block "
+                f"({summary['splits']['train']['tokens']:,} tokens, fewer than data.seq_len); give it weight 0 "
+                "or add text to it and prepare again"
+            )
+    if len(prepared) > len(recipe.data.sources):
         raise UserError(
-            f"{recipe.data.dir}: data was packed with data.document_masking="
-            f"{inputs.get('document_masking', False)} but the recipe says {recipe.data.document_masking}; "
-            "rerun data_prep/prepare.py with this recipe"
+            f"data.sources: {recipe.data.dir} was prepared with {len(prepared)} sources, the recipe lists "
+            f"{len(recipe.data.sources)}; give an unwanted source weight 0 instead of removing it, or prepare again"
         )
-    splits = datasets.load_from_disk(recipe.data.dir)
-    return manifest, splits["train"].with_format("numpy"), splits["validation"].with_format("numpy")

@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list
 from tqdm.auto import tqdm
 
 from lmtrain.config.recipe import recipe_to_dict
+from lmtrain.data.prepare import as_datasets
 from lmtrain.errors import UserError
 from lmtrain.publish.card import CardFacts, dataset_card, write_model_card, write_tokenizer_card
 from lmtrain.publish.hub import STAGING, Uploader, branch_name, check_access, endpoint, publish_once
@@ -239,11 +239,7 @@ def publish_dataset(recipe, manifest: dict, languages: list[str], repo_id: str, 
     check_access(repo_id, private, repo_type="dataset")
 
     def upload() -> None:
-        splits = datasets.load_from_disk(recipe.data.dir)
-        # The columns every split has (the blocks); the validation split's per-token source tags, which give bits
-        # per byte per source in this project's evaluation, are left out: push_to_hub wants one schema.
-        shared = set.intersection(*(set(split.column_names) for split in splits.values()))
-        splits = datasets.DatasetDict({n: split.select_columns(sorted(shared)) for n, split in splits.items()})
+        splits = as_datasets(recipe.data.dir)  # blocks with their source index, from the .bin shards
         splits.push_to_hub(repo_id, private=private)
         dataset_card(manifest, repo_id, recipe.hub.license, languages).push_to_hub(repo_id, repo_type="dataset")
 

@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from lmtrain.data.packing import IGNORE_INDEX
+from lmtrain.data.sampler import GlobalBatchSampler
 
 
 class Task:
@@ -26,6 +27,10 @@ class Task:
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs (with labels) for these training examples, on the CPU."""
         raise NotImplementedError
+
+    def sampler(self, global_batch_size: int, seed: int) -> GlobalBatchSampler:
+        """The order training examples are drawn in (pretraining mixes its sources here)."""
+        return GlobalBatchSampler(self.train_size, global_batch_size, seed)
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The mean loss over the batch's loss targets (`loss_targets`)."""

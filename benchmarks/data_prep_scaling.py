@@ -1,0 +1,186 @@
+"""Data preparation on datatrove workers: tokens/s with 1 and 2 workers, identical output, bytes per token, peak
+memory per worker at 1× and 4× the corpus, and the rate against the encoder alone; then an estimate for 1T tokens.
+
+    python benchmarks/data_prep_scaling.py [--tasks 8]
+
+Corpus: the running interpreter's standard library (offline everywhere): its files in 4 interleaved quarters; "1×"
+is one quarter, "4×" all of it (distinct text, so dedup does not shrink it). Settings: the 7B recipe's for its code
+source (cleaning with min_chars 200, no HTML stripping, prose filters off) and its dedup with MinHash near dedup on
+(exact and near), document masking, a
+byte-level BPE of 8,192 tokens trained on the corpus first. Every preparation runs in a fresh process (`prepare_data`
+as data_prep/prepare.py runs it), which reports the peak RSS of its largest worker process (RUSAGE_CHILDREN).
+
+- tokens_per_s_1_worker / _2_workers: tokens written (train + validation) / wall time of prepare_data, whole corpus;
+  scaling_2_workers is their ratio (the goal 1.7 needs 2 idle cores: the machine's load average is printed);
+- identical: the manifests of the two runs agree on every source's sha256 and counts;
+- bytes_per_token: bytes of the .bin shards / tokens;
+- rss_growth_4x: (peak worker RSS at 4× with 4× the tasks - at 1×) / at 1×, 2 workers;
+- vs_tiktoken: the 1-worker rate / tiktoken's encoding alone (lmtrain's CorpusEncoder, same cores) of the documents
+  the pipeline kept: the share of the encoder's limit the whole pipeline (read, clean, filter, MinHash, tokenize,
+  dedup, write) reaches;
+- estimate: hours for 1T tokens from the measured per-core rate (2 workers on 2 cores → rate / 2 per core), on one
+  64-core node and on 8, assuming tasks scale with cores (independent slices) and storage keeps up: an estimate.
+
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from lmtrain.config.recipe import load_recipe  # noqa: E402
+from lmtrain.corpus.sources import python_stdlib_files  # noqa: E402
+from lmtrain.tokenizer.bpe import corpus_encoder, train_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TRILLION = 1e12
+CHILD = """
+import json, resource, sys
+from lmtrain.config.recipe import load_recipe
+from lmtrain.data.prepare import prepare_data
+manifest = prepare_data(load_recipe(sys.argv[1], sys.argv[2:]))
+print(json.dumps({"manifest": manifest,
+                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=8, help="tasks for the whole corpus (2 for each quarter)")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        quarters = write_quarters(tmp / "corpus")
+        recipe = write_recipe(tmp, [str(tmp / "corpus" / "*" / "*.txt")])
+        train_tokenizer(load_recipe(recipe))
+        runs = {}
+        for workers in (1, 2):
+            runs[workers] = prepare(recipe, tmp / f"w{workers}", args.tasks, workers)
+            report(f"whole corpus, {workers} worker(s)", runs[workers])
+        quarter = prepare(recipe, tmp / "q", max(args.tasks // 4, 1), 2, [str(quarters[0] / "*.txt")])
+        report("a quarter of the corpus, 2 workers", quarter)
+        encoder_rate = tiktoken_rate(tmp / "w1" / "data", recipe)
+    one, two = runs[1], runs[2]
+    tokens = total_tokens(one["manifest"])
+    rate_1, rate_2 = tokens / one["seconds"], tokens / two["seconds"]
+    per_core = rate_2 / 2
+    result = {
+        "tokens": tokens,
+        "tokens_per_s_1_worker": round(rate_1),
+        "tokens_per_s_2_workers": round(rate_2),
+        "scaling_2_workers": round(rate_2 / rate_1, 3),
+        "identical": same_content(one["manifest"], two["manifest"]),
+        "bytes_per_token": round(one["bytes"] / tokens, 3),
+        "worker_peak_rss_mb_1x": round(quarter["worker_peak_rss_mb"], 1),
+        "worker_peak_rss_mb_4x": round(two["worker_peak_rss_mb"], 1),
+        "rss_growth_4x": round(two["worker_peak_rss_mb"] / quarter["worker_peak_rss_mb"] - 1, 3),
+        "tiktoken_tokens_per_s": round(encoder_rate),
+        "vs_tiktoken": round(rate_1 / encoder_rate, 3),
+        "estimate_hours_1T_one_64_core_node": round(TRILLION / (per_core * 64) / 3600, 1),
+        "estimate_hours_1T_8_nodes": round(TRILLION / (per_core * 64 * 8) / 3600, 1),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+
+
+def write_quarters(root: Path) -> list[Path]:
+    """The stdlib's files in 4 interleaved quarters (file i goes to quarter i mod 4), as symlinks."""
+    quarters = [root / f"q{q}" for q in range(4)]
+    for q in quarters:
+        q.mkdir(parents=True)
+    for i, path in enumerate(python_stdlib_files()):
+        (quarters[i % 4] / f"{i:05d}.txt").symlink_to(path)  # read as plain text, one document per file
+    return quarters
+
+
+def write_recipe(tmp: Path, paths: list[str]) -> Path:
+    seven_b = yaml.safe_load((ROOT / "recipes" / "llama-7b" / "pretrain.yaml").read_text(encoding="utf-8"))["data"]
+    code = next(s for s in seven_b["sources"] if s["name"] == "code")
+    recipe = {
+        "tokenizer": {"dir": str(tmp / "tokenizer"), "vocab_size": 8192},
+        "data": {
+            "sources": [{"kind": "files", "name": "stdlib", "paths": paths, "txt_documents": "file"}],
+            # the 7B's settings for its code source (the stdlib is code): its cleaning, prose filters off
+            "clean": seven_b["clean"] | code["clean"],
+            "filters": code["filters"],
+            "dedup": seven_b["dedup"] | {"exact": True, "near": True},
+            "seq_len": 1024,
+            "validation_fraction": 0.02,
+            "document_masking": True,
+        },
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def prepare(recipe: Path, out: Path, tasks: int, workers: int, paths: list[str] | None = None) -> dict:
+    overrides = [f"data.dir={out / 'data'}", f"data.tasks={tasks}", f"data.workers={workers}"]
+    if paths:
+        overrides.append(f"data.sources.0.paths={json.dumps(paths)}")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, str(recipe), *overrides], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["seconds"] = time.perf_counter() - start
+    result["bytes"] = sum(p.stat().st_size for p in (out / "data" / "sources").rglob("*.bin"))
+    return result
+
+
+def total_tokens(manifest: dict) -> int:
+    return sum(split["tokens"] for split in manifest["splits"].values())
+
+
+def same_content(a: dict, b: dict) -> bool:
+    return a["content_fingerprint"] == b["content_fingerprint"] and [s["splits"] for s in a["sources"]] == [
+        s["splits"] for s in b["sources"]
+    ]
+
+
+def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
+    """tokens/s of the encoder alone on the documents the pipeline kept (decoded from the shards), best of 3."""
+    from lmtrain.data.prepare import open_prepared, read_manifest
+    from lmtrain.tokenizer.bpe import load_tokenizer
+
+    r = load_recipe(recipe)
+    tokenizer = load_tokenizer(r.tokenizer.dir)
+    train, _ = open_prepared(data_dir, read_manifest(data_dir), document_masking=False)
+    stream = np.concatenate([m for s in train.streams for m in s.maps])
+    eos = tokenizer.eos_token_id
+    cuts = (stream == eos).nonzero()[0]
+    texts = tokenizer.batch_decode([stream[a + 1 : b].tolist() for a, b in zip([-1, *cuts[:-1]], cuts)])
+    encoder = corpus_encoder(r.tokenizer.dir)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        tokens = sum(len(d) for i in range(0, len(texts), 1000) for d in encoder.encode_batch(texts[i : i + 1000]))
+        best = min(best, time.perf_counter() - start)
+    return tokens / best
+
+
+def report(label: str, run: dict) -> None:
+    tokens = total_tokens(run["manifest"])
+    print(
+        f"{label:<40} {tokens:>12,} tokens in {run['seconds']:6.1f} s = {tokens / run['seconds']:>10,.0f} tokens/s | "
+        f"peak RSS: largest worker {run['worker_peak_rss_mb']:.0f} MB, main {run['main_peak_rss_mb']:.0f} MB | "
+        f"dedup {run['manifest']['dedup']['exact_duplicates']} exact, {run['manifest']['dedup']['near_duplicates']} near"
+    )
+
+
+if __name__ == "__main__":
+    main()
