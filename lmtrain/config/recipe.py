@@ -738,7 +738,6 @@ def objective_problems(recipe: Recipe, at: str) -> list[str]:
         m.attn_implementation in ("sdpa", "eager"),
         f"{at}model.attn_implementation: {m.attn_implementation} is offered for the decoder; use sdpa or eager",
     )
-    p.need(not m.init_from, f"{at}model.init_from: continued pretraining starts from decoders only; remove it")
     p.need(
         not recipe.data.document_masking,
         f"{at}data.document_masking: applies to the decoder's packed blocks; set it to false for an encoder",

@@ -76,14 +76,16 @@ class DynamicMasker:
 
 
 def word_edges(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
-    """Per token id, (its text starts with a word character, its text ends with one): a word character is a
-    letter, digit or `_` that is not CJK (each CJK character is a word of its own). Special tokens have neither."""
+    """Per token id, (its text starts with a word character, its text ends with one or is a single space): a word
+    character is a letter, digit or `_` that is not CJK (each CJK character is a word of its own). Special tokens
+    have neither."""
     special = set(tokenizer.all_special_ids)
     edges = np.zeros((len(tokenizer), 2), dtype=bool)
     for token_id in range(len(tokenizer)):
         text = "" if token_id in special else tokenizer.decode([token_id])
         if text:
-            edges[token_id] = _continues_word(text[0]), _continues_word(text[-1])
+            # a lone space (where BPE learned no merge of it with the word) opens the word that follows it
+            edges[token_id] = _continues_word(text[0]), _continues_word(text[-1]) or text == " "
     return edges
 
 

@@ -9,8 +9,11 @@ the planner and the export read the same whatever the recipe trains.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     BertConfig,
     BertForMaskedLM,
@@ -22,6 +25,7 @@ from transformers import (
 )
 
 from lmtrain.config.recipe import Recipe
+from lmtrain.errors import UserError
 from lmtrain.model.llama import enable_activation_checkpointing, llama_config
 from lmtrain.model.speed import check_speed_switches
 
@@ -97,11 +101,27 @@ def model_class(recipe: Recipe) -> type:
 def build_encoder(recipe: Recipe, config: PretrainedConfig) -> PreTrainedModel:
     """A freshly initialized encoder, fp32 master weights (under ZeRO-3, built partitioned as the decoder)."""
     check_speed_switches(recipe.model)
-    cls = model_class(recipe)
-    model = cls._from_config(config, attn_implementation=recipe.model.attn_implementation, dtype=torch.float32)
+    cls, m = model_class(recipe), recipe.model
+    if m.init_from:
+        model = _load_matching(cls, m.init_from, config, m.attn_implementation)
+    else:
+        model = cls._from_config(config, attn_implementation=m.attn_implementation, dtype=torch.float32)
     if recipe.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def _load_matching(cls: type, path: str, config: PretrainedConfig, attn_implementation: str) -> PreTrainedModel:
+    """The weights of `path` (continued pretraining), refused unless its shape is the recipe's."""
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"model.init_from: {path} is not a model directory (no config.json)")
+    loaded = AutoConfig.from_pretrained(path)
+    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    mismatches = [f"{k}: recipe {getattr(config, k)}, model {getattr(loaded, k, None)}" for k in keys
+                  if getattr(config, k) != getattr(loaded, k, None)]  # fmt: skip
+    if mismatches:
+        raise UserError(f"model.init_from: {path} does not match the recipe's model: " + "; ".join(mismatches))
+    return cls.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
 def recipe_parameter_count(recipe: Recipe) -> int:

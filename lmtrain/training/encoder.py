@@ -26,6 +26,7 @@ from lmtrain.data.packing import IGNORE_INDEX
 from lmtrain.errors import UserError
 from lmtrain.model.encoder import build_encoder, model_config
 from lmtrain.model.export import export_model
+from lmtrain.tokenizer.bpe import load_tokenizer
 from lmtrain.training.evaluation import eval_shard, eval_sums
 from lmtrain.training.pretrain import BlockRows, PretrainTask
 
@@ -33,16 +34,21 @@ SUMS = ("mlm_nll", "chosen", "mlm_correct", "nsp_nll", "pairs", "nsp_correct")
 """What evaluation and the training log add up, in this order."""
 
 
+def check_encoder_tokenizer(tokenizer, where: str) -> None:
+    """An encoder needs the mask, separator and classification tokens; a decoder's tokenizer has none."""
+    if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise UserError(
+            f"{where}: the tokenizer has no [MASK]/[CLS]/[SEP] tokens (it was trained for a decoder); train one "
+            "with this recipe (python tokenizer/train_tokenizer.py RECIPE, to its own tokenizer.dir), then rerun "
+            "data_prep/prepare.py"
+        )
+
+
 class EncoderPretrainTask(PretrainTask):
     def __init__(self, recipe: Recipe):
+        check_encoder_tokenizer(load_tokenizer(recipe.tokenizer.dir), recipe.tokenizer.dir)
         super().__init__(recipe)
         tok = self.tokenizer
-        if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
-            raise UserError(
-                f"{recipe.tokenizer.dir}: the tokenizer has no [MASK]/[CLS]/[SEP] tokens (it was trained for a "
-                "decoder); retrain it with this recipe (python tokenizer/train_tokenizer.py RECIPE, to a new "
-                "tokenizer.dir), then rerun data_prep/prepare.py"
-            )
         self.nsp = recipe.objective.nsp
         columns = set(self.train_blocks.column_names)
         if self.nsp != ("next_sentence_label" in columns):
