@@ -45,6 +45,7 @@ from lmtrain.corpus.dedup import Deduplicator
 from lmtrain.corpus.mixture import SourceStats, WeightedMixture, open_sources
 from lmtrain.corpus.sources import describe_source, is_validation_document
 from lmtrain.data.packing import Packer, TagPacker
+from lmtrain.data.pairs import PairSpec, PairWriter
 from lmtrain.errors import UserError
 from lmtrain.tokenizer.bpe import CorpusEncoder, corpus_encoder, load_tokenizer, tokenizer_fingerprint
 
@@ -76,6 +77,7 @@ def prepare_data(recipe: Recipe) -> dict:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
         "seq_len": data.seq_len,
         "validation_fraction": data.validation_fraction,
+        **({"pairs": pair_settings(recipe)} if recipe.objective.nsp else {}),
     }
     fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     out_dir = Path(data.dir)
@@ -105,6 +107,22 @@ def prepare_data(recipe: Recipe) -> dict:
     return manifest
 
 
+def pair_settings(recipe: Recipe) -> dict:
+    """What NSP pairs depend on beyond the packed data's inputs (lmtrain/data/pairs.py)."""
+    return {"short_seq_prob": recipe.objective.short_seq_prob, "seed": recipe.train.seed}
+
+
+def pair_spec(recipe: Recipe, tokenizer_dir: Path) -> PairSpec:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise UserError(
+            f"{tokenizer_dir}: objective.nsp builds [CLS] A [SEP] B [SEP] pairs and this tokenizer (a decoder's) has "
+            "no [CLS]/[SEP]; train one with this recipe: python tokenizer/train_tokenizer.py RECIPE"
+        )
+    return PairSpec(recipe.data.seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                    recipe.objective.short_seq_prob)  # fmt: skip
+
+
 def read_manifest(data_dir: str | Path) -> dict | None:
     """The manifest of a finished data dir, or None if there is none."""
     path = Path(data_dir) / MANIFEST
@@ -127,6 +145,10 @@ def _build(recipe: Recipe, tokenizer_dir: Path, out_dir: Path, scratch: Path) ->
         split: SplitWriter(
             scratch / f"{split}.arrow", data.seq_len, eos_id, data.document_masking, data.batch_size, split != "train"
         )
+        if not recipe.objective.nsp
+        else PairWriter(
+            scratch / f"{split}.arrow", pair_spec(recipe, tokenizer_dir), data.batch_size, recipe.train.seed, split
+        )  # fmt: skip
         for split in SPLITS
     }
     progress = tqdm(desc="Preparing", unit=" docs", disable=not sys.stderr.isatty())
