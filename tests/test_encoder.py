@@ -272,3 +272,52 @@ def test_short_mlm_run_lowers_validation_loss_and_its_export_fills_masks(prepare
     assert answer["cls"] == "ModernBertForMaskedLM"
     assert len(answer["out"]) == 3 and all(o["sequence"].startswith("import os\nimport") for o in answer["out"])
     assert answer["out"][0]["score"] >= answer["out"][1]["score"] >= answer["out"][2]["score"]
+
+
+# ---------------------------------------------------------------------------- NSP pairs
+
+
+def test_nsp_pairs_are_balanced_consecutive_typed_and_within_the_limit():
+    from lmtrain.data.pairs import IS_NEXT, PairSpec, build_pairs
+
+    spec = PairSpec(seq_len=32, cls_id=1000, sep_id=1001, pad_id=1002, short_seq_prob=0.1)
+    rng = np.random.default_rng(0)
+    # document d holds the ids d*10_000 + 0, 1, 2, ...: where a token comes from is read off its value
+    documents = [np.arange(d * 10_000, d * 10_000 + int(rng.integers(2, 200)), dtype=np.int32) for d in range(300)]
+    pairs = build_pairs(documents, [], spec, np.random.default_rng(1))
+    labels = np.array([label for _, _, label in pairs])
+    assert len(pairs) > 1000 and abs((labels == IS_NEXT).mean() - 0.5) < 0.04
+    short = 0
+    for ids, types, label in pairs:
+        assert len(ids) <= spec.seq_len and len(types) == len(ids)
+        seps = np.flatnonzero(ids == spec.sep_id)
+        assert ids[0] == spec.cls_id and len(seps) == 2 and seps[1] == len(ids) - 1
+        a, b = ids[1 : seps[0]], ids[seps[0] + 1 : seps[1]]
+        assert len(a) >= 1 and len(b) >= 1
+        assert (types[: seps[0] + 1] == 0).all() and (types[seps[0] + 1 :] == 1).all()
+        assert (np.diff(a) == 1).all() and (np.diff(b) == 1).all()  # each segment is contiguous text
+        if label == IS_NEXT:
+            assert b[0] == a[-1] + 1  # B starts right where A ends, in the same document
+        else:
+            assert b[0] // 10_000 != a[0] // 10_000  # B comes from another document
+        short += len(ids) < spec.seq_len
+    assert short > 0.05 * len(pairs)  # short_seq_prob, and documents that end
+
+
+def test_nsp_on_documents_too_short_says_how_many_were_usable(tmp_path):
+    corpus = tmp_path / "one_token_lines.txt"
+    corpus.write_text("\n".join(["a"] * 400 + ["a longer document with several words in it"] * 1) + "\n")
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        TINY_MLM,
+        tokenizer={"dir": str(tmp_path / "tok"), "vocab_size": 384},
+        data={"dir": str(tmp_path / "data"), "sources": [{"kind": "files", "paths": [str(corpus)],
+              "txt_documents": "lines"}], "dedup": {"exact": False, "near": False}},
+        model={"architecture": "bert"},
+        objective={"nsp": True},
+    )  # fmt: skip
+    run_cli("tokenizer/train_tokenizer.py", recipe)
+    result = run_cli("data_prep/prepare.py", recipe, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "next-sentence pairs need documents of at least 2 tokens" in result.stderr
+    assert "usable of" in result.stderr
