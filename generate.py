@@ -10,6 +10,9 @@ Chat (models fine-tuned with task: sft; the tokenizer's chat template, tokens st
 Batch (JSONL in → JSONL out; each line {"prompt": ...} or {"messages": [...]}, other fields kept; the
 output adds "completion", the sampling "settings" and the "model"):
     python generate.py runs/smoke-sft/final --input questions.jsonl --output answers.jsonl [--chat]
+Fill masks (encoders pretrained with objective.kind: mlm; top 5 per [MASK], or --top-k):
+    python generate.py runs/smoke-mlm/final --prompt "import os
+import [MASK]"
 Classify (models fine-tuned with task: classify: label and probabilities of every label):
     python generate.py runs/smoke-classify/best --prompt "def handle(self, record): ..."
     python generate.py runs/smoke-classify/best --input texts.jsonl --output labels.jsonl   # lines {"text": ...}
@@ -68,8 +71,11 @@ def main() -> None:
     settings = SamplingSettings(
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.repetition_penalty
     )
-    if model_kind(args.model_dir) == "classifier":
+    kind = model_kind(args.model_dir)
+    if kind == "classifier":
         return classify(args)
+    if kind == "masked_lm":
+        return fill_mask(args)
     if args.input:
         return batch(args, settings)
     if args.chat:
@@ -144,6 +150,22 @@ def classify(args) -> None:
         )
         preview = text if len(text) <= 80 else text[:77] + "..."
         print(f"{result['label']}\t({probabilities})\t{preview!r}")
+
+
+def fill_mask(args) -> None:
+    from lmtrain.errors import UserError
+    from lmtrain.inference.fill_mask import fill_masks
+    from lmtrain.inference.generation import read_prompts
+
+    if args.chat or args.input:
+        raise UserError(
+            f"{args.model_dir}: an encoder fills masks; pass prompts with [MASK] in --prompt/--prompts-file"
+        )
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    for prompt, masks in zip(prompts, fill_masks(args.model_dir, prompts, args.top_k or 5)):
+        print(f"--- {prompt!r}")
+        for i, candidates in enumerate(masks, 1):
+            print(f"  mask {i}: " + ", ".join(f"{c['token_str']!r} {c['score']:.3f}" for c in candidates))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Pretrain a Llama-architecture language model from a YAML recipe.
+"""Pretrain a language model from a YAML recipe: a Llama decoder, or an encoder (objective.kind=mlm).
 
     python train.py recipes/smoke/pretrain.yaml [key.path=value ...]
     python train.py recipes/llama-7b/pretrain.yaml --dry-run
@@ -54,6 +54,12 @@ def main() -> None:
         print(dry_run_report(recipe, launch_world_size()))
         return
     from lmtrain.training.loop import fit
+
+    if recipe.objective.kind == "mlm":
+        from lmtrain.training.encoder import EncoderPretrainTask
+
+        fit(recipe, EncoderPretrainTask(recipe))
+        return
     from lmtrain.training.pretrain import PretrainTask
 
     fit(recipe, PretrainTask(recipe))

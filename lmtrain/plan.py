@@ -11,13 +11,14 @@ from lmtrain.config.batch import batch_arithmetic
 from lmtrain.config.recipe import Recipe, RecipeError, recipe_to_yaml
 from lmtrain.errors import UserError
 from lmtrain.formatting import format_count, format_duration
+from lmtrain.model.encoder import is_encoder, recipe_parameter_count
 from lmtrain.model.flops import FP16_ONLY_KINDS, flops_per_token, matmul_parameters, peak_flops_for_kind
 from lmtrain.model.llama import count_parameters, llama_config
 
 
 def dry_run_report(recipe: Recipe, num_processes: int) -> str:
     """The resolved recipe, the exact parameter count (meta device) and the batch arithmetic."""
-    n_params = count_parameters(llama_config(recipe))
+    n_params = recipe_parameter_count(recipe)
     return "\n".join(
         [
             "# resolved recipe",
@@ -277,6 +278,11 @@ def memory_plan(
 def plan_report(recipe: Recipe, cluster: Cluster) -> str:
     """What `train.py RECIPE --plan` prints: size, FLOPs, memory per ZeRO stage, batch and time to budget."""
     cluster.check()
+    if is_encoder(recipe):
+        raise UserError(
+            f"--plan counts a decoder's memory and FLOPs; model.architecture={recipe.model.architecture} is an "
+            "encoder: use --dry-run for its parameters and batch arithmetic (docs/encoders.md has its arithmetic)"
+        )
     dtype = training_dtype(recipe, cluster.gpu_kind)
     world = cluster.world_size
     try:

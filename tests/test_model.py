@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lmtrain.config.recipe import load_recipe
+from lmtrain.model.encoder import recipe_parameter_count
 from lmtrain.model.llama import count_parameters, llama_config
 from tests.conftest import REPO_ROOT
 
@@ -65,7 +66,7 @@ def test_every_shipped_recipe_dry_runs(recipe):
     assert "# resolved recipe" in result.stdout
     count_line = next(line for line in result.stdout.splitlines() if line.startswith("parameters:"))
     n_params = int(count_line.split()[1].replace(",", ""))
-    assert n_params == count_parameters(llama_config(load_recipe(REPO_ROOT / recipe)))
+    assert n_params == recipe_parameter_count(load_recipe(REPO_ROOT / recipe))
     assert "tokens/step" in result.stdout
 
 

@@ -366,9 +366,14 @@ class SpeedSwitches:
 
 @dataclass
 class ModelConfig(SpeedSwitches):
-    """A transformers LlamaForCausalLM. The vocabulary size comes from `tokenizer.vocab_size`. The speed switches
-    (attn_implementation, compile, liger_kernel, fp8) are SpeedSwitches'."""
+    """A transformers model: LlamaForCausalLM (a decoder), or an encoder (lmtrain/model/encoder.py). The vocabulary
+    size comes from `tokenizer.vocab_size`. The speed switches (attn_implementation, compile, liger_kernel, fp8) are
+    SpeedSwitches'."""
 
+    architecture: Literal["llama", "modernbert", "bert"] = "llama"
+    """llama: a decoder (LlamaForCausalLM), for objective.kind=clm. modernbert: ModernBertForMaskedLM (RoPE, GeGLU,
+    local/global attention), for objective.kind=mlm. bert: the classic BERT, BertForPreTraining with
+    objective.nsp (MLM and NSP heads), else BertForMaskedLM."""
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 8
@@ -380,6 +385,9 @@ class ModelConfig(SpeedSwitches):
     """Longest context the model supports (0 = data.seq_len)."""
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    """The norms' epsilon (Llama's RMSNorm, ModernBERT's LayerNorm)."""
+    local_attention: int = 128
+    """modernbert: the sliding window, in tokens, of the two local layers between global ones (ModernBERT: 128)."""
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     gradient_checkpointing: bool = False
@@ -669,6 +677,101 @@ class EvalConfig:
 
 PRETRAINING_METRICS = ("eval_loss", "eval_ppl", "eval_bpb")
 """What pretraining's evaluation reports; train.best_metric must be one of them."""
+MLM_METRICS = ("eval_loss", "eval_mlm_loss", "eval_mlm_accuracy")
+NSP_METRICS = ("eval_nsp_loss", "eval_nsp_accuracy")
+
+
+@dataclass
+class ObjectiveConfig:
+    """What pretraining predicts (docs/encoders.md). clm: the next token (a decoder). mlm: masked tokens (an
+    encoder), chosen anew each time a block is used (RoBERTa's dynamic masking) from the seed, the step and the
+    block, so a resume and any number of processes mask alike; with nsp, also whether segment B follows
+    segment A (BERT's next-sentence prediction, on pairs data_prep/ builds)."""
+
+    kind: Literal["clm", "mlm"] = "clm"
+    mask_rate: float = 0.15
+    """mlm: the share of (non-special) tokens chosen for the loss. BERT: 0.15; ModernBERT: 0.30."""
+    mask_replace_prob: float = 0.8
+    """mlm: of the chosen tokens, the share replaced by the mask token (BERT: 0.8)."""
+    random_replace_prob: float = 0.1
+    """mlm: of the chosen tokens, the share replaced by a random token (BERT: 0.1); the rest stay unchanged."""
+    whole_word_mask: bool = False
+    """mlm: choose whole words (a run of tokens that starts with a space, a symbol or a CJK character, and each
+    CJK character alone) rather than single tokens. transformers' collator then replaces every chosen token by
+    the mask token: set mask_replace_prob=1.0 and random_replace_prob=0.0 with it."""
+    nsp: bool = False
+    """Next-sentence prediction on `[CLS] A [SEP] B [SEP]` pairs, B the true continuation of A half of the time
+    (needs model.architecture=bert; data_prep/ builds the pairs)."""
+    short_seq_prob: float = 0.1
+    """nsp: the share of pairs given a random shorter length (BERT: 0.1), so the model also sees short inputs."""
+
+    def problems(self, where: str) -> list[str]:
+        p = Problems()
+        if self.kind == "mlm":
+            p.need(0.0 < self.mask_rate < 1.0, f"{where}.mask_rate: {self.mask_rate} must be in (0, 1), e.g. 0.15")
+            for name in ("mask_replace_prob", "random_replace_prob", "short_seq_prob"):
+                value = getattr(self, name)
+                p.need(0.0 <= value <= 1.0, f"{where}.{name}: {value} must be a fraction between 0 and 1")
+            p.need(
+                self.mask_replace_prob + self.random_replace_prob <= 1.0,
+                f"{where}: mask_replace_prob + random_replace_prob is "
+                f"{self.mask_replace_prob + self.random_replace_prob:g}; they must not exceed 1 (BERT: 0.8 + 0.1)",
+            )
+            p.need(
+                not self.whole_word_mask or (self.mask_replace_prob == 1.0 and self.random_replace_prob == 0.0),
+                f"{where}.whole_word_mask: transformers' whole-word masking replaces every chosen token by the mask "
+                f"token; set {where}.mask_replace_prob=1.0 and {where}.random_replace_prob=0.0",
+            )
+        p.need(
+            not self.nsp or self.kind == "mlm",
+            f"{where}.nsp: next-sentence prediction trains an encoder beside masked tokens; set {where}.kind=mlm",
+        )
+        return p
+
+
+def objective_problems(recipe: Recipe, at: str) -> list[str]:
+    """The objective must suit the model and the data: MLM needs an encoder, CLM a decoder, NSP BERT's heads."""
+    o, m = recipe.objective, recipe.model
+    p = Problems()
+    encoder = m.architecture in ("bert", "modernbert")
+    if o.kind == "clm":
+        p.need(
+            not encoder,
+            f"{at}model.architecture: {m.architecture} is an encoder; it trains with {at}objective.kind=mlm "
+            "(next-token prediction needs model.architecture=llama)",
+        )
+        return p
+    p.need(
+        encoder,
+        f"{at}objective.kind: mlm trains an encoder; set {at}model.architecture=modernbert or bert "
+        f"(llama is a decoder)",
+    )
+    p.need(
+        not o.nsp or m.architecture == "bert",
+        f"{at}objective.nsp: next-sentence prediction needs BERT's pair head; set {at}model.architecture=bert "
+        f"(it is {m.architecture}) or {at}objective.nsp=false",
+    )
+    for switch in ("compile", "liger_kernel", "fp8"):
+        p.need(
+            not getattr(m, switch),
+            f"{at}model.{switch}: is measured for the decoder only; turn it off for an encoder",
+        )
+    p.need(
+        m.attn_implementation in ("sdpa", "eager"),
+        f"{at}model.attn_implementation: {m.attn_implementation} is offered for the decoder; use sdpa or eager",
+    )
+    p.need(
+        not recipe.data.document_masking,
+        f"{at}data.document_masking: applies to the decoder's packed blocks; set it to false for an encoder",
+    )
+    p.need(
+        not recipe.eval.tasks,
+        f"{at}eval.tasks: multiple-choice tasks score a decoder's likelihoods; remove them for an encoder "
+        "(fine-tune it with finetune.py instead)",
+    )
+    metrics = MLM_METRICS + (NSP_METRICS if o.nsp else ())
+    p.extend(recipe.train.best_metric_problems(f"{at}train", metrics, "masked-language-model pretraining"))
+    return p
 
 
 @dataclass
@@ -683,17 +786,19 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def problems(self, where: str) -> list[str]:
         """The checks that span sections; each section checks its own fields."""
         at = f"{where}." if where else ""
-        p = Problems()
+        p = Problems(objective_problems(self, at))
         m, seq_len = self.model.max_position_embeddings, self.data.seq_len
         p.need(
             m == 0 or m >= seq_len,
             f"{at}model.max_position_embeddings: {m} is shorter than {at}data.seq_len {seq_len}",
         )
-        p.extend(self.train.best_metric_problems(f"{at}train", PRETRAINING_METRICS, "pretraining"))
+        if self.objective.kind == "clm":
+            p.extend(self.train.best_metric_problems(f"{at}train", PRETRAINING_METRICS, "pretraining"))
         every, eval_every = self.eval.every, self.train.eval_every
         p.need(
             every <= 0 or eval_every <= 0 or every % eval_every == 0,

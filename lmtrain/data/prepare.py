@@ -39,6 +39,7 @@ from lmtrain.config.recipe import DataConfig, Recipe
 from lmtrain.corpus.dedup import Deduplicator
 from lmtrain.corpus.mixture import SourceStats
 from lmtrain.corpus.sources import describe_source, source_label
+from lmtrain.data.pairs import PairSpec, write_pairs
 from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
 from lmtrain.data.workers import (
     SlurmOptions,
@@ -110,6 +111,11 @@ def _inputs(recipe: Recipe) -> tuple[dict, str]:
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer_dir),
         "seq_len": data.seq_len,
         "validation_fraction": data.validation_fraction,
+        **(
+            {"pairs": {"short_seq_prob": recipe.objective.short_seq_prob, "seed": recipe.train.seed}}
+            if recipe.objective.nsp
+            else {}
+        ),  # fmt: skip
     }
     return inputs, hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -234,7 +240,25 @@ def _build(recipe: Recipe, work: Path) -> dict:
             for text in texts:
                 f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
     dedup = Deduplicator(data.dedup).describe() if data.dedup.exact or data.dedup.near else None
-    return _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
+    report = _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
+    if recipe.objective.nsp:
+        spec = pair_spec(recipe, tokenizer)
+        pairs = write_pairs(staged, len(data.sources), SPLITS, dtype, tokenizer.eos_token_id, spec, data.batch_size,
+                            recipe.train.seed)  # fmt: skip
+        report["pairs"] = pairs
+        print("data: next-sentence pairs: " + ", ".join(
+            f"{split} {sum(c['pairs'] for c in counts):,}" for split, counts in pairs.items()), file=sys.stderr)  # fmt: skip
+    return report
+
+
+def pair_spec(recipe: Recipe, tokenizer) -> PairSpec:
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise UserError(
+            f"{recipe.tokenizer.dir}: objective.nsp builds [CLS] A [SEP] B [SEP] pairs and this tokenizer (a "
+            "decoder's) has no [CLS]/[SEP]; train one with this recipe: python tokenizer/train_tokenizer.py RECIPE"
+        )
+    return PairSpec(recipe.data.seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                    recipe.objective.short_seq_prob)  # fmt: skip
 
 
 @dataclasses.dataclass

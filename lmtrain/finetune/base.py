@@ -43,8 +43,13 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------------------- the base model
 
 
-def check_base_model(path: str) -> AutoConfig:
-    """The base model's config, after checking that `path` is a causal LM directory we can start from."""
+ENCODER_ENDINGS = ("ForMaskedLM", "ForPreTraining")
+"""Architectures of encoder exports (train.py with objective.kind=mlm): a classifier can start from them."""
+
+
+def check_base_model(path: str, task: str = "sft") -> AutoConfig:
+    """The base model's config, after checking that `path` is a model directory `task` can start from: a causal
+    LM for SFT; a causal LM or an encoder (masked LM) for classification."""
     directory = Path(path)
     if is_adapter_dir(directory):
         raise UserError(
@@ -66,8 +71,16 @@ def check_base_model(path: str) -> AutoConfig:
     except (ValueError, OSError, KeyError) as exc:
         raise UserError(f"base_model: {path}/config.json cannot be read by transformers: {exc}") from None
     architectures = getattr(config, "architectures", None) or []
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
-        architectures and not any(a.endswith("ForCausalLM") for a in architectures)
+    encoder = any(a.endswith(ENCODER_ENDINGS) for a in architectures)
+    if encoder and task != "classify":
+        raise UserError(
+            f"base_model: {path} is an encoder ({', '.join(architectures)}): it fills masks and cannot generate, "
+            f"which {task} trains; fine-tune it with task: classify, or start {task} from a causal LM such as "
+            "runs/smoke/final"
+        )
+    if not encoder and (
+        config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        or (architectures and not any(a.endswith("ForCausalLM") for a in architectures))
     ):
         kind = ", ".join(architectures) or config.model_type
         raise UserError(
@@ -146,7 +159,7 @@ class FinetuneTask(Task):
     def __init__(self, recipe: FinetuneRecipe):
         self.recipe = recipe
         self.seq_len = recipe.data.max_length
-        check_base_model(recipe.base_model)
+        check_base_model(recipe.base_model, recipe.task)
         self.tokenizer = load_base_tokenizer(recipe.base_model)
 
     def read_splits(self) -> Splits:
@@ -254,7 +267,8 @@ def apply_freezing(model: torch.nn.Module, cfg: FreezeConfig, head: torch.nn.Mod
         tied = any(p is q for p in embeddings.parameters() for q in head.parameters())
         frozen.append("embeddings" + (" (tied to the output layer, frozen with them)" if tied else ""))
     if cfg.first_n_layers:
-        layers = model.base_model.layers
+        base = model.base_model
+        layers = base.layers if hasattr(base, "layers") else base.encoder.layer  # BERT: encoder.layer
         if cfg.first_n_layers > len(layers):
             raise UserError(f"freeze.first_n_layers: {cfg.first_n_layers} but the model has {len(layers)} layers")
         for layer in layers[: cfg.first_n_layers]:

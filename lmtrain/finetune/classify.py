@@ -1,8 +1,10 @@
-"""Sequence classification as a `Task`: a pretrained decoder with a new linear head.
+"""Sequence classification as a `Task`: a pretrained decoder or encoder with a new linear head.
 
 transformers' LlamaForSequenceClassification reads the hidden state of each text's last token (the
 last one that is not padding) through a new `score` layer, hidden → labels. The decoder's weights come
-from the pretrained causal LM (its LM head is dropped). The loss is cross-entropy, optionally weighted
+from the pretrained causal LM (its LM head is dropped). From an encoder export (train.py with objective.kind=mlm)
+AutoModelForSequenceClassification builds BERT's classifier on the pooled [CLS] token or ModernBERT's on the mean of
+the tokens (its MLM head is dropped); the encoder's tokenizer wraps each text in [CLS] ... [SEP]. The loss is cross-entropy, optionally weighted
 per class. Evaluation gathers every process's predictions (the same examples on any number of
 processes) and computes accuracy and macro-F1 with the metric modules shipped in lmtrain/finetune/metrics/, which
 `evaluate.load` reads from the repository, so no Hub access is needed.
@@ -24,6 +26,12 @@ from lmtrain.finetune.base import FinetuneTask, say
 from lmtrain.finetune.metrics import load_metric
 from lmtrain.training.evaluation import eval_shard
 from lmtrain.training.task import to_device
+
+POOLING = {
+    "bert": "the [CLS] token (BERT's pooler, trained by NSP)",
+    "modernbert": "the mean of the tokens (ModernBERT, classifier_pooling=mean)",
+}
+"""What an encoder's sequence-classification head reads; a decoder's reads the last token."""
 
 
 def label_text(value) -> str | None:
@@ -149,12 +157,13 @@ class ClassifyTask(FinetuneTask):
             hf_logging.set_verbosity(verbosity)
         say(
             f"classification head: new linear layer {model.config.hidden_size} → {len(self.labels)} labels "
-            f"({', '.join(self.names)}) on the last token; decoder weights from {self.recipe.base_model}"
+            f"({', '.join(self.names)}) on {POOLING.get(model.config.model_type, 'the last token')}; "
+            f"weights from {self.recipe.base_model}"
         )
         return model
 
     def head(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.score
+        return model.score if hasattr(model, "score") else model.classifier  # decoders: score; encoders: classifier
 
     # -- batches and loss
 

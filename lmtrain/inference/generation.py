@@ -81,7 +81,7 @@ def _device() -> str:
 
 
 def model_kind(model_dir: str | Path) -> str:
-    """'causal_lm' or 'classifier', from the directory's config (or, for a LoRA adapter, its task type)."""
+    """'causal_lm', 'classifier' or 'masked_lm' (an encoder), from the directory's config (or, for a LoRA adapter, its task type)."""
     model_dir = Path(model_dir)
     if is_adapter_dir(model_dir):
         task_type = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("task_type")
@@ -91,7 +91,9 @@ def model_kind(model_dir: str | Path) -> str:
             f"{model_dir}: not a model directory (no config.json); pass a trained model such as runs/smoke/final"
         )
     architectures = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
-    return "classifier" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal_lm"
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"
+    return "masked_lm" if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures) else "causal_lm"
 
 
 def load_model(model_dir: str | Path, base: str | None = None):

@@ -23,11 +23,13 @@ def matmul_parameters(config: LlamaConfig, head_width: int | None = None) -> int
     `head_width` replaces the vocabulary as the output width (a classification head: its labels)."""
     h, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
-    q_width, kv_width = heads * head_dim, config.num_key_value_heads * head_dim
+    q_width, kv_width = heads * head_dim, getattr(config, "num_key_value_heads", heads) * head_dim
     attention = h * q_width + 2 * h * kv_width + q_width * h
     if getattr(config, "attention_bias", False):
         attention += q_width + 2 * kv_width + h
-    mlp = 3 * h * inter + (2 * inter + h if getattr(config, "mlp_bias", False) else 0)
+    # SwiGLU/GeGLU: gate, up and down projections; BERT's MLP has no gate (up and down only)
+    matrices = 2 if config.model_type == "bert" else 3
+    mlp = matrices * h * inter + (2 * inter + h if getattr(config, "mlp_bias", False) else 0)
     return config.num_hidden_layers * (attention + mlp) + h * (head_width or config.vocab_size)
 
 

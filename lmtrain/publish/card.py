@@ -18,9 +18,15 @@ from safetensors import safe_open
 
 from lmtrain.formatting import format_count, format_duration
 
-PIPELINE_TAGS = {"pretrain": "text-generation", "sft": "text-generation", "classify": "text-classification"}
+PIPELINE_TAGS = {
+    "pretrain": "text-generation",
+    "pretrain_encoder": "fill-mask",
+    "sft": "text-generation",
+    "classify": "text-classification",
+}
 WHAT = {
     "pretrain": "a language model pretrained from scratch",
+    "pretrain_encoder": "an encoder pretrained from scratch with masked-language modelling",
     "sft": "an instruction-tuned (SFT) language model",
     "classify": "a text classifier fine-tuned from a pretrained language model",
 }
@@ -31,7 +37,7 @@ class CardFacts:
     """What a card says beyond the export's own files, gathered by the run from its task and its log."""
 
     kind: str
-    """pretrain, sft or classify."""
+    """pretrain, pretrain_encoder (masked-language-model pretraining), sft or classify."""
     recipe: dict
     metrics: list[dict]
     """The records of metrics.jsonl up to the export."""
@@ -275,6 +281,11 @@ def _usage(facts: CardFacts, name: str) -> str:
         text = "这家酒店很干净" if zh else "def read_config(path):"
         code = (f'from transformers import pipeline\n\nclassify = pipeline("text-classification", model={where}{rev})\n'
                 f'print(classify("{text}"))')  # fmt: skip
+    elif facts.kind == "pretrain_encoder":
+        text = "中国的首都是[MASK]京。" if zh else "def read(path):\n    with open(path) as f:\n        [MASK] f.read()"
+        code = (f'from transformers import pipeline\n\nfill = pipeline("fill-mask", model={where}{rev})\n'
+                f"print(fill({text!r}))\n# AutoModelForMaskedLM loads the weights, "
+                "AutoModelForSequenceClassification starts a classifier from them (finetune.py)")  # fmt: skip
     elif facts.kind == "sft":
         question = "用一句话介绍你自己。" if zh else "What does this function do? def f(x): return x * 2"
         code = (f"from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -317,6 +328,8 @@ def _limitations(facts: CardFacts) -> str:
     base = (
         "It has had no instruction tuning or safety alignment: it continues text, it does not follow instructions"
         if facts.kind == "pretrain"
+        else "It fills masked tokens and is meant to be fine-tuned (classification, retrieval); it generates no text"
+        if facts.kind == "pretrain_encoder"
         else "Its behaviour outside the fine-tuning data's distribution was not evaluated"
     )
     return (

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lmtrain.config.recipe import DedupConfig, Recipe
@@ -61,6 +61,11 @@ CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 needs no new embeddings."""
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, *CHAT_TOKENS)
 """In id order: <|endoftext|>=0, <|pad|>=1, <|im_start|>=2, <|im_end|>=3."""
+ENCODER_TOKENS = ("[CLS]", "[SEP]", "[MASK]")
+"""An encoder's tokenizer only (model.architecture bert or modernbert): the ids right after the learned vocabulary,
+where a decoder's tokenizer has its first reserved tokens, so decoder tokenizers keep every id they had. [MASK]
+takes the space before it (lstrip, as RoBERTa's <mask>): words carry their leading space in this BPE, so
+"x [MASK] 1" asks for the token " +", the one training replaced."""
 RESERVED_TOKEN = "<|reserved_{}|>"
 
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
@@ -120,21 +125,27 @@ def train_tokenizer(
 
     start = time.perf_counter()
     corpus = _TrainingCorpus(recipe)
-    backend = train_bpe(corpus.batches(), recipe.tokenizer.vocab_size, recipe.tokenizer.min_frequency)
+    encoder_tokens = _encoder_tokens(recipe)
+    learnable = recipe.tokenizer.vocab_size - len(encoder_tokens)
+    backend = train_bpe(corpus.batches(), learnable, recipe.tokenizer.min_frequency)
     if corpus.chars == 0:
         raise UserError(
             f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
             "none is left after cleaning and holding out the validation split; add data to data.sources"
         )
+    if encoder_tokens:
+        add_encoder_tokens(backend)
     learned_size = backend.get_vocab_size()
     backend.add_special_tokens([RESERVED_TOKEN.format(i) for i in range(recipe.tokenizer.vocab_size - learned_size)])
     assert backend.get_vocab_size() == recipe.tokenizer.vocab_size
 
+    cls, sep, mask = ENCODER_TOKENS if encoder_tokens else (None, None, None)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=EOS_TOKEN,
         bos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
+        **({"cls_token": cls, "sep_token": sep, "mask_token": mask} if encoder_tokens else {}),
         clean_up_tokenization_spaces=False,  # would otherwise "fix" spaces before punctuation and break round trips
         model_max_length=model_max_length,
     )
@@ -156,6 +167,25 @@ def train_tokenizer(
     # The record goes last: until it exists, the directory never looks reusable.
     record_path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return tokenizer
+
+
+def _encoder_tokens(recipe: Recipe) -> tuple[str, ...]:
+    return ENCODER_TOKENS if recipe.model.architecture in ("bert", "modernbert") else ()
+
+
+def add_encoder_tokens(backend: Tokenizer) -> None:
+    """[CLS], [SEP] and [MASK] after the learned vocabulary, and BERT's template: `tokenizer(text)` gives
+    `[CLS] text [SEP]` and a pair `[CLS] A [SEP] B [SEP]` with token_type_ids 0 then 1, as fill-mask pipelines and
+    sequence classification expect. The data pipeline encodes with add_special_tokens=False and never gets them."""
+    cls, sep, mask = ENCODER_TOKENS
+    backend.add_special_tokens([AddedToken(cls, special=True), AddedToken(sep, special=True),
+                                AddedToken(mask, special=True, lstrip=True)])  # fmt: skip
+    cls_id, sep_id = backend.token_to_id(cls), backend.token_to_id(sep)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, cls_id), (sep, sep_id)],
+    )
 
 
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
@@ -395,6 +425,7 @@ def _training_settings(recipe: Recipe) -> dict:
             "sample_chars": ALPHABET_SAMPLE_CHARS,
         },
         "special_tokens": list(SPECIAL_TOKENS),
+        **({"encoder_tokens": list(_encoder_tokens(recipe))} if _encoder_tokens(recipe) else {}),
         "vocab_size": recipe.tokenizer.vocab_size,
         "min_frequency": recipe.tokenizer.min_frequency,
         "max_training_chars": recipe.tokenizer.max_training_chars,

@@ -132,7 +132,7 @@ def fit(recipe, task: Task) -> FitResult:
             periodic = t.checkpoint_every and step % t.checkpoint_every == 0
             save_now = stop_now or diverged or step == t.max_steps or periodic
             if step % t.log_every == 0 or save_now:  # a checkpoint closes the window: its state holds no partial one
-                log.write(window.record(step, state, lr, t.max_steps))
+                log.write(window.record(step, state, lr, t.max_steps) | task.train_metrics(accelerator))
             if step % t.eval_every == 0 or step == t.max_steps:
                 with window.excluded():
                     last_eval = run_eval(step)
@@ -190,6 +190,7 @@ def train_step(
     loss over all of its loss targets, on every process together: each micro-batch's mean is weighted by its
     targets (so that micro-batches with few answer tokens do not weigh as much as full ones), whatever the
     micro-batch size, accumulation or number of processes."""
+    task.start_step(step)
     batches = [task.batch(micro) for micro in np.split(indices, accum)]
     targets = [task.loss_targets(batch) for batch in batches]
     step_targets = _sum_over_processes(accelerator, sum(targets))

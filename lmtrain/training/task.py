@@ -24,6 +24,15 @@ class Task:
         """The model, built after the Accelerator (so that ZeRO-3 partitions it while it is built)."""
         raise NotImplementedError
 
+    def start_step(self, step: int) -> None:
+        """Called before the batches of optimizer step `step` (1-based) are made: a task whose batches depend on
+        the step (dynamic MLM masking) keeps it; resuming at a step gives the same batches."""
+
+    def train_metrics(self, accelerator: Accelerator) -> dict[str, float]:
+        """Training metrics beyond the loss since the last log record (summed over processes; every process
+        calls it at each log record), e.g. MLM accuracy; none by default."""
+        return {}
+
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs (with labels) for these training examples, on the CPU."""
         raise NotImplementedError
