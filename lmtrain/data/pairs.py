@@ -195,6 +195,7 @@ def write_pairs(data_dir: Path, sources: int, splits: tuple[str, ...], dtype: np
     """Every source's pairs of every split into data_dir/pairs/<split>/, source after source; per split, each
     source's counts (the manifest's `pairs` section)."""
     counts = {}
+    (data_dir / PAIRS_DIR).mkdir()
     for split in splits:
         parts, counts[split] = [], []
         for source in range(sources):

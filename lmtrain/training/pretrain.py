@@ -252,7 +252,7 @@ def _check_sources(recipe: Recipe, manifest: dict) -> None:
                 f"{', '.join(prepared)}); run `python data_prep/prepare.py RECIPE` with this recipe"
             )
     for i, (source, summary) in enumerate(zip(recipe.data.sources, manifest["sources"])):
-        if source.weight > 0 and not summary["splits"]["train"]["blocks"]:
+        if source.weight > 0 and not summary["splits"]["train"]["blocks"] and not recipe.objective.nsp:
             raise UserError(
                 f"data.sources.{i} ({prepared[i]}): weight {source.weight:g} but no prepared training block "
                 f"({summary['splits']['train']['tokens']:,} tokens, fewer than data.seq_len); give it weight 0 "
