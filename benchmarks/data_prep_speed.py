@@ -228,9 +228,9 @@ def this_pipeline(texts: list[str], tokenizer_dir: str, eos_id: int, batch_size:
     for i in range(0, len(texts), batch_size):
         batch = texts[i : i + batch_size]
         ids = encoder.encode_batch(batch)
-        for split in writers:
-            held_out = split == "validation"
-            writers[split].add([d for t, d in zip(batch, ids) if is_validation_document(t, 0.02) == held_out])
+        held_out = [is_validation_document(text, 0.02) for text in batch]
+        writers["train"].add([d for d, v in zip(ids, held_out) if not v])
+        writers["validation"].add([d for d, v in zip(ids, held_out) if v])
         tokens += sum(map(len, ids))
     for writer in writers.values():
         writer.close()

@@ -295,8 +295,7 @@ class DataConfig:
     more tasks bound each task's memory and let more workers run (lmtrain/data/workers.py)."""
     workers: int = 1
     """Tasks run at once, each in its own process (datatrove's LocalPipelineExecutor). Output is identical for
-    any number; set it to the machine's cores (several threads encode inside each task, so cores / 2 is
-    about as fast on a busy machine). On a cluster: data_prep/prepare.py --slurm."""
+    any number; set it to the machine's free cores. On a cluster: data_prep/prepare.py --slurm-partition."""
     mixture_window: int = 0
     """Blocks over which the sources' weights hold exactly (lmtrain/data/sampler.py MixtureSampler): every window
     of this many consecutive training blocks has round(weight share × window) blocks of each source. 0 =
