@@ -43,14 +43,14 @@ CHECKPOINT_BYTES_PER_PARAM = 12
 """A ZeRO checkpoint holds each parameter's fp32 master weight and Adam's two fp32 moments (bf16 weights are
 rebuilt from them). Measured: 12.05 bytes per parameter in the 2-process ZeRO-3 checkpoint of
 tests/test_reliability.py (1,984,422 bytes of optimizer shards for 164,672 parameters; the rest is metadata)."""
-MEASURED_SAVE_MIB_S = 413.0
+MEASURED_SAVE_MIB_S = 297.0
 """A synchronous save's rate (bytes per second of stall, one process, files synced to disk) measured on the
-development machine (2 shared CPU cores, a virtual disk) by benchmarks/reliability.py's checkpoint_stall:
-84.3 MiB in 0.204 s (mean of the saves at steps 10 and 20; sync_write_mib_per_s 413)."""
-MEASURED_SNAPSHOT_MIB_S = 487.0
-"""An asynchronous save's snapshot rate into RAM (/dev/shm), the same run: 84.3 MiB in 0.173 s. On this machine
-RAM is hardly faster than the disk, so the snapshot saves little; where the storage is slower than host memory
-(a shared filesystem, GPUs copying to host), the gap is the point."""
+development machine (2 shared CPU cores, a virtual disk) by `python benchmarks/reliability.py`, checkpoint_stall:
+84.3 MiB in 0.284 s (mean of the saves at steps 10 and 20), sync_write_mib_per_s 297."""
+MEASURED_SNAPSHOT_MIB_S = 710.0
+"""An asynchronous save's snapshot rate into RAM (/dev/shm), the same run: 84.3 MiB in 0.119 s. On this machine
+RAM is only about twice as fast as the disk; where the storage is slower than host memory (a shared filesystem
+written by every GPU of a node at once), the gap is what an asynchronous save gains."""
 
 
 @dataclass(frozen=True)

@@ -468,7 +468,8 @@ class TrainConfig:
     """Save checkpoints in the background: training waits only while each process writes its state into node-local
     RAM (/dev/shm, or $LMTRAIN_CHECKPOINT_SNAPSHOT_DIR), then continues while it is copied to run_dir and published
     (at most one save in flight; the last save and a preemption's wait). Needs free RAM for each process's share of
-    a checkpoint; on by default in the 7B recipes, where a synchronous save stalls every GPU (docs/training.md)."""
+    a checkpoint; on in the 7B pretraining and SFT recipes, where a synchronous save stalls every GPU
+    (docs/training.md)."""
     keep_last: int = 2
     """Checkpoints to keep, newest first (at least 1: the one a resume needs)."""
     keep_every: int = 0
