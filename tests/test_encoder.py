@@ -16,7 +16,7 @@ from lmtrain.config.recipe import ObjectiveConfig, RecipeError, load_recipe
 from lmtrain.data.masking import DynamicMasker
 from lmtrain.errors import UserError
 from lmtrain.tokenizer.bpe import ENCODER_TOKENS, SPECIAL_TOKENS, load_tokenizer
-from tests.conftest import prepare_recipe, run_cli
+from tests.conftest import REPO_ROOT, prepare_recipe, run_cli
 
 TINY_MLM = """
 tokenizer: {vocab_size: 512}
@@ -329,6 +329,27 @@ def test_nsp_on_documents_too_short_says_how_many_were_usable(tmp_path):
     assert "usable of" in result.stderr
 
 
+def test_a_resumed_mlm_run_masks_and_trains_as_the_uninterrupted_one(prepared, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", "train.max_steps=6", "train.checkpoint_every=3", "train.log_every=1",
+            "train.eval_every=3", "train.eval_batches=2"]  # fmt: skip
+    run_cli("train.py", prepared, *args)
+
+    def after_step_3() -> list[tuple]:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["mlm_accuracy"]) for r in records if "mlm_loss" in r and r["step"] > 3]
+
+    uninterrupted = after_step_3()
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")  # as if the run had stopped after step 3
+    shutil.rmtree(run_dir / "final")
+    result = run_cli("train.py", prepared, *args)
+    assert "resuming from" in result.stderr and "step 3" in result.stderr
+    assert [s for s, _, _ in uninterrupted] == [4, 5, 6]
+    assert after_step_3() == uninterrupted  # the same masks, so the same losses and accuracies, to the last digit
+
+
 # ---------------------------------------------------------------------------- fine-tuning an encoder
 
 CLASSIFY = """
@@ -357,8 +378,9 @@ def test_encoder_classification_beats_the_majority_class(trained, tmp_path):
 
 def test_sft_from_an_encoder_is_refused_with_a_clear_message(trained, tmp_path):
     path = tmp_path / "sft.yaml"
-    path.write_text(yaml.safe_dump({"task": "sft", "base_model": f"{trained.run_dir}/final",
-                                    "run_dir": str(tmp_path / "sft")}), encoding="utf-8")  # fmt: skip
+    sft = yaml.safe_load((REPO_ROOT / "recipes/smoke/sft.yaml").read_text(encoding="utf-8"))
+    sft |= {"base_model": f"{trained.run_dir}/final", "run_dir": str(tmp_path / "sft")}
+    path.write_text(yaml.safe_dump(sft), encoding="utf-8")
     result = run_cli("finetune.py", path, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "is an encoder (ModernBertForMaskedLM)" in result.stderr and "task: classify" in result.stderr
