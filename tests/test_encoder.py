@@ -310,6 +310,58 @@ def test_nsp_pairs_are_balanced_consecutive_typed_and_within_the_limit():
     assert short > 0.05 * len(pairs)  # short_seq_prob, and documents that end
 
 
+def test_bert_nsp_pairs_come_from_the_prepared_documents_and_train_both_heads(tmp_path):
+    """Data prep writes the per-source shards, then the pairs from their documents; a short run trains and logs both
+    heads; the export is a BertForPreTraining for plain transformers."""
+    from lmtrain.data.pairs import IS_NEXT, read_pairs
+    from lmtrain.data.prepare import read_manifest
+    from lmtrain.data.shards import TokenStream, source_dir
+
+    text = yaml.safe_load(TINY_MLM)
+    text["model"] = {
+        "architecture": "bert",
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "intermediate_size": 128,
+    }
+    text["objective"] = {"kind": "mlm", "mask_rate": 0.15, "nsp": True, "short_seq_prob": 0.1}
+    text["train"].update(max_steps=6, eval_every=3, checkpoint_every=0, log_every=3)
+    recipe_path = prepare_recipe(tmp_path, yaml.safe_dump(text))
+    recipe = load_recipe(recipe_path)
+    manifest = read_manifest(recipe.data.dir)
+    tok = load_tokenizer(recipe.tokenizer.dir)
+    train = read_pairs(recipe.data.dir, "train")[:]
+    labels = train["next_sentence_label"][:, 0]
+    assert len(labels) == manifest["pairs"]["train"][0]["pairs"] > 100
+    assert abs(float((labels == IS_NEXT).mean()) - 0.5) < 0.1
+    # every A segment is a run of one document of the prepared stream: find it there
+    stream = TokenStream(source_dir(recipe.data.dir, 0, "train"), np.dtype(manifest["shards"]["dtype"]))
+    tokens = stream.read(0, len(stream)).astype(np.int64)
+    for ids, label in zip(train["input_ids"][:40], labels[:40]):
+        seps = np.flatnonzero(ids == tok.sep_token_id)
+        a, b = ids[1 : seps[0]], ids[seps[0] + 1 : seps[1]]
+        starts = np.flatnonzero(tokens[: len(tokens) - len(a) + 1] == a[0])
+        found = [s for s in starts if (tokens[s : s + len(a)] == a).all()]
+        assert found and tok.eos_token_id not in a
+        if label == IS_NEXT:  # B continues A in the same document
+            assert any((tokens[s + len(a) : s + len(a) + len(b)] == b).all() for s in found)
+
+    run_cli("train.py", recipe_path)
+    records = [json.loads(line) for line in open(f"{recipe.run_dir}/metrics.jsonl")]
+    assert all(0 <= r["nsp_accuracy"] <= 1 for r in records if "nsp_accuracy" in r)
+    assert [r["step"] for r in records if "eval_nsp_accuracy" in r] == [0, 3, 6]
+    script = (
+        "import sys\nfrom transformers import AutoModelForPreTraining\n"
+        "print(type(AutoModelForPreTraining.from_pretrained(sys.argv[1])).__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, f"{recipe.run_dir}/final"], capture_output=True, text=True, timeout=120,
+        cwd="/", env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.stdout.strip().splitlines()[-1] == "BertForPreTraining", result.stderr[-2000:]
+
+
 def test_nsp_on_documents_too_short_says_how_many_were_usable(tmp_path):
     corpus = tmp_path / "one_token_lines.txt"
     corpus.write_text("\n".join(["a"] * 400 + ["a longer document with several words in it"] * 1) + "\n")
