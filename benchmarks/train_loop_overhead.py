@@ -403,11 +403,14 @@ def bare_loop(args: argparse.Namespace, turns: Turns) -> None:
 
 def our_loop(args: argparse.Namespace, turns: Turns) -> None:
     """`python train.py RECIPE run_dir=...`, with a stop after each of the loop's log records."""
-    from lmtrain.training import loop as trainer
-    from lmtrain.training import metrics_log
+    from lmtrain.training import checkpoint, metrics_log
     from lmtrain.training import pretrain as pretraining
 
-    write, evaluate, save = metrics_log.MetricsLog.write, pretraining.PretrainTask.evaluate, trainer.save_checkpoint
+    write, evaluate, save = (
+        metrics_log.MetricsLog.write,
+        pretraining.PretrainTask.evaluate,
+        checkpoint.Checkpointer.save,
+    )
 
     def write_then_stop(self, record: dict, every_rank: bool = False) -> None:
         start = time.perf_counter()
@@ -428,7 +431,7 @@ def our_loop(args: argparse.Namespace, turns: Turns) -> None:
 
     metrics_log.MetricsLog.write = write_then_stop
     pretraining.PretrainTask.evaluate = excluded(evaluate)
-    trainer.save_checkpoint = excluded(save)
+    checkpoint.Checkpointer.save = excluded(save)
     sys.argv = ["train.py", args.recipe, f"run_dir={args.run_dir}"]
     try:
         runpy.run_path(str(REPO_ROOT / "train.py"), run_name="__main__")
