@@ -41,6 +41,17 @@ def write_recipe(path, text: str, **sections) -> str:
     return str(path)
 
 
+def in_plain_transformers(script: str, model_dir: str) -> str:
+    """The last line `script` prints, run with `model_dir` as its argument in a separate Python process outside the
+    repository (plain transformers, offline): what a user of the export would run."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, model_dir], capture_output=True, text=True, timeout=120,
+        cwd="/", env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A tiny MLM recipe with its encoder tokenizer and packed data, as a user would prepare them."""
@@ -269,12 +280,7 @@ def test_short_mlm_run_lowers_validation_loss_and_its_export_fills_masks(trained
         "out = fill('import os\\nimport [MASK]\\n')\n"
         "print(json.dumps({'cls': type(model).__name__, 'out': out}))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, f"{recipe.run_dir}/final"], capture_output=True, text=True, timeout=120,
-        cwd="/", env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    answer = json.loads(in_plain_transformers(script, f"{recipe.run_dir}/final"))
     assert answer["cls"] == "ModernBertForMaskedLM"
     assert len(answer["out"]) == 3 and all(o["sequence"].startswith("import os\nimport") for o in answer["out"])
     assert answer["out"][0]["score"] >= answer["out"][1]["score"] >= answer["out"][2]["score"]
@@ -355,11 +361,7 @@ def test_bert_nsp_pairs_come_from_the_prepared_documents_and_train_both_heads(tm
         "import sys\nfrom transformers import AutoModelForPreTraining\n"
         "print(type(AutoModelForPreTraining.from_pretrained(sys.argv[1])).__name__)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script, f"{recipe.run_dir}/final"], capture_output=True, text=True, timeout=120,
-        cwd="/", env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert result.stdout.strip().splitlines()[-1] == "BertForPreTraining", result.stderr[-2000:]
+    assert in_plain_transformers(script, f"{recipe.run_dir}/final") == "BertForPreTraining"
 
 
 def test_nsp_on_documents_too_short_says_how_many_were_usable(tmp_path):

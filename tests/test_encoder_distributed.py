@@ -13,28 +13,17 @@ from lmtrain.config.recipe import load_recipe
 from lmtrain.model.encoder import build_encoder, model_config
 from lmtrain.tokenizer.bpe import load_tokenizer
 from tests.test_distributed import LAUNCH, LOSS_RTOL, metrics, run
+from tests.test_encoder import TINY_MLM
 
 pytestmark = pytest.mark.distributed
-
-TINY = """
-tokenizer: {vocab_size: 512}
-data:
-  sources: [{kind: python_stdlib, max_documents: 120}]
-  clean: {strip_html: false}
-  seq_len: 64
-  validation_fraction: 0.1
-model: {architecture: modernbert, hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 96,
-        local_attention: 32}
-objective: {kind: mlm, mask_rate: 0.3}
-train: {max_steps: 6, global_batch_size: 8, micro_batch_size: 4, warmup_steps: 2, lr: 3.0e-3,
-        eval_every: 3, eval_batches: 4, log_every: 1}
-"""
 
 
 @pytest.fixture(scope="module")
 def both_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("encoder-dist")
-    text = yaml.safe_load(TINY)
+    text = yaml.safe_load(TINY_MLM)
+    text["train"] = {"max_steps": 6, "global_batch_size": 8, "micro_batch_size": 4, "warmup_steps": 2, "lr": 3.0e-3,
+                     "eval_every": 3, "eval_batches": 4, "log_every": 1}  # fmt: skip
     text["tokenizer"]["dir"], text["data"]["dir"] = str(root / "tokenizer"), str(root / "data")
     text["model"]["init_from"] = str(root / "init")
     recipe_path = root / "tiny.yaml"
