@@ -15,9 +15,12 @@ as data_prep/prepare.py runs it), which reports the peak RSS of its largest work
 - identical: the manifests of the two runs agree on every source's sha256 and counts;
 - bytes_per_token: bytes of the .bin shards / tokens;
 - rss_growth_4x: (peak worker RSS at 4× with 4× the tasks - at 1×) / at 1×, 2 workers;
-- vs_tiktoken: the 1-worker rate / tiktoken's encoding alone (lmtrain's CorpusEncoder, same cores) of the documents
-  the pipeline kept: the share of the encoder's limit the whole pipeline (read, clean, filter, MinHash, tokenize,
-  dedup, write) reaches;
+- vs_tiktoken: a worker's tokenize-and-write rate (the tokens its read tasks encoded / the seconds they spent encoding,
+  spot-checking and writing them, as the tasks measure it; 1 worker, so the encoder has the cores it has alone)
+  / tiktoken's encoding alone (lmtrain's CorpusEncoder.fast_ids, same threads) of the documents the pipeline kept:
+  what data_prep_speed.py measured for the single-process pipeline (0.58-0.69);
+- pipeline_vs_tiktoken: the whole pipeline's 1-worker rate (read, clean, filter, MinHash, tokenize, dedup, write,
+  process start-up) / the same limit, and read_stage_seconds: where a read task's time goes;
 - estimate: hours for 1T tokens from the measured per-core rate (2 workers on 2 cores → rate / 2 per core), on one
   64-core node and on 8, assuming tasks scale with cores (independent slices) and storage keeps up: an estimate.
 
@@ -89,7 +92,9 @@ def main() -> None:
         "worker_peak_rss_mb_4x": round(two["worker_peak_rss_mb"], 1),
         "rss_growth_4x": round(two["worker_peak_rss_mb"] / quarter["worker_peak_rss_mb"] - 1, 3),
         "tiktoken_tokens_per_s": round(encoder_rate),
-        "vs_tiktoken": round(rate_1 / encoder_rate, 3),
+        "vs_tiktoken": round(tokenize_write_rate(one["manifest"]) / encoder_rate, 3),
+        "pipeline_vs_tiktoken": round(rate_1 / encoder_rate, 3),
+        "read_stage_seconds_1_worker": one["manifest"]["read_stage"]["seconds"],
         "estimate_hours_1T_one_64_core_node": round(TRILLION / (per_core * 64) / 3600, 1),
         "estimate_hours_1T_8_nodes": round(TRILLION / (per_core * 64 * 8) / 3600, 1),
         "load_average_after": round(os.getloadavg()[0], 2),
@@ -152,6 +157,12 @@ def same_content(a: dict, b: dict) -> bool:
     ]
 
 
+def tokenize_write_rate(manifest: dict) -> float:
+    """tokens/s of the read tasks' tokenize and write phases (their own clocks, summed over tasks)."""
+    stage = manifest["read_stage"]
+    return stage["tokens_encoded"] / (stage["seconds"]["tokenize"] + stage["seconds"]["write"])
+
+
 def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
     """tokens/s of the encoder alone on the documents the pipeline kept (decoded from the shards), best of 3."""
     from lmtrain.data.prepare import open_prepared, read_manifest
@@ -168,7 +179,7 @@ def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        tokens = sum(len(d) for i in range(0, len(texts), 1000) for d in encoder.encode_batch(texts[i : i + 1000]))
+        tokens = sum(len(d) for i in range(0, len(texts), 1000) for d in encoder.fast_ids(texts[i : i + 1000]))
         best = min(best, time.perf_counter() - start)
     return tokens / best
 

@@ -47,6 +47,9 @@ def main() -> None:
     removed = ", ".join(f"{n} {reason}" for reason, n in filters["removed"].items()) or "none"
     print(f"  quality filters removed: {removed}; boilerplate lines removed: {filters['boilerplate_lines_removed']:,}")
     print(f"  duplicates removed: {dedup['exact_duplicates']:,} exact, {dedup['near_duplicates']:,} near")
+    if timing := manifest.get("read_stage"):  # absent from data prepared before it was measured
+        phases = ", ".join(f"{phase} {s:.1f} s" for phase, s in timing["seconds"].items())
+        print(f"  read tasks, summed: {phases} (encoder threads per task: {timing['encoder_threads']})")
     print(f"  {'source':<40}{'weight':>8}{'target':>8}{'documents':>11}{'tokens':>14}  (weights apply when training)")
     for s in manifest["sources"]:
         print(

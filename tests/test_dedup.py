@@ -238,3 +238,20 @@ def test_exact_key_is_the_64_bit_blake2b_of_the_folded_text():
 def test_lsh_bands_edge_thresholds():
     assert lsh_bands(0.01, 112) == (112, 1)  # one row per band: midpoint 1/112
     assert lsh_bands(1.0, 112) == (1, 112)  # b = 1 gives midpoint 1 for every r: the most rows win the tie
+
+
+def test_the_ascii_path_gives_the_units_and_exact_key_of_the_unicode_path():
+    """ASCII text skips the Unicode regexes: the units and exact key must be the ones those regexes give."""
+    from lmtrain.corpus.dedup import _NON_WORD, units
+    from lmtrain.corpus.filters import UNIT
+
+    rng = random.Random(0)
+    every_ascii = "".join(map(chr, range(128)))
+    texts = [every_ascii, "def f(x_1, y):\n\treturn x_1+y  # Sum\r\n", "__init__ A1b2 _c_ 3.14e-2"]
+    texts += ["".join(rng.choice(every_ascii) for _ in range(200)) for _ in range(50)]
+    for text in texts:
+        assert text.isascii()
+        assert units(text) == [u.encode() for u in UNIT.findall(text.lower())]
+        folded = _NON_WORD.sub("", text.casefold()).encode()
+        assert exact_key(text) == int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "big")
+    assert units("Naïve café 河水") == ["naïve".encode(), "café".encode(), "河".encode(), "水".encode()]

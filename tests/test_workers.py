@@ -62,7 +62,9 @@ def corpus(tmp_path_factory):
 
 def prepared(recipe_path: Path, tmp_path: Path, *overrides: str) -> dict:
     manifest = prepare_data(load_recipe(recipe_path, [f"data.dir={tmp_path / 'data'}", *overrides]))
-    return {k: v for k, v in manifest.items() if k != "seconds"}
+    seconds, read_stage = manifest.pop("seconds"), manifest.pop("read_stage")  # measurements, not content
+    assert {"read_clean_filter", "tokenize", "write", "dedup_keys"} <= set(read_stage["seconds"]) and seconds > 0
+    return manifest
 
 
 def test_same_data_with_1_2_or_8_workers_and_any_number_of_tasks(corpus, tmp_path, monkeypatch):

@@ -12,6 +12,10 @@ Like FineWeb, a band collision counts as a duplicate without an exact Jaccard ch
 The signature of a document is computed in a handful of numpy operations over all its
 shingles at once (units hashed with crc32, shingles by a polynomial over the unit hashes,
 permutations by multiply-shift hashing), instead of one Python-level hash call per shingle.
+ASCII text (most code and much English) takes a byte-level path to the same units and the same
+exact key, without the Unicode regexes: on 400 files of the standard library (98 % ASCII) units
+took 0.09 s instead of 0.38 s and exact keys 0.04 s instead of 0.39 s (tests/test_dedup.py checks
+that both paths agree).
 
 Memory: the index holds one 64-bit key per band per kept document (about 1 KB per document at
 the defaults, in Python sets), so it grows with the number of documents. Beyond tens of millions
@@ -34,6 +38,11 @@ _SEED = 20240601
 """Fixed, so that the same corpus is deduplicated the same way on every run and machine."""
 _NON_WORD = re.compile(r"[\W_]+")
 _SHINGLE_BASE = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so the polynomial mixes every unit
+_ASCII_WORD = bytes(c for c in range(128) if re.match(r"[^\W_]", chr(c)))
+"""ASCII letters and digits: the characters _NON_WORD and UNIT keep in ASCII text."""
+_ASCII_UNITS = bytes(c if c in _ASCII_WORD else ord(" ") for c in range(256))
+"""A bytes.translate table: every byte but a letter or digit becomes a space, so split() gives UNIT's words."""
+_ASCII_NON_WORD = bytes(c for c in range(128) if c not in _ASCII_WORD)
 _CHUNK = 8192
 """Shingles per signature step: bounds the (shingles x permutations) matrix at 8 MB."""
 
@@ -45,8 +54,19 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def exact_key(text: str) -> int:
-    folded = _NON_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
-    return int.from_bytes(hashlib.blake2b(folded.encode("utf-8"), digest_size=8).digest(), "big")
+    if text.isascii():  # NFKC leaves ASCII as it is, and casefold is lower
+        folded = text.lower().encode("ascii").translate(None, _ASCII_NON_WORD)
+    else:
+        folded = _NON_WORD.sub("", unicodedata.normalize("NFKC", text).casefold()).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "big")
+
+
+def units(text: str) -> list[bytes]:
+    """The document's units (lmtrain/corpus/filters.py's UNIT: words, and CJK characters one by one), lowercased,
+    in UTF-8."""
+    if text.isascii():
+        return text.lower().encode("ascii").translate(_ASCII_UNITS).split()
+    return [unit.encode("utf-8") for unit in UNIT.findall(text.lower())]
 
 
 class MinHasher:
@@ -57,11 +77,12 @@ class MinHasher:
         self.ngram = ngram
         self.mul = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
         self.add = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+        self._mul_column, self._add_column = self.mul[:, None], self.add[:, None]
 
     def shingles(self, text: str) -> np.ndarray:
         """Distinct 64-bit hashes of the document's n-grams of units (one shingle if it is shorter)."""
-        units = UNIT.findall(text.lower())
-        codes = np.fromiter((zlib.crc32(u.encode("utf-8")) for u in units), dtype=np.uint64, count=len(units))
+        words = units(text)
+        codes = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=len(words))
         n = min(self.ngram, len(codes))
         if n == 0:
             return codes
@@ -71,11 +92,15 @@ class MinHasher:
         return np.unique(hashes)
 
     def signature(self, shingles: np.ndarray) -> np.ndarray:
+        # Permutations along rows, shingles along columns: each row's minimum is a reduction over contiguous
+        # memory (measured 1.6x faster than shingles along rows, on 300 documents of 100-5,000 shingles).
         signature = np.full(len(self.mul), np.iinfo(np.uint64).max, dtype=np.uint64)
         for start in range(0, len(shingles), _CHUNK):
-            chunk = shingles[start : start + _CHUNK, None]
-            np.minimum(signature, ((chunk * self.mul + self.add) >> np.uint64(32)).min(axis=0), out=signature)
-        return signature.astype(np.uint32)
+            chunk = shingles[None, start : start + _CHUNK]
+            np.minimum(signature, (chunk * self._mul_column + self._add_column).min(axis=1), out=signature)
+        # The high 32 bits of each permutation's minimum: x >> 32 never decreases as x grows, so shifting once,
+        # after the minimum, gives what shifting every hash would.
+        return (signature >> np.uint64(32)).astype(np.uint32)
 
 
 class Deduplicator:

@@ -43,8 +43,8 @@ from lmtrain.data.pairs import PairSpec, write_pairs
 from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
 from lmtrain.data.workers import (
     SlurmOptions,
-    encoder_stats,
     merged_stats,
+    read_task_stats,
     run_stages,
     source_summary,
 )
@@ -241,7 +241,9 @@ def _build(recipe: Recipe, work: Path) -> dict:
             for text in texts:
                 f.write(json.dumps({"source": name, "text": text}, ensure_ascii=False) + "\n")
     dedup = Deduplicator(data.dedup).describe() if data.dedup.exact or data.dedup.near else None
-    report = _report(data, source_stats, splits, dedup, encoder_stats(work, data.tasks), dtype, tokenizer.eos_token_id)
+    encoder, read_stage = read_task_stats(work, data.tasks)
+    report = _report(data, source_stats, splits, dedup, encoder, dtype, tokenizer.eos_token_id)
+    report["read_stage"] = read_stage
     if recipe.objective.nsp:
         spec = pair_spec(recipe, tokenizer)
         pairs = write_pairs(staged, len(data.sources), SPLITS, dtype, tokenizer.eos_token_id, spec, data.batch_size,

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from lmtrain.corpus.dedup import Deduplicator, exact_key
 from lmtrain.corpus.mixture import MIN_HELD_OUT_DOCUMENTS, SourceStats, source_documents
 from lmtrain.corpus.sources import CorpusStats, is_validation_document, source_label
 from lmtrain.data.shards import SHARD_SUFFIX, ShardWriter, source_dir, token_dtype
-from lmtrain.tokenizer.bpe import corpus_encoder, load_tokenizer
+from lmtrain.tokenizer.bpe import available_cores, corpus_encoder, load_tokenizer
 
 SPLITS = ("train", "validation")
 HELD_OUT_CHARS = 2_000_000
@@ -80,7 +81,9 @@ def run_stages(recipe: Recipe, work: Path, executor=None):
     SlurmOptions.executor, whose stages each wait for the one before)."""
     d = recipe.data
     dedup = d.dedup.exact or d.dedup.near
-    stages = [("read", ReadStep(recipe, work), d.tasks)]
+    # Locally the workers share the machine's cores; a cluster task's process may use the cores it was given.
+    threads = None if executor is not None else max(1, available_cores() // min(d.workers, d.tasks))
+    stages = [("read", ReadStep(recipe, work, threads), d.tasks)]
     if dedup:
         stages.append(("dedup", DedupStep(recipe, work), d.tasks))
     stages += [("cluster", ClusterStep(recipe, work), 1), ("write", WriteStep(recipe, work), d.tasks)]
@@ -163,12 +166,18 @@ class ReadStep(_Step):
 
     name = "read, clean, filter, tokenize"
 
+    def __init__(self, recipe: Recipe, work: Path, threads: int | None = None):
+        super().__init__(recipe, work)
+        self.threads = threads
+        """The encoder's threads: the cores a task has (all its process may use, by default)."""
+
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         d = self.recipe.data
         tokenizer = load_tokenizer(self.recipe.tokenizer.dir)
-        encoder = corpus_encoder(self.recipe.tokenizer.dir)
+        encoder = corpus_encoder(self.recipe.tokenizer.dir, self.threads)
         dedup = Deduplicator(d.dedup)
         dtype = token_dtype(len(tokenizer))
+        seconds, tokens = Counter(), 0
         for i, source in enumerate(d.sources):
             final = _dir(self.work, "read", i, rank)
             out = _fresh(final.with_name(final.name + ".partial"))
@@ -176,9 +185,11 @@ class ReadStep(_Step):
             documents = source_documents(source, i, d, None, stats, shard=(rank, world_size))
             writer = ShardWriter(out / f"tokens{SHARD_SUFFIX}", dtype, tokenizer.eos_token_id)
             lengths, validation, keys, held_out, held_chars = [], [], [], [], 0
-            for batch in _batches(documents, d.batch_size):
-                ids = encoder.encode_batch(batch)
-                writer.add(ids)
+            batches = _batches(documents, d.batch_size)
+            while batch := _timed(seconds, "read_clean_filter", next, batches, None):
+                ids = _timed(seconds, "tokenize", encoder.encode_batch, batch)
+                _timed(seconds, "write", writer.add, ids)
+                keys += _timed(seconds, "dedup_keys", lambda: [_keys(text, dedup) for text in batch])
                 for text, doc in zip(batch, ids):
                     is_validation = is_validation_document(text, d.validation_fraction)
                     if is_validation and held_chars < HELD_OUT_CHARS:
@@ -186,8 +197,8 @@ class ReadStep(_Step):
                         held_chars += len(text)
                     lengths.append(len(doc))
                     validation.append(is_validation)
-                    keys.append(_keys(text, dedup))
             writer.close()
+            tokens += writer.tokens
             np.save(out / "lengths.npy", np.array(lengths, dtype=np.int64))
             np.save(out / "validation.npy", np.array(validation, dtype=bool))
             np.save(out / "keys.npy", _key_table(keys, dedup))
@@ -195,8 +206,17 @@ class ReadStep(_Step):
             (out / "stats.json").write_text(json.dumps(_stats_dict(stats)), encoding="utf-8")
             _publish(out, final)
             self.stat_update("documents", value=len(lengths))
-        encoder_stats = self.work / "read" / f"encoder-{rank:05d}.json"
-        encoder_stats.write_text(json.dumps(encoder.stats()), encoding="utf-8")
+        task = {"encoder": encoder.stats(), "seconds": dict(seconds), "tokens": tokens, "threads": encoder.threads}
+        (self.work / "read" / f"task-{rank:05d}.json").write_text(json.dumps(task), encoding="utf-8")
+
+
+def _timed(seconds: Counter, phase: str, function, *args):
+    """`function(*args)`, its wall time added to seconds[phase]."""
+    start = time.perf_counter()
+    try:
+        return function(*args)
+    finally:
+        seconds[phase] += time.perf_counter() - start
 
 
 def _keys(text: str, dedup: Deduplicator) -> list[int]:
@@ -466,14 +486,23 @@ def source_summary(work: Path, source: int, tasks: int) -> tuple[dict, dict[str,
     return plan, {split: dict(c) for split, c in splits.items()}, held_out
 
 
-def encoder_stats(work: Path, tasks: int) -> dict:
-    """The encoders' counts of every task of stage 1, added up (the first difference: the first task's)."""
+def read_task_stats(work: Path, tasks: int) -> tuple[dict, dict]:
+    """Stage 1's tasks, added up: the encoders' counts (the first difference: the first task's), and where the
+    tasks' time went: seconds per phase (read_clean_filter, tokenize, write, dedup_keys), the tokens they encoded
+    (duplicates included: they are removed later) and the encoder's threads per task."""
     merged = {"documents": Counter(), "spot_checked_documents": 0, "fell_back_to_tokenizers_at": None}
+    seconds, tokens, threads = Counter(), 0, set()
     for t in range(tasks):
-        part = json.loads((work / "read" / f"encoder-{t:05d}.json").read_text(encoding="utf-8"))
-        merged["documents"].update(part["documents"])
-        merged["spot_checked_documents"] += part["spot_checked_documents"]
+        part = json.loads((work / "read" / f"task-{t:05d}.json").read_text(encoding="utf-8"))
+        encoder = part["encoder"]
+        merged["documents"].update(encoder["documents"])
+        merged["spot_checked_documents"] += encoder["spot_checked_documents"]
         merged["fell_back_to_tokenizers_at"] = (
-            merged["fell_back_to_tokenizers_at"] or part["fell_back_to_tokenizers_at"]
+            merged["fell_back_to_tokenizers_at"] or encoder["fell_back_to_tokenizers_at"]
         )
-    return merged | {"documents": dict(merged["documents"])}
+        seconds.update(part["seconds"])
+        tokens += part["tokens"]
+        threads.add(part["threads"])
+    timing = {"seconds": {phase: round(s, 3) for phase, s in seconds.items()}, "tokens_encoded": tokens,
+              "encoder_threads": sorted(threads)}  # fmt: skip
+    return merged | {"documents": dict(merged["documents"])}, timing

@@ -214,9 +214,10 @@ def tokenizer_fingerprint(directory: str | Path) -> str:
     return hashlib.sha256((Path(directory) / "tokenizer.json").read_bytes()).hexdigest()
 
 
-def corpus_encoder(directory: str | Path) -> CorpusEncoder:
-    """The encoder the data pipeline tokenizes corpus text with (see CorpusEncoder)."""
-    return CorpusEncoder(Path(directory) / "tokenizer.json")
+def corpus_encoder(directory: str | Path, threads: int | None = None) -> CorpusEncoder:
+    """The encoder the data pipeline tokenizes corpus text with (see CorpusEncoder), on `threads` threads (default:
+    every core this process may run on)."""
+    return CorpusEncoder(Path(directory) / "tokenizer.json", threads)
 
 
 class CorpusEncoder:
@@ -234,11 +235,11 @@ class CorpusEncoder:
     one document in SPOT_CHECK_EVERY is also encoded by `tokenizers`, and at the first difference that
     batch and all later ones are encoded by `tokenizers` (the data manifest counts both)."""
 
-    def __init__(self, tokenizer_json: Path):
+    def __init__(self, tokenizer_json: Path, threads: int | None = None):
         self.reference = Tokenizer.from_file(str(tokenizer_json))
         self.reference.encode_special_tokens = True
         self.fast = _tiktoken_encoding(json.loads(tokenizer_json.read_text(encoding="utf-8")), self.reference)
-        self.threads = _cores()
+        self.threads = threads or available_cores()
         self._workers = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tiktoken")
         self.documents = Counter()
         self.spot_checked = 0
@@ -516,7 +517,7 @@ def _serial_merges() -> Iterator[Callable[[Iterator[list[str]]], Iterator[list[s
     the trainer reads the text (pre-tokenizes and counts words) in parallel, and once the corpus
     iterator is exhausted, before the merges begin, parallelism is turned off (`tokenizers` reads
     TOKENIZERS_PARALLELISM each time it could go parallel). Yields a wrapper for the corpus iterator."""
-    cores = _cores()
+    cores = available_cores()
     before = os.environ.get("TOKENIZERS_PARALLELISM")
 
     def switch(batches: Iterator[list[str]]) -> Iterator[list[str]]:
@@ -598,5 +599,5 @@ def _bytes_per_token(encoder: CorpusEncoder, texts: list[str]) -> float | None:
     return round(sum(len(t.encode("utf-8")) for t in texts) / num_tokens, 3)
 
 
-def _cores() -> int:
+def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
