@@ -89,6 +89,8 @@ def test_wrong_objective_combinations_are_all_reported_at_once(tmp_path):
         (["objective.kind=clm"], "model.architecture: modernbert is an encoder"),
         (["objective.nsp=true"], "needs BERT's pair head; set model.architecture=bert (it is modernbert)"),
         (["objective.mask_rate=0"], "objective.mask_rate: 0.0 must be in (0, 1)"),
+        (["model.dropout=1.0"], "model.dropout: must be in [0, 1)"),
+        (["model.architecture=llama", "objective.kind=clm", "model.dropout=0.1"], "the decoder trains without dropout"),
         (["objective.mask_replace_prob=0.95"], "they must not exceed 1"),
         (["data.document_masking=true"], "data.document_masking: applies to the decoder"),
         (["train.best_metric=eval_bpb"], "'eval_bpb' is not a metric of masked-language-model pretraining"),
@@ -105,6 +107,22 @@ def test_nsp_with_bert_and_best_mlm_accuracy_load(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", TINY_MLM, model={"architecture": "bert"}, objective={"nsp": True})
     recipe = load_recipe(path, ["train.best_metric=eval_nsp_accuracy"])
     assert recipe.objective.nsp and recipe.model.architecture == "bert"
+
+
+@pytest.mark.parametrize(
+    "architecture, fields, default",
+    [
+        ("bert", ("hidden_dropout_prob", "attention_probs_dropout_prob"), 0.1),
+        ("modernbert", ("embedding_dropout", "mlp_dropout", "attention_dropout"), 0.0),
+    ],
+)
+def test_model_dropout_reaches_every_dropout_of_the_encoder(tmp_path, architecture, fields, default):
+    from lmtrain.model.encoder import model_config
+
+    path = write_recipe(tmp_path / "r.yaml", TINY_MLM, model={"architecture": architecture})
+    unset, set_ = model_config(load_recipe(path)), model_config(load_recipe(path, ["model.dropout=0.25"]))
+    assert [getattr(unset, f) for f in fields] == [default] * len(fields)  # the paper's (BERT), ModernBERT's
+    assert [getattr(set_, f) for f in fields] == [0.25] * len(fields)
 
 
 # ---------------------------------------------------------------------------- tokenizer

@@ -48,8 +48,9 @@ def model_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None
 
 def bert_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None) -> BertConfig:
     """BERT (Devlin et al. 2018): learned absolute positions, post-LayerNorm, GELU MLP of `intermediate_size`,
-    two token types (segments A and B). Dropout 0.1 as the original."""
+    two token types (segments A and B). Dropout 0.1 as the original unless model.dropout says otherwise."""
     m, ids = recipe.model, special_token_ids or {}
+    dropout = {} if m.dropout is None else {"hidden_dropout_prob": m.dropout, "attention_probs_dropout_prob": m.dropout}
     return BertConfig(
         vocab_size=recipe.tokenizer.vocab_size,
         hidden_size=m.hidden_size,
@@ -61,6 +62,7 @@ def bert_config(recipe: Recipe, special_token_ids: dict[str, int] | None = None)
         initializer_range=m.initializer_range,
         pad_token_id=ids.get("pad", 0),
         tie_word_embeddings=True,
+        **dropout,
     )
 
 
@@ -69,6 +71,9 @@ def modernbert_config(recipe: Recipe, special_token_ids: dict[str, int] | None =
     attention layer every third layer and sliding windows of `model.local_attention` tokens between them.
     Classification pools the mean of the tokens: the packed MLM blocks hold no [CLS] to learn a summary in."""
     m, ids = recipe.model, special_token_ids or {}
+    dropout = (
+        {} if m.dropout is None else dict.fromkeys(("embedding_dropout", "mlp_dropout", "attention_dropout"), m.dropout)
+    )
     return ModernBertConfig(
         vocab_size=recipe.tokenizer.vocab_size,
         hidden_size=m.hidden_size,
@@ -86,6 +91,7 @@ def modernbert_config(recipe: Recipe, special_token_ids: dict[str, int] | None =
         sep_token_id=ids.get("sep"),
         classifier_pooling="mean",
         tie_word_embeddings=True,
+        **dropout,
     )
 
 
