@@ -88,8 +88,8 @@ def split_pattern(cjk_max_chars: int | None = None) -> str:
 
 SPLIT_PATTERN = split_pattern()
 """How the tokenizer splits text when it encodes (tiktoken and `tokenizers` alike): a CJK run stays whole, so
-BPE places the token boundaries inside it where its merges fall, not at fixed offsets (measured: 2-7 % fewer
-tokens on held-out Chinese than cutting it as in training, benchmarks/README.md)."""
+BPE places the token boundaries inside it where its merges fall, not at fixed offsets (measured with the
+default 4: 6-10 % fewer tokens on held-out Chinese than cutting it as in training; benchmarks/README.md)."""
 CJK_TRAINING_CHUNK_CHARS = TokenizerConfig.cjk_training_chunk_chars
 r"""While the merges are learned, a run of CJK characters is cut into pre-tokens of at most this many characters
 (from its start; the recipe's tokenizer.cjk_training_chunk_chars), so no learned token holds more. Why: Chinese
@@ -109,7 +109,7 @@ _FORMAT_VERSION = 4
 ALPHABET_COVERAGE = 0.999
 """Share of the training text's characters that are covered by characters with a token of their
 own (sentencepiece's character_coverage; its default for CJK is 0.9995). Measured on 8 MB of
-English and Chinese with 8,192 tokens (benchmarks/README.md): 0.995 gives 3.69/4.09 bytes/token
+English and Chinese with 8,192 tokens (benchmarks/README.md, format 3): 0.995 gives 3.69/4.09 bytes/token
 (en/zh), 0.999 3.62/4.21, 0.9995 3.58/4.18."""
 ALPHABET_MAX_SHARE = 0.5
 """At most this share of the learnable vocabulary (beyond special tokens and the 256 bytes) goes to
