@@ -1,6 +1,7 @@
 """Chinese at scale: the trainer sees CJK runs in bounded chunks, and encoding stays identical in both engines."""
 
 import os
+import random
 import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -56,9 +57,17 @@ def test_training_cuts_a_long_han_run_into_pieces_of_at_most_the_bound():
     assert pieces(bpe.SPLIT_PATTERN, LONG_RUN) == [LONG_RUN]  # encoding keeps the run whole
 
 
+def random_mixed_texts(count: int = 200) -> list[str]:
+    """Han, kana, Hangul, Latin letters, digits, CJK and ASCII punctuation, spaces and newlines, in random runs."""
+    rng = random.Random(0)
+    alphabet = "中华人民共和国的一是了我不在有人这上们来到时大地为子中你说生国年着就那和要她出也得里后自以会ひらがなカタカナ한국어"
+    alphabet += "abcXYZé0123456789，。！？、；：（）「」,.!?'()-_ \t\n\u3000"
+    return ["".join(rng.choices(alphabet, k=rng.randint(1, 120))) for _ in range(count)]
+
+
 @pytest.mark.parametrize("pattern", [TRAINING_SPLIT_PATTERN, bpe.SPLIT_PATTERN], ids=["training", "encoding"])
 def test_both_regex_engines_split_alike(pattern):
-    for text in MIXED:
+    for text in MIXED + random_mixed_texts():
         expected = pieces(pattern, text)
         assert "".join(expected) == text
         assert tiktoken_pieces(pattern, text, expected) == expected
