@@ -261,7 +261,7 @@ class TokenizerConfig:
     cjk_training_chunk_chars: int = 4
     """While training, cut runs of CJK characters into pieces of at most this many characters (no token holds
     more; encoding still keeps a run whole). Bounds the trainer's memory on Chinese: per million characters,
-    ≈125 MB at 4, ≈47 MB at 2 (≈7 % more tokens for Chinese at vocabulary 8,192), ≈167 MB with 0 = whole runs
+    ≈124 MB at 4, ≈45 MB at 2 (≈7 % more tokens for Chinese at vocabulary 8,192), ≈167 MB with 0 = whole runs
     (best compression, for small samples only); code ≈10 MB (benchmarks/README.md)."""
 
     def problems(self, where: str) -> list[str]:

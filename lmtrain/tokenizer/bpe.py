@@ -6,9 +6,10 @@ Design (GPT-2/GPT-4 family):
   pipeline, never hidden in the tokenizer.
 - A GPT-4-style split regex before the byte mapping, with two changes: digits are split one
   by one (numbers get consistent tokens, as in Llama 3 / Qwen), and runs of CJK characters
-  are split from runs of other letters (so "Python是" is two pre-tokens, not one). While training only,
-  CJK runs are also cut every CJK_TRAINING_CHUNK_CHARS characters (tokenizer.cjk_training_chunk_chars), so that the trainer's memory does
-  not grow with every distinct Chinese clause.
+  are split from runs of other letters (so "Python是" is two pre-tokens, not one). While training
+  only, CJK runs are also cut into pieces of at most CJK_TRAINING_CHUNK_CHARS characters
+  (tokenizer.cjk_training_chunk_chars), so that the trainer's memory does not grow with every
+  distinct Chinese clause.
 - Special tokens get fixed ids 0-3 (see SPECIAL_TOKENS); the vocabulary is then padded with
   `<|reserved_N|>` tokens to exactly `tokenizer.vocab_size`, the model's embedding size.
 
@@ -74,7 +75,9 @@ _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
 
 
 def split_pattern(cjk_max_chars: int | None = None) -> str:
-    """The pre-tokenization regex; with `cjk_max_chars`, CJK runs are cut every that many characters."""
+    """The pre-tokenization regex; with `cjk_max_chars`, CJK runs are cut into pieces of at most that many
+    characters (from the run's start). tiktoken's regex engine (fancy-regex) and `tokenizers`' (Oniguruma) split
+    alike with or without the bound (tests/test_tokenizer_cjk.py)."""
     cjk_run = f"{{1,{cjk_max_chars}}}" if cjk_max_chars else "+"
     return (
         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"  # English contractions
@@ -96,8 +99,8 @@ r"""While the merges are learned, a run of CJK characters is cut into pre-tokens
 has no spaces, so a whole run is a clause, nearly every clause is a distinct "word" for `tokenizers`' BPE
 trainer, and its word table grew with the text (≈167 MB per million Chinese characters against ≈10 for code).
 Qwen2 and GLM-4 keep the run whole (`\p{L}+`); sentencepiece bounds its pieces (max_sentencepiece_length,
-default 16). Why 4: the largest bound that cuts the slope (to ≈125 MB) with Chinese compression within 2 % at
-vocabulary 8,192 and 5 % at 64,000; 2 cuts it to ≈47 MB but costs 7 % and 19 %, 3 costs 4 % and 9 %
+default 16). Why 4: the largest bound that cuts the slope (to ≈124 MB) with Chinese compression within 2 % at
+vocabulary 8,192 and 5 % at 64,000; 2 cuts it to ≈45 MB but costs 7 % and 19 %, 3 costs 4 % and 9 %
 (benchmarks/tokenizer_cjk_bound.py and tokenizer_scale.py)."""
 
 TRAINING_RECORD = "lmtrain_training.json"
