@@ -14,16 +14,20 @@ docstrings of the held-out .py files.
 
 The trainer's memory grows with its word table (each distinct pre-token, with a list of its symbols and an
 entry per pair in the index that tells where each pair occurs), so this also reports, on the Chinese
-training text, the distinct CJK pre-tokens and their total characters per million characters of text: the
-part of that table that Chinese adds. Peak memory itself: benchmarks/tokenizer_scale.py.
+training text, the distinct CJK pre-tokens and their total characters per million characters of text (the
+part of that table that Chinese adds), and the exponent of its growth with the text between successive
+doublings (1: linear, as many new characters in the table per character of text at any size). Peak memory itself: benchmarks/tokenizer_scale.py.
 Prints a table, then one JSON line with each bound's figures and its ratios to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
+import random
 import re
 import time
 
@@ -97,14 +101,29 @@ def measure(bound: int, train: dict[str, list[str]], held_out: dict[str, list[st
 
 
 def word_table(pattern: str, texts: list[str]) -> dict:
-    """Distinct CJK pre-tokens of `texts` and their characters, per million characters of text."""
+    """Distinct CJK pre-tokens of `texts` and their characters, per million characters of text; and how the
+    characters in the table grow with the text: the exponent b of table ∝ text^b between successive doublings of
+    a prefix (1 = linear; the documents in a fixed random order, so that the file's order does not show)."""
     split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    distinct = {piece for text in texts for piece, _ in split.pre_tokenize_str(text) if CJK.search(piece)}
-    per_million = 1e6 / sum(map(len, texts))
+    texts = random.Random(0).sample(texts, len(texts))
+    total = sum(map(len, texts))
+    marks = [total // 8, total // 4, total // 2, total]
+    distinct: set[str] = set()
+    table_chars, text_chars, points = 0, 0, []
+    for text in texts:
+        for piece, _ in split.pre_tokenize_str(text):
+            if CJK.search(piece) and piece not in distinct:
+                distinct.add(piece)
+                table_chars += len(piece)
+        text_chars += len(text)
+        while len(points) < len(marks) and text_chars >= marks[len(points)]:
+            points.append((text_chars, table_chars))
+    exponents = [round(math.log(b[1] / a[1]) / math.log(b[0] / a[0]), 2) for a, b in itertools.pairwise(points)]
     return {
-        "zh_train_chars": sum(map(len, texts)),
-        "distinct_cjk_pre_tokens_per_million_chars": round(len(distinct) * per_million),
-        "distinct_cjk_pre_token_chars_per_million_chars": round(sum(map(len, distinct)) * per_million),
+        "zh_train_chars": total,
+        "distinct_cjk_pre_tokens_per_million_chars": round(len(distinct) * 1e6 / total),
+        "distinct_cjk_pre_token_chars_per_million_chars": round(table_chars * 1e6 / total),
+        "table_growth_exponents": exponents,
     }
 
 
@@ -135,12 +154,13 @@ def ratios(figures: dict, baseline: dict) -> dict:
 
 def print_table(results: dict) -> None:
     langs = ("zh", "en", "code")
-    head = ["bound", "CJK pre-tokens/M", "their chars/M"]
+    head = ["bound", "CJK pre-tokens/M", "their chars/M", "table growth exponents"]
     head += [f"{lang}@{v}" for v in VOCAB_SIZES for lang in langs] + [f"zh@{v} cut alike" for v in VOCAB_SIZES]
     print(" | ".join(head))
     for bound, f in results.items():
         row = [bound if bound != "0" else "none"]
         row += [str(f[f"distinct_cjk_{what}_per_million_chars"]) for what in ("pre_tokens", "pre_token_chars")]
+        row += [", ".join(map(str, f["table_growth_exponents"]))]
         row += [f"{f[f'bytes_per_token_{lang}_{v}']:.3f}" for v in VOCAB_SIZES for lang in langs]
         row += [f"{f[f'bytes_per_token_zh_{v}_cut_alike']:.3f}" for v in VOCAB_SIZES]
         print(" | ".join(row))
