@@ -99,8 +99,8 @@ r"""While the merges are learned, a run of CJK characters is cut into pre-tokens
 has no spaces, so a whole run is a clause, nearly every clause is a distinct "word" for `tokenizers`' BPE
 trainer, and its word table grew with the text (≈167 MB per million Chinese characters against ≈10 for code).
 Qwen2 and GLM-4 keep the run whole (`\p{L}+`); sentencepiece bounds its pieces (max_sentencepiece_length,
-default 16). Why 4: the largest bound that cuts the slope (to ≈124 MB) with Chinese compression within 2 % at
-vocabulary 8,192 and 5 % at 64,000; 2 cuts it to ≈45 MB but costs 7 % and 19 %, 3 costs 4 % and 9 %
+default 16). Why 4: the smallest bound that keeps Chinese compression within 2 % at vocabulary 8,192 and 5 % at
+64,000; it cuts the slope to ≈124 MB. 2 cuts it to ≈45 MB but costs 7 % and 19 %, 3 costs 4 % and 9 %
 (benchmarks/tokenizer_cjk_bound.py and tokenizer_scale.py)."""
 
 TRAINING_RECORD = "lmtrain_training.json"
