@@ -9,10 +9,11 @@ when it starts) and wall time.
 Code: the standard library (31.5 MB). Chinese: a CSV given with --zh (the dev machine has 2.9 MB of hotel
 reviews, about 1M characters), trained once per --zh-bounds value: the bound on CJK pre-tokens while training
 (tokenizer.cjk_training_chunk_chars; 0 = a run kept whole, format version 3, the baseline; default: 0 and the
-project's CJK_TRAINING_CHUNK_CHARS). Slopes: MB (of training's part) per million characters between each two
+project's CJK_TRAINING_CHUNK_CHARS). Slopes: trainer MB per million characters between each two
 successive sizes, so that growth faster than linear shows as rising slopes, and the least-squares slope over all
 sizes; the extrapolation to the 7B's 5 GB sample is the straight line at that slope (an estimate from small
-samples).
+samples). Each bounded Chinese series is compared with the unbounded one of the same run (`vs_unbounded`: fitted
+slope and held-out bytes/token at the largest size), and every series with code (`fitted_slope_vs_code`).
 Ends with one JSON line.
 """
 
@@ -85,17 +86,33 @@ def main() -> None:
             points = [train(Path(tmp) / f"{name}{chars}", sources, chars, bound) for chars in sizes]
             result[name] = summary(points)
             for point in points:
-                print(f"{name:<14} {point['chars']:>12,} chars: peak RSS {point['peak_rss_mb']:6.0f} MB, training "
+                print(f"{name:<14} {point['chars']:>12,} chars: peak RSS {point['peak_rss_mb']:6.0f} MB, trainer "
                       f"{point['trainer_rss_mb']:5.0f} MB, {point['seconds']:5.1f} s, {point['bytes_per_token']} bytes/token")  # fmt: skip
             print(
                 f"{name:<14} trainer MB per million chars between successive sizes: {result[name]['rss_mb_per_million_chars']}, "
                 f"fitted {result[name]['rss_mb_per_million_chars_fitted']}"
             )
-    print(json.dumps(result))
+    print(json.dumps(compared(result)))
+
+
+def compared(result: dict) -> dict:
+    """`result` with each series' ratios to code's and to unbounded Chinese's figures from the same run."""
+    slope = "rss_mb_per_million_chars_fitted"
+    for name, figures in result.items():
+        figures["fitted_slope_vs_code"] = round(figures[slope] / result["code"][slope], 2)
+        if name.startswith("zh_bound") and "zh_unbounded" in result:
+            whole = result["zh_unbounded"]
+            figures["vs_unbounded"] = {
+                slope: round(figures[slope] / whole[slope], 3),
+                "held_out_bytes_per_token": round(
+                    figures["held_out_bytes_per_token"][-1] / whole["held_out_bytes_per_token"][-1], 4
+                ),
+            }
+    return result
 
 
 def summary(points: list[dict]) -> dict:
-    """The measured points, the slopes between successive sizes, and the straight line to 5 GB at the last one."""
+    """The measured points, the slopes between successive sizes, and the straight line to 5 GB at the fitted one."""
     chars = [p["chars"] for p in points]
     slopes = [
         round((b["trainer_rss_mb"] - a["trainer_rss_mb"]) / (b["chars"] - a["chars"]) * 1e6, 1)
@@ -129,7 +146,8 @@ def train(root: Path, sources: list[dict], chars: int, bound: int | None) -> dic
     root.mkdir(parents=True)
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path), *([f"tokenizer.cjk_training_chunk_chars={bound}"] if bound is not None else [])], env=os.environ | {"PYTHONPATH": str(ROOT)},
+    overrides = [f"tokenizer.cjk_training_chunk_chars={bound}"] if bound is not None else []
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), *overrides], env=os.environ | {"PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, check=True)  # fmt: skip
     seconds = time.perf_counter() - start
     record = json.loads((root / "tokenizer" / TRAINING_RECORD).read_text(encoding="utf-8"))
