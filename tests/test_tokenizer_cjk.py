@@ -129,7 +129,10 @@ def test_the_recipe_sets_the_bound_and_a_new_bound_retrains(tmp_path, capsys):
     assert training_record(tmp_path / "tokenizer")["settings"]["cjk_training_chunk_chars"] == 2
     train_tokenizer(load_recipe(path))  # the default bound: not the tokenizer trained above
     assert "settings or corpus changed" in capsys.readouterr().out
-    assert longest_han_token(Tokenizer.from_file(str(tmp_path / "tokenizer" / "tokenizer.json"))) == 4
+    assert (
+        longest_han_token(Tokenizer.from_file(str(tmp_path / "tokenizer" / "tokenizer.json")))
+        == CJK_TRAINING_CHUNK_CHARS
+    )
 
 
 def test_a_negative_bound_is_a_user_error(tmp_path):
