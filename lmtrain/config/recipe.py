@@ -258,6 +258,11 @@ class TokenizerConfig:
     """A pair must occur at least this often in the corpus to become a merge."""
     max_training_chars: int = 0
     """Train on at most this many characters of cleaned text (0 = all)."""
+    cjk_training_chunk_chars: int = 4
+    """While training, cut runs of CJK characters into pieces of at most this many characters (no token holds
+    more; encoding still keeps a run whole). Bounds the trainer's memory on Chinese: per million characters,
+    ≈124 MB at 4, ≈45 MB at 2 (≈7 % more tokens for Chinese at vocabulary 8,192), ≈167 MB with 0 = whole runs
+    (best compression, for small samples only); code ≈10 MB (benchmarks/README.md)."""
 
     def problems(self, where: str) -> list[str]:
         p = Problems()
@@ -268,6 +273,10 @@ class TokenizerConfig:
         )
         p.need(self.min_frequency >= 1, f"{where}.min_frequency: must be at least 1")
         p.need(self.max_training_chars >= 0, f"{where}.max_training_chars: must be >= 0 (0 = all)")
+        p.need(
+            self.cjk_training_chunk_chars >= 0,
+            f"{where}.cjk_training_chunk_chars: must be >= 0 (0 = whole CJK runs; 4 is the default)",
+        )
         return p
 
 

@@ -6,7 +6,10 @@ Design (GPT-2/GPT-4 family):
   pipeline, never hidden in the tokenizer.
 - A GPT-4-style split regex before the byte mapping, with two changes: digits are split one
   by one (numbers get consistent tokens, as in Llama 3 / Qwen), and runs of CJK characters
-  are split from runs of other letters (so "Python是" is two pre-tokens, not one).
+  are split from runs of other letters (so "Python是" is two pre-tokens, not one). While training
+  only, CJK runs are also cut into pieces of at most CJK_TRAINING_CHUNK_CHARS characters
+  (tokenizer.cjk_training_chunk_chars), so that the trainer's memory does not grow with every
+  distinct Chinese clause.
 - Special tokens get fixed ids 0-3 (see SPECIAL_TOKENS); the vocabulary is then padded with
   `<|reserved_N|>` tokens to exactly `tokenizer.vocab_size`, the model's embedding size.
 
@@ -45,7 +48,7 @@ import tiktoken
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from lmtrain.config.recipe import DedupConfig, Recipe
+from lmtrain.config.recipe import DedupConfig, Recipe, TokenizerConfig
 from lmtrain.corpus.dedup import Deduplicator
 from lmtrain.corpus.mixture import WeightedMixture, open_sources
 from lmtrain.corpus.sources import describe_source, is_validation_document
@@ -69,25 +72,47 @@ takes the space before it (lstrip, as RoBERTa's <mask>): words carry their leadi
 RESERVED_TOKEN = "<|reserved_{}|>"
 
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
-SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"  # English contractions
-    rf"|[^\r\n\p{{L}}\p{{N}}]?[{_CJK}]+"  # a run of CJK characters
-    rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_CJK}]]+"  # a word of other letters, with its leading space
-    r"|\p{N}"  # one digit
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*"  # punctuation and symbols
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"  # newlines; spaces (indentation stays one pre-token)
-)
+
+
+def split_pattern(cjk_max_chars: int | None = None) -> str:
+    """The pre-tokenization regex; with `cjk_max_chars`, CJK runs are cut into pieces of at most that many
+    characters (from the run's start). tiktoken's regex engine (fancy-regex) and `tokenizers`' (Oniguruma) split
+    alike with or without the bound (tests/test_tokenizer_cjk.py)."""
+    cjk_run = f"{{1,{cjk_max_chars}}}" if cjk_max_chars else "+"
+    return (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"  # English contractions
+        rf"|[^\r\n\p{{L}}\p{{N}}]?[{_CJK}]{cjk_run}"  # a run of CJK characters
+        rf"|[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}&&[^{_CJK}]]+"  # a word of other letters, with its leading space
+        r"|\p{N}"  # one digit
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*"  # punctuation and symbols
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"  # newlines; spaces (indentation stays one pre-token)
+    )
+
+
+SPLIT_PATTERN = split_pattern()
+"""How the tokenizer splits text when it encodes (tiktoken and `tokenizers` alike): a CJK run stays whole, so
+BPE places the token boundaries inside it where its merges fall, not at fixed offsets (measured with the
+default 4: 6-10 % fewer tokens on held-out Chinese than cutting it as in training; benchmarks/README.md)."""
+CJK_TRAINING_CHUNK_CHARS = TokenizerConfig.cjk_training_chunk_chars
+r"""While the merges are learned, a run of CJK characters is cut into pre-tokens of at most this many characters
+(from its start; the recipe's tokenizer.cjk_training_chunk_chars), so no learned token holds more. Why: Chinese
+has no spaces, so a whole run is a clause, nearly every clause is a distinct "word" for `tokenizers`' BPE
+trainer, and its word table grew with the text (≈167 MB per million Chinese characters against ≈10 for code).
+Qwen2 and GLM-4 keep the run whole (`\p{L}+`); sentencepiece bounds its pieces (max_sentencepiece_length,
+default 16). Why 4: the smallest bound that keeps Chinese compression within 2 % at vocabulary 8,192 and 5 % at
+64,000; it cuts the slope to ≈124 MB. 2 cuts it to ≈45 MB but costs 7 % and 19 %, 3 costs 4 % and 9 %
+(benchmarks/tokenizer_cjk_bound.py and tokenizer_scale.py)."""
 
 TRAINING_RECORD = "lmtrain_training.json"
 """Written next to tokenizer.json: the settings and corpus the tokenizer was trained on, and stats."""
 HELD_OUT_SAMPLE_CHARS = 1_000_000
 """Validation-split characters kept aside to measure bytes/token after training."""
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 """Bump when the tokenizer design above changes, so that existing tokenizers are retrained."""
 ALPHABET_COVERAGE = 0.999
 """Share of the training text's characters that are covered by characters with a token of their
 own (sentencepiece's character_coverage; its default for CJK is 0.9995). Measured on 8 MB of
-English and Chinese with 8,192 tokens (benchmarks/README.md): 0.995 gives 3.69/4.09 bytes/token
+English and Chinese with 8,192 tokens (benchmarks/README.md, format 3): 0.995 gives 3.69/4.09 bytes/token
 (en/zh), 0.999 3.62/4.21, 0.9995 3.58/4.18."""
 ALPHABET_MAX_SHARE = 0.5
 """At most this share of the learnable vocabulary (beyond special tokens and the 256 bytes) goes to
@@ -127,7 +152,9 @@ def train_tokenizer(
     corpus = _TrainingCorpus(recipe)
     encoder_tokens = _encoder_tokens(recipe)
     learnable = recipe.tokenizer.vocab_size - len(encoder_tokens)
-    backend = train_bpe(corpus.batches(), learnable, recipe.tokenizer.min_frequency)
+    backend = train_bpe(
+        corpus.batches(), learnable, recipe.tokenizer.min_frequency, recipe.tokenizer.cjk_training_chunk_chars
+    )
     if corpus.chars == 0:
         raise UserError(
             f"tokenizer: no training text: the sources gave {corpus.documents_read} document(s) and "
@@ -356,13 +383,21 @@ def training_record(directory: str | Path) -> dict:
     return json.loads((Path(directory) / TRAINING_RECORD).read_text(encoding="utf-8"))
 
 
-def train_bpe(batches: Iterable[list[str]], vocab_size: int, min_frequency: int) -> Tokenizer:
+def train_bpe(
+    batches: Iterable[list[str]],
+    vocab_size: int,
+    min_frequency: int,
+    cjk_chunk_chars: int = CJK_TRAINING_CHUNK_CHARS,
+) -> Tokenizer:
     """This project's byte-level BPE trained on `batches` of texts, with at most `vocab_size` tokens
-    (special tokens included, no reserved padding). See the module docstring for the method."""
-    return _byte_level(*_train_characters(batches, vocab_size, min_frequency))
+    (special tokens included, no reserved padding); CJK runs cut every `cjk_chunk_chars` characters while
+    training (0: whole). See the module docstring for the method."""
+    return _byte_level(*_train_characters(batches, vocab_size, min_frequency, cjk_chunk_chars))
 
 
-def _train_characters(batches: Iterable[list[str]], vocab_size: int, min_frequency: int) -> tuple[Tokenizer, list[str]]:
+def _train_characters(
+    batches: Iterable[list[str]], vocab_size: int, min_frequency: int, cjk_chunk_chars: int = CJK_TRAINING_CHUNK_CHARS
+) -> tuple[Tokenizer, list[str]]:
     """The character-level BPE that `train_bpe` converts, and its non-ASCII alphabet."""
     batches = iter(batches)
     counts = np.zeros(0x110000, dtype=np.int64)
@@ -383,9 +418,10 @@ def _train_characters(batches: Iterable[list[str]], vocab_size: int, min_frequen
         show_progress=False,
     )
     char_level = Tokenizer(models.BPE())
-    char_level.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
+    char_level.pre_tokenizer = pre_tokenizers.Split(Regex(split_pattern(cjk_chunk_chars or None)), behavior="isolated")
     with _serial_merges() as switch:
         char_level.train_from_iterator(switch(itertools.chain(head, batches)), trainer)
+    char_level.pre_tokenizer = pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")  # encodes as the result
     return char_level, alphabet
 
 
@@ -420,6 +456,7 @@ def _training_settings(recipe: Recipe) -> dict:
     return {
         "format_version": _FORMAT_VERSION,
         "split_pattern": SPLIT_PATTERN,
+        "cjk_training_chunk_chars": recipe.tokenizer.cjk_training_chunk_chars,
         "alphabet": {
             "coverage": ALPHABET_COVERAGE,
             "max_share": ALPHABET_MAX_SHARE,
