@@ -11,9 +11,10 @@ import pytest
 import rjieba
 import torch
 import yaml
+from transformers import DataCollatorForLanguageModeling
 
 from lmtrain.config.recipe import ObjectiveConfig, RecipeError, load_recipe
-from lmtrain.data.masking import DynamicMasker
+from lmtrain.data.masking import DynamicMasker, LinearWholeWordCollator
 from lmtrain.tokenizer.bpe import train_tokenizer
 
 CJK_TEXTS = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
@@ -179,3 +180,17 @@ def test_jieba_without_whole_word_masking_is_a_recipe_error_reported_with_the_ot
         load_recipe(recipe_with(tmp_path, {"kind": "mlm", "chinese_words": "jeiba", **WHOLE_WORDS}))
     recipe = load_recipe(recipe_with(tmp_path, {**WHOLE_WORDS, "chinese_words": "jieba"}))
     assert recipe.objective.chinese_words == "jieba"
+
+
+def test_whole_word_expansion_equals_the_librarys():
+    """LinearWholeWordCollator expands chosen tokens to their words as transformers' own code does, in O(tokens)."""
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        new_word = rng.random((3, 200)) < rng.uniform(0.05, 0.9)
+        word_ids = np.cumsum(new_word, axis=1)
+        word_ids[rng.random((3, 200)) < 0.1] = -1  # special tokens
+        if trial == 0:
+            word_ids[1] = -1  # a row of special tokens only
+        mask = torch.from_numpy(rng.random((3, 200)) < 0.15)
+        expected = DataCollatorForLanguageModeling._whole_word_mask(word_ids, mask)
+        assert np.array_equal(LinearWholeWordCollator._whole_word_mask(word_ids, mask), expected)
