@@ -696,8 +696,8 @@ class ObjectiveConfig:
     random_replace_prob: float = 0.1
     """mlm: of the chosen tokens, the share replaced by a random token (BERT: 0.1); the rest stay unchanged."""
     whole_word_mask: bool = False
-    """mlm: choose whole words (a run of tokens that starts with a space, a symbol or a CJK character, and each
-    CJK character alone) rather than single tokens. transformers' collator then replaces every chosen token by
+    """mlm: choose whole words (a run of tokens that starts with a space, a symbol or a CJK character; Chinese
+    words as chinese_words says) rather than single tokens. transformers' collator then replaces every chosen token by
     the mask token: set mask_replace_prob=1.0 and random_replace_prob=0.0 with it."""
     chinese_words: Literal["characters", "jieba"] = "characters"
     """whole_word_mask: what a Chinese word is. characters: each CJK character (as Google's Chinese BERT); jieba:
