@@ -18,7 +18,6 @@ from the tokens' bytes:
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 import numpy as np
@@ -29,9 +28,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from lmtrain.errors import UserError
 
-HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
-"""A run of Chinese characters (the CJK Unified Ideographs blocks, extensions A-G and the compatibility block): the
-text jieba segments. Latin letters and digits next to them stay words of their own, as everywhere else."""
+HAN_BLOCKS = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
+"""Unicode blocks of Chinese characters (code point ranges, inclusive), see `is_han`."""
 
 
 class WordBoundaries:
@@ -64,43 +62,51 @@ class ChineseWords:
     def __init__(self, pieces: list[bytes]):
         self.segmenter = rjieba.Jieba()
         # special tokens stand for no text; as a line break they keep a word from spanning a [SEP]
-        self.pieces = [piece or b"\n" for piece in pieces]
+        pieces = [piece or b"\n" for piece in pieces]
+        self.token_bytes = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        self.token_length = np.array([len(piece) for piece in pieces], dtype=np.int64)
+        self.token_offset = np.cumsum(self.token_length) - self.token_length
 
     def inside_words(self, ids: np.ndarray) -> np.ndarray:
         """Per token of the block: does it start at a character inside a multi-character word?"""
-        pieces = [self.pieces[i] for i in ids.tolist()]
-        token_start = np.cumsum([0, *map(len, pieces[:-1])])
+        lengths = self.token_length[ids]
+        token_start = np.cumsum(lengths) - lengths
         # a block may cut a character at either end; each byte of it becomes one character of its own
-        text = b"".join(pieces).decode("utf-8", "surrogateescape")
-        inside = np.zeros(len(text), dtype=bool)
-        runs = np.array([m.span() for m in HAN_RUN.finditer(text)], dtype=np.int64).reshape(-1, 2)
-        if len(runs):
-            run_chars = chars_of_runs(runs)
-            inside[run_chars] = ~self.word_starts("\n".join(text[start:end] for start, end in runs.tolist()))
-        char_of_token = np.searchsorted(char_byte_starts(text), token_start, side="right") - 1
-        return inside[char_of_token]
+        text = self.block_bytes(ids, lengths, token_start).decode("utf-8", "surrogateescape")
+        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        han = is_han(code_points)
+        if not han.any():
+            return np.zeros(len(ids), dtype=bool)
+        inside = han & ~self.word_starts(han, code_points)
+        return inside[np.searchsorted(char_byte_starts(code_points), token_start, side="right") - 1]
 
-    def word_starts(self, runs: str) -> np.ndarray:
-        """Per character of the runs (given joined by line breaks, which they are segmented apart at, as jieba
-        splits its input at every character that is not Chinese): does a word start there? One call for the block:
-        a call per run cost 3x as much (benchmarks/chinese_wwm.py)."""
+    def block_bytes(self, ids: np.ndarray, lengths: np.ndarray, token_start: np.ndarray) -> bytes:
+        """The block's tokens' bytes, gathered in one numpy indexing rather than a join of Python objects."""
+        source = np.repeat(self.token_offset[ids] - token_start, lengths) + np.arange(lengths.sum())
+        return self.token_bytes[source].tobytes()
+
+    def word_starts(self, han: np.ndarray, code_points: np.ndarray) -> np.ndarray:
+        """Per character: does a word start there? Every character that is not Chinese becomes a line break, so
+        the block is one call to the segmenter (with a call per run of Chinese the segmentation took 2.6× as long:
+        benchmarks/README.md), each run is segmented apart (jieba splits its input at every character that is not
+        Chinese) and the positions stay those of the text."""
+        runs = np.where(han, code_points, ord("\n")).astype(np.uint32).tobytes().decode("utf-32-le")
         words = self.segmenter.cut(runs, True)  # jieba's default: HMM on, for words its dictionary lacks
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         starts = np.zeros(len(runs), dtype=bool)
         starts[np.cumsum(lengths) - lengths] = True
-        return np.delete(starts, np.flatnonzero(np.frombuffer(runs.encode("utf-32-le"), np.uint32) == ord("\n")))
+        return starts
 
 
-def chars_of_runs(runs: np.ndarray) -> np.ndarray:
-    """The character positions covered by the (start, end) runs, in order."""
-    lengths = runs[:, 1] - runs[:, 0]
-    return np.arange(lengths.sum()) + np.repeat(runs[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+def is_han(code_points: np.ndarray) -> np.ndarray:
+    """Chinese characters: the CJK Unified Ideographs blocks, extensions A-H and the compatibility block, the text
+    jieba segments. Latin letters and digits next to them stay words of their own, as everywhere else."""
+    return np.logical_or.reduce([(code_points >= low) & (code_points <= high) for low, high in HAN_BLOCKS])
 
 
-def char_byte_starts(text: str) -> np.ndarray:
-    """The UTF-8 byte offset of each character of `text`, where a surrogate (a byte that `surrogateescape` kept)
-    stands for one byte."""
-    code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+def char_byte_starts(code_points: np.ndarray) -> np.ndarray:
+    """The UTF-8 byte offset of each character, where a surrogate (a byte that `surrogateescape` kept) stands for
+    one byte."""
     lengths = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
     lengths[(code_points >= 0xDC80) & (code_points <= 0xDCFF)] = 1
     return np.cumsum(lengths) - lengths
