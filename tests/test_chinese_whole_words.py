@@ -3,6 +3,7 @@ masking, each character (the default) or jieba's words. The expectation is built
 words are jieba's own segmentation of the sentence (rjieba.cut), the tokens' characters the tokenizer's own offsets,
 and the masker is only watched from outside, through which tokens it labels."""
 
+import json
 import sysconfig
 from pathlib import Path
 
@@ -11,11 +12,14 @@ import pytest
 import rjieba
 import torch
 import yaml
-from transformers import DataCollatorForLanguageModeling
+from tokenizers import Tokenizer, models
+from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
 from lmtrain.config.recipe import ObjectiveConfig, RecipeError, load_recipe
 from lmtrain.data.masking import DynamicMasker, LinearWholeWordCollator
+from lmtrain.errors import UserError
 from lmtrain.tokenizer.bpe import train_tokenizer
+from tests.conftest import run_cli
 
 CJK_TEXTS = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
 """The standard library's codec test texts: a Chinese description of Python in gb2312-utf8.txt and its kin."""
@@ -194,3 +198,23 @@ def test_whole_word_expansion_equals_the_librarys():
         mask = torch.from_numpy(rng.random((3, 200)) < 0.15)
         expected = DataCollatorForLanguageModeling._whole_word_mask(word_ids, mask)
         assert np.array_equal(LinearWholeWordCollator._whole_word_mask(word_ids, mask), expected)
+
+
+def test_whole_words_with_a_tokenizer_that_is_not_byte_level_is_a_user_error():
+    """Words are read from the tokens' bytes; a WordPiece-style vocabulary (a BERT tokenizer pointed at by
+    tokenizer.dir) has no bytes to read, which must be said before training, not masked wrongly."""
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "你好": 5, "##ing": 6}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")  # fmt: skip
+    with pytest.raises(UserError, match=r"token 5 \('你好'\) is not byte-level BPE"):
+        DynamicMasker(tokenizer, ObjectiveConfig(**WHOLE_WORDS), seed=0)
+    DynamicMasker(tokenizer, ObjectiveConfig(kind="mlm"), seed=0)  # token masking reads no words
+
+
+def test_the_benchmark_runs_and_ends_with_its_json_line():
+    result = run_cli("benchmarks/chinese_wwm.py", "--blocks", "4", "--repeats", "1", "--seq-len", "128",
+                     "--vocab", "1024")  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report["ms_per_block"]) == {"tokens", "characters", "jieba", "characters_library_expansion"}
+    assert all(ms > 0 for ms in report["ms_per_block"].values()) and 0.3 < report["han_share"] <= 1
