@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import rjieba
 import torch
 import yaml
 from transformers import DataCollatorForLanguageModeling
@@ -44,6 +46,9 @@ MASKERS = {
 """The last: transformers' own whole-word expansion (a tokens x tokens matrix per block) in place of
 LinearWholeWordCollator's, the baseline of that change."""
 
+HAN_RUN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+"""Runs of Chinese characters (the Basic Multilingual Plane's blocks), what the comparison with `jieba` segments."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +60,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=1024, help="modernbert-base's 1,024; BERT's 128 and 512")
     parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--against-jieba",
+        action="store_true",
+        help="also segment the corpus's Chinese with the `jieba` package (pip install jieba==0.42.1) and compare",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # the cost per core; masking runs in the training process
     documents = read_documents(args.corpus, args.text_column)
@@ -74,6 +84,8 @@ def main() -> None:
     for name, value in ms.items():
         print(f"{name:>28}: {value:7.3f} ms/block, {args.seq_len / value * 1000:12,.0f} tokens/s on one core")
     print(f"segmentation alone (ChineseWords): {segment_ms:.3f} ms/block")
+    if args.against_jieba:
+        compare_with_jieba_package(documents)
     print(json.dumps({
         "jieba_vs_characters": ms["jieba"] / ms["characters"], "jieba_vs_tokens": ms["jieba"] / ms["tokens"],
         "linear_expansion_speedup": ms["characters_library_expansion"] / ms["characters"],
@@ -81,6 +93,30 @@ def main() -> None:
         "jieba_tokens_per_s_one_core": args.seq_len / ms["jieba"] * 1000, "seq_len": args.seq_len,
         "blocks": len(blocks), "han_share": han_share, "corpus": args.corpus or "cjkencodings",
     }))  # fmt: skip
+
+
+def compare_with_jieba_package(documents: list[str]) -> None:
+    """rjieba against the `jieba` package on every run of Chinese in the documents: the same words (HMM on, then off)
+    and each one's characters per second on one core. `jieba` is not a dependency of the project."""
+    import jieba
+
+    runs = [run for text in documents for run in HAN_RUN.findall(text)]
+    chars = sum(map(len, runs))
+    start = time.perf_counter()
+    package = jieba.Tokenizer()  # its own instance, as ChineseWords keeps its own rjieba one
+    package.initialize()
+    print(f"jieba: {len(runs):,} runs of Chinese, {chars:,} characters; dictionary built in "
+          f"{time.perf_counter() - start:.2f} s")  # fmt: skip
+    ours = rjieba.Jieba()
+    for hmm in (True, False):
+        rates, words = {}, {}
+        for name, cut in (("jieba", lambda r: package.lcut(r, HMM=hmm)), ("rjieba", lambda r: ours.cut(r, hmm))):
+            start = time.perf_counter()
+            words[name] = [w for run in runs for w in cut(run)]
+            rates[name] = chars / (time.perf_counter() - start)
+        same = words["jieba"] == words["rjieba"]
+        print(f"HMM {'on ' if hmm else 'off'}: {len(words['jieba']):,} words, identical: {same}; characters/s: "
+              f"jieba {rates['jieba']:,.0f}, rjieba {rates['rjieba']:,.0f} ({rates['rjieba'] / rates['jieba']:.1f}x)")  # fmt: skip
 
 
 def read_documents(corpus: str | None, text_column: str) -> list[str]:

@@ -54,8 +54,8 @@ class ChineseWords:
 
     The segmenter is rjieba, the Python binding of jieba-rs (jieba's algorithm and dictionary in Rust), not the
     `jieba` package: on the 854,740 Chinese characters of ChnSentiCorp's hotel reviews both give the same 505,899
-    words, rjieba 14× faster (4.3 M against 0.31 M characters/s on one core, HMM on) and with its dictionary built
-    into the wheel, where `jieba` builds a prefix dictionary at first use (0.7 s), caches it as a file in the
+    words, rjieba 12.8× faster (2.28 M against 0.18 M characters/s on one core, HMM on: benchmarks/README.md) and with its dictionary built
+    into the wheel, where `jieba` builds a prefix dictionary at first use (0.99 s), caches it as a file in the
     temporary directory (which another user's file of the same name could stand in for) and logs to stderr. The
     instance is our own, so words added to rjieba's default instance elsewhere cannot change our segmentation."""
 
