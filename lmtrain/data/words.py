@@ -54,10 +54,10 @@ class ChineseWords:
 
     The segmenter is rjieba, the Python binding of jieba-rs (jieba's algorithm and dictionary in Rust), not the
     `jieba` package: on the 854,740 Chinese characters of ChnSentiCorp's hotel reviews both give the same 505,899
-    words, rjieba 12.8× faster (2.28 M against 0.18 M characters/s on one core, HMM on: benchmarks/README.md) and with its dictionary built
-    into the wheel, where `jieba` builds a prefix dictionary at first use (0.99 s), caches it as a file in the
-    temporary directory (which another user's file of the same name could stand in for) and logs to stderr. The
-    instance is our own, so words added to rjieba's default instance elsewhere cannot change our segmentation."""
+    words, rjieba 12.8× faster (2.28 M against 0.18 M characters/s on one core, HMM on: benchmarks/README.md), with
+    its dictionary built into the wheel, where `jieba` builds a prefix dictionary at first use (0.99 s), caches it
+    as a file in the temporary directory (which another user's file of the same name could stand in for) and logs
+    to stderr. The instance is our own, so words added to rjieba's default instance elsewhere cannot change ours."""
 
     def __init__(self, pieces: list[bytes]):
         self.segmenter = rjieba.Jieba()
@@ -77,7 +77,7 @@ class ChineseWords:
         han = is_han(code_points)
         if not han.any():
             return np.zeros(len(ids), dtype=bool)
-        inside = han & ~self.word_starts(han, code_points)
+        inside = han & ~self.character_word_starts(han, code_points)
         return inside[np.searchsorted(char_byte_starts(code_points), token_start, side="right") - 1]
 
     def block_bytes(self, ids: np.ndarray, lengths: np.ndarray, token_start: np.ndarray) -> bytes:
@@ -85,11 +85,11 @@ class ChineseWords:
         source = np.repeat(self.token_offset[ids] - token_start, lengths) + np.arange(lengths.sum())
         return self.token_bytes[source].tobytes()
 
-    def word_starts(self, han: np.ndarray, code_points: np.ndarray) -> np.ndarray:
+    def character_word_starts(self, han: np.ndarray, code_points: np.ndarray) -> np.ndarray:
         """Per character: does a word start there? Every character that is not Chinese becomes a line break, so
-        the block is one call to the segmenter (with a call per run of Chinese the segmentation took 2.6× as long:
-        benchmarks/README.md), each run is segmented apart (jieba splits its input at every character that is not
-        Chinese) and the positions stay those of the text."""
+        the block is one call to the segmenter (with a call per run of Chinese, and Python around it, segmenting a
+        1,024-token block took about 2.5× as long: benchmarks/README.md), each run is segmented apart (jieba
+        splits its input at every character that is not Chinese) and the positions stay those of the text."""
         runs = np.where(han, code_points, ord("\n")).astype(np.uint32).tobytes().decode("utf-32-le")
         words = self.segmenter.cut(runs, True)  # jieba's default: HMM on, for words its dictionary lacks
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
