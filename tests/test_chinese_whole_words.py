@@ -25,8 +25,8 @@ CJK_TEXTS = Path(sysconfig.get_paths()["stdlib"]) / "test" / "cjkencodings"
 """The standard library's codec test texts: a Chinese description of Python in gb2312-utf8.txt and its kin."""
 
 SENTENCE = "用户在操作系统中学习计算机程序设计，鳄鱼在河里游泳，相关的资源非常多。"
-"""Words of the training text in a new order, so tokens hold one character, several, or part of a word; and 鳄鱼, 河里
-and 游泳, whose characters the tokenizer never saw, so each is split into its UTF-8 bytes."""
+"""Words of the training text in a new order, so tokens hold one character, several, or part of a word; and
+鳄鱼, 河里 and 游泳, whose characters the tokenizer never saw, so each is split into its UTF-8 bytes."""
 
 WHOLE_WORDS = {"kind": "mlm", "mask_rate": 0.3, "whole_word_mask": True, "mask_replace_prob": 1.0,
                "random_replace_prob": 0.0}  # fmt: skip
