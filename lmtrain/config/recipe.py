@@ -711,9 +711,13 @@ class ObjectiveConfig:
     random_replace_prob: float = 0.1
     """mlm: of the chosen tokens, the share replaced by a random token (BERT: 0.1); the rest stay unchanged."""
     whole_word_mask: bool = False
-    """mlm: choose whole words (a run of tokens that starts with a space, a symbol or a CJK character, and each
-    CJK character alone) rather than single tokens. transformers' collator then replaces every chosen token by
+    """mlm: choose whole words (a run of tokens that starts with a space, a symbol or a CJK character; Chinese
+    words as chinese_words says) rather than single tokens. transformers' collator then replaces every chosen token by
     the mask token: set mask_replace_prob=1.0 and random_replace_prob=0.0 with it."""
+    chinese_words: Literal["characters", "jieba"] = "characters"
+    """whole_word_mask: what a Chinese word is. characters: each CJK character (as Google's Chinese BERT); jieba:
+    the words jieba's dictionary segments each run of Chinese characters into, a word's tokens chosen together
+    (Chinese whole-word masking, Cui et al.'s BERT-wwm, which segmented with LTP)."""
     nsp: bool = False
     """Next-sentence prediction on `[CLS] A [SEP] B [SEP]` pairs, B the true continuation of A half of the time
     (needs model.architecture=bert; data_prep/ builds the pairs)."""
@@ -737,6 +741,11 @@ class ObjectiveConfig:
                 f"{where}.whole_word_mask: transformers' whole-word masking replaces every chosen token by the mask "
                 f"token; set {where}.mask_replace_prob=1.0 and {where}.random_replace_prob=0.0",
             )
+        p.need(
+            self.chinese_words == "characters" or (self.kind == "mlm" and self.whole_word_mask),
+            f"{where}.chinese_words: {self.chinese_words} segments Chinese for whole-word masking only; set "
+            f"{where}.whole_word_mask=true (with {where}.kind=mlm) or leave {where}.chinese_words out",
+        )
         p.need(
             not self.nsp or self.kind == "mlm",
             f"{where}.nsp: next-sentence prediction trains an encoder beside masked tokens; set {where}.kind=mlm",

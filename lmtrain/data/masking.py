@@ -9,17 +9,14 @@ else. Two things it cannot do are written here:
   would mask differently. `DynamicMasker` seeds the collator's generator for each block from (seed, step, block
   index) and masks one block at a time: the same block at the same step gets the same masks on any launch, and a
   block seen again at a later step (the next epoch) gets new ones (RoBERTa's dynamic masking).
-- Word boundaries for whole-word masking. The collator finds words from a fast tokenizer's character offsets (a
-  token starts a word where there is a gap before it); in this byte-level BPE a word carries its leading space,
-  so offsets never leave a gap and every block would be one word. `word_edges` marks them from the tokens' own
-  text instead (a leading space or symbol, a symbol before, or a CJK character: one word each), and the masker
-  hands the collator offsets with a gap before every word start, so its own whole-word code does the choosing.
-  Chinese words of several characters (a segmenter such as jieba) are not offered: each character is a word.
+- Word boundaries for whole-word masking. The collator finds words from a fast tokenizer's character offsets,
+  which in this byte-level BPE never leave a gap between words; lmtrain/data/words.py reads the words from the
+  tokens' bytes instead (English and code words, a byte-split character's tokens together, and Chinese words as
+  single characters or, with objective.chinese_words=jieba, as jieba segments them) and hands the collator offsets
+  with a gap before every word start, so its own whole-word code does the choosing.
 """
 
 from __future__ import annotations
-
-import unicodedata
 
 import numpy as np
 import torch
@@ -27,9 +24,27 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFas
 
 from lmtrain.config.recipe import ObjectiveConfig
 from lmtrain.data.packing import IGNORE_INDEX
+from lmtrain.data.words import WordBoundaries
 
 EVAL_STEP = -1
 """The step validation blocks are masked at: the same masks at every evaluation, so the losses compare."""
+
+
+class LinearWholeWordCollator(DataCollatorForLanguageModeling):
+    """transformers' collator with its whole-word expansion (every token of a word that has a chosen token is
+    chosen) done through a per-word table, O(tokens), where the library compares every token with every other,
+    a (tokens × tokens) matrix per block: at seq_len 1,024 that was 1.0 of the 1.5 ms whole-word masking took per
+    block on one core (benchmarks/chinese_wwm.py). Same result (tests/test_chinese_whole_words.py checks it against
+    the library's own)."""
+
+    @staticmethod
+    def _whole_word_mask(word_ids: np.ndarray, mask) -> np.ndarray:
+        mask = np.asarray(mask, dtype=bool)
+        valid = word_ids != -1  # special tokens are no word
+        rows, cols = np.nonzero(mask & valid)
+        chosen_words = np.zeros((word_ids.shape[0], max(word_ids.max() + 1, 1)), dtype=bool)
+        chosen_words[rows, word_ids[rows, cols]] = True
+        return chosen_words[np.arange(word_ids.shape[0])[:, None], np.maximum(word_ids, 0)] & valid
 
 
 class DynamicMasker:
@@ -37,7 +52,7 @@ class DynamicMasker:
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, objective: ObjectiveConfig, seed: int):
         self.seed = seed
-        self.collator = DataCollatorForLanguageModeling(
+        self.collator = LinearWholeWordCollator(
             tokenizer,
             mlm=True,
             mlm_probability=objective.mask_rate,
@@ -48,7 +63,7 @@ class DynamicMasker:
         )
         self.special = torch.zeros(len(tokenizer), dtype=torch.bool)
         self.special[torch.tensor(sorted(set(tokenizer.all_special_ids)))] = True
-        self.word_edges = torch.from_numpy(word_edges(tokenizer)) if objective.whole_word_mask else None
+        self.words = WordBoundaries(tokenizer, objective.chinese_words) if objective.whole_word_mask else None
 
     def __call__(
         self, input_ids: torch.Tensor, block_indices: np.ndarray, step: int
@@ -56,8 +71,8 @@ class DynamicMasker:
         inputs, labels = [], []
         for ids, index in zip(input_ids, block_indices):
             example = {"input_ids": ids.clone(), "special_tokens_mask": self.special[ids].long()}
-            if self.word_edges is not None:
-                example["offset_mapping"] = word_offsets(ids, self.word_edges)
+            if self.words is not None:
+                example["offset_mapping"] = self.words.offsets(ids)
             self.collator.generator = torch.Generator().manual_seed(self.example_seed(step, int(index)))
             self.collator._generator_pid = None  # ours, not one the collator made for a process
             masked_ids, example_labels = self.collator.torch_mask_tokens(
@@ -73,39 +88,6 @@ class DynamicMasker:
         """A 63-bit seed from (seed, step, block index): numpy's SeedSequence mixes the three."""
         entropy = [self.seed, step + 1, index]  # EVAL_STEP + 1 = 0: SeedSequence takes no negative numbers
         return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def word_edges(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
-    """Per token id, (its text starts with a word character, its text ends with one or is a single space): a word
-    character is a letter, digit or `_` that is not CJK (each CJK character is a word of its own). Special tokens
-    have neither."""
-    special = set(tokenizer.all_special_ids)
-    edges = np.zeros((len(tokenizer), 2), dtype=bool)
-    for token_id in range(len(tokenizer)):
-        text = "" if token_id in special else tokenizer.decode([token_id])
-        if text:
-            # a lone space (where BPE learned no merge of it with the word) opens the word that follows it
-            edges[token_id] = _continues_word(text[0]), _continues_word(text[-1]) or text == " "
-    return edges
-
-
-def word_offsets(ids: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Character offsets (seq, 2) with a gap of one before every word start and none inside a word, which is how
-    DataCollatorForLanguageModeling tells words apart. A token starts a word unless it starts with a word
-    character and the token before it ends with one."""
-    starts_in_word, ends_in_word = edges[ids].unbind(-1)
-    new_word = ~starts_in_word
-    new_word[0] = True
-    new_word[1:] |= ~ends_in_word[:-1]
-    end = torch.cumsum(new_word.long() + 1, 0)  # each token one character long, plus one at a gap
-    return torch.stack([end - 1, end], dim=1)
-
-
-def _continues_word(char: str) -> bool:
-    """Letters and digits continue a word, except CJK characters, each a word of its own."""
-    if not (char.isalnum() or char == "_"):
-        return False
-    return not unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
 def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
