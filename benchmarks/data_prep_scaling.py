@@ -10,14 +10,16 @@ source (cleaning with min_chars 200, no HTML stripping, prose filters off) and i
 byte-level BPE of 8,192 tokens trained on the corpus first. Every preparation runs in a fresh process (`prepare_data`
 as data_prep/prepare.py runs it), which reports the peak RSS of its largest worker process (RUSAGE_CHILDREN).
 
-- tokens_per_s_1_worker / _2_workers: tokens written (train + validation) / wall time of prepare_data, whole corpus;
-  scaling_2_workers is their ratio (the goal 1.7 needs 2 idle cores: the machine's load average is printed);
+- tokens_per_s_1_worker / _2_workers: tokens written (train + validation) / wall time of prepare_data, whole corpus,
+  1 worker on 1 core (the process pinned to it, so its encoder runs one thread) and 2 workers on 2 cores;
+  scaling_2_workers is their ratio: what a second core adds, the figure the per-core estimate below rests on (the
+  goal 1.7 needs 2 idle cores: the machine's load average is printed);
 - identical: the manifests of the two runs agree on every source's sha256 and counts;
 - bytes_per_token: bytes of the .bin shards / tokens;
 - rss_growth_4x: (peak worker RSS at 4× with 4× the tasks - at 1×) / at 1×, 2 workers;
 - vs_tiktoken: a worker's tokenize-and-write rate (the tokens its read tasks encoded / the seconds they spent encoding,
-  spot-checking and writing them, as the tasks measure it; 1 worker, so the encoder has the cores it has alone)
-  / tiktoken's encoding alone (lmtrain's CorpusEncoder.fast_ids, same threads) of the documents the pipeline kept:
+  spot-checking and writing them, as the tasks measure it; the 1-worker run, whose encoder has one core)
+  / tiktoken's encoding alone (lmtrain's CorpusEncoder.fast_ids, one thread too) of the documents the pipeline kept:
   what data_prep_speed.py measured for the single-process pipeline (0.58-0.69);
 - pipeline_vs_tiktoken: the whole pipeline's 1-worker rate (read, clean, filter, MinHash, tokenize, dedup, write,
   process start-up) / the same limit, and read_stage_seconds: where a read task's time goes;
@@ -72,7 +74,7 @@ def main() -> None:
         train_tokenizer(load_recipe(recipe))
         runs = {}
         for workers in (1, 2):
-            runs[workers] = prepare(recipe, tmp / f"w{workers}", args.tasks, workers)
+            runs[workers] = prepare(recipe, tmp / f"w{workers}", args.tasks, workers, cores=set(range(workers)))
             report(f"whole corpus, {workers} worker(s)", runs[workers])
         quarter = prepare(recipe, tmp / "q", max(args.tasks // 4, 1), 2, [str(quarters[0] / "*.txt")])
         report("a quarter of the corpus, 2 workers", quarter)
@@ -133,14 +135,18 @@ def write_recipe(tmp: Path, paths: list[str]) -> Path:
     return path
 
 
-def prepare(recipe: Path, out: Path, tasks: int, workers: int, paths: list[str] | None = None) -> dict:
+def prepare(
+    recipe: Path, out: Path, tasks: int, workers: int, paths: list[str] | None = None, cores: set[int] | None = None
+) -> dict:
+    """prepare_data in a fresh process (pinned to `cores`, which its workers inherit, if given)."""
     overrides = [f"data.dir={out / 'data'}", f"data.tasks={tasks}", f"data.workers={workers}"]
     if paths:
         overrides.append(f"data.sources.0.paths={json.dumps(paths)}")
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     done = subprocess.run([sys.executable, "-c", CHILD, str(recipe), *overrides], env=env, capture_output=True,
-                          text=True, check=True)  # fmt: skip
+                          text=True, check=True, preexec_fn=pin)  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["seconds"] = time.perf_counter() - start
     result["bytes"] = sum(p.stat().st_size for p in (out / "data" / "sources").rglob("*.bin"))
@@ -164,7 +170,8 @@ def tokenize_write_rate(manifest: dict) -> float:
 
 
 def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
-    """tokens/s of the encoder alone on the documents the pipeline kept (decoded from the shards), best of 3."""
+    """tokens/s of the encoder alone, one thread, on the documents the pipeline kept (decoded from the shards),
+    best of 3."""
     from lmtrain.data.prepare import open_prepared, read_manifest
     from lmtrain.tokenizer.bpe import load_tokenizer
 
@@ -175,7 +182,7 @@ def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
     eos = tokenizer.eos_token_id
     cuts = (stream == eos).nonzero()[0]
     texts = tokenizer.batch_decode([stream[a + 1 : b].tolist() for a, b in zip([-1, *cuts[:-1]], cuts)])
-    encoder = corpus_encoder(r.tokenizer.dir)
+    encoder = corpus_encoder(r.tokenizer.dir, threads=1)  # as the 1-worker run's encoder, pinned to one core
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()

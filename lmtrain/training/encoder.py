@@ -173,7 +173,7 @@ class EncoderPretrainTask(PretrainTask):
     def describe(self) -> str:
         o = self.recipe.objective
         what = "sentence pairs" if self.nsp else "blocks"
-        words = ", whole words" if o.whole_word_mask else ""
+        words = f", whole words ({o.chinese_words} for Chinese)" if o.whole_word_mask else ""
         return (
             f"{len(self.val_blocks):,} validation {what} of {self.seq_len} tokens | MLM {o.mask_rate:.0%} of tokens"
             f"{words} ({o.mask_replace_prob:.0%} mask, {o.random_replace_prob:.0%} random)"
