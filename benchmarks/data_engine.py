@@ -277,12 +277,12 @@ def line(run: dict) -> str:
 
 def print_table(best: dict[tuple[str, int], dict], reruns: dict[str, dict], tokens: int) -> None:
     print(f"\nbest of the runs, stage 1 (read) on {tokens:,} tokens; ratio = wall / datatrove's wall, same workers")
-    print(f"{'engine':<14} {'workers':>7} {'wall s':>7} {'ratio':>6} {'tokens/s':>9} {'start-up s':>10} "
+    print(f"{'engine':<14} {'workers':>7} {'wall s':>7} {'ratio':>6} {'tokens/s':>9} {'start-up s':>10} {'tasks s':>7} "
           f"{'shutdown s':>10} {'peak RSS MB':>11} {'peak PSS MB':>11} {'processes':>9}")  # fmt: skip
     for (engine, workers), run in sorted(best.items(), key=lambda item: (item[0][1], ENGINES.index(item[0][0]))):
         base = best.get(("datatrove", workers), run)["wall_s"]
         print(f"{engine:<14} {workers:>7} {run['wall_s']:>7.2f} {run['wall_s'] / base:>6.2f} "
-              f"{tokens / run['wall_s']:>9,.0f} {run['startup_s']:>10.2f} {run['shutdown_s']:>10.2f} "
+              f"{tokens / run['wall_s']:>9,.0f} {run['startup_s']:>10.2f} {run['tasks_s']:>7.2f} {run['shutdown_s']:>10.2f} "
               f"{run['peak_rss_mb']:>11.0f} {run['peak_pss_mb']:>11.0f} {run['processes']:>9}")  # fmt: skip
     print("\nre-run after success (2 workers): " + "; ".join(
         f"{engine} {run['wall_s']:.2f} s, {run['ranks_run']} task(s) run" for engine, run in reruns.items()))  # fmt: skip
@@ -301,6 +301,7 @@ def summary(best, reruns, digests, tasks, tokens, load_before, load_after) -> di
         | ratios
         | {
             "startup_s": {f"{e}_{w}w": round(r["startup_s"], 2) for (e, w), r in best.items()},
+            "tasks_s": {f"{e}_{w}w": round(r["tasks_s"], 2) for (e, w), r in best.items()},
             "shutdown_s": {f"{e}_{w}w": round(r["shutdown_s"], 2) for (e, w), r in best.items()},
             "peak_rss_mb": {f"{e}_{w}w": round(r["peak_rss_mb"]) for (e, w), r in best.items()},
             "peak_pss_mb": {f"{e}_{w}w": round(r["peak_pss_mb"]) for (e, w), r in best.items()},
