@@ -201,6 +201,7 @@ def measure(engine: str, workers: int, tasks: int, recipe: Path, work: Path, ski
     """One --run in a fresh process, its process tree's memory sampled meanwhile; its wall time includes the
     interpreter's start and imports, the same for every engine."""
     command = [sys.executable, __file__, "--run", engine, str(workers), str(tasks), str(recipe), str(work)]
+    # Ray reports usage statistics to its servers unless told not to (unreachable here: it would only wait)
     env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     start = time.perf_counter()
     child = subprocess.Popen(command + ["--skip-done"] * skip_done, env=env, stdout=subprocess.PIPE,
