@@ -10,10 +10,17 @@ source (cleaning with min_chars 200, no HTML stripping, prose filters off) and i
 byte-level BPE of 8,192 tokens trained on the corpus first. Every preparation runs in a fresh process (`prepare_data`
 as data_prep/prepare.py runs it), which reports the peak RSS of its largest worker process (RUSAGE_CHILDREN).
 
-- tokens_per_s_1_worker / _2_workers: tokens written (train + validation) / wall time of prepare_data, whole corpus,
+- tokens_per_s_1_worker / _2_workers: tokens written (train + validation) / wall time of prepare_data (the manifest's
+  seconds: all four stages and the manifest, not the interpreter's start and imports, ≈3 s once per job), whole corpus,
   1 worker on 1 core (the process pinned to it, so its encoder runs one thread) and 2 workers on 2 cores;
   scaling_2_workers is their ratio: what a second core adds, the figure the per-core estimate below rests on (the
   goal 1.7 needs 2 idle cores: the machine's load average is printed);
+- read_stage_scaling_2_workers: the same ratio for the read stage alone (wall time of stage 1, from the manifest's
+  stage_seconds): the work that grows with the corpus, without the fixed costs (imports, one process start per
+  stage, the manifest) that a 12-second corpus cannot amortize and a trillion tokens do;
+- machine_scaling_2_processes: the baseline, what this machine gives a second process at all: a fixed piece of
+  pure-Python arithmetic in 1 and 2 forked processes, alternated 5 times, best rate of each (a VM's two vCPUs need
+  not be two full cores);
 - identical: the manifests of the two runs agree on every source's sha256 and counts;
 - bytes_per_token: bytes of the .bin shards / tokens;
 - rss_growth_4x: (peak worker RSS at 4× with 4× the tasks - at 1×) / at 1×, 2 workers;
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -82,12 +90,16 @@ def main() -> None:
     one, two = runs[1], runs[2]
     tokens = total_tokens(one["manifest"])
     rate_1, rate_2 = tokens / one["seconds"], tokens / two["seconds"]
+    read_1, read_2 = (run["manifest"]["stage_seconds"]["read"] for run in (one, two))
+    machine = machine_scaling()
     per_core = rate_2 / 2
     result = {
         "tokens": tokens,
         "tokens_per_s_1_worker": round(rate_1),
         "tokens_per_s_2_workers": round(rate_2),
         "scaling_2_workers": round(rate_2 / rate_1, 3),
+        "read_stage_scaling_2_workers": round(read_1 / read_2, 3),
+        "machine_scaling_2_processes": round(machine, 3),
         "identical": same_content(one["manifest"], two["manifest"]),
         "bytes_per_token": round(one["bytes"] / tokens, 3),
         "worker_peak_rss_mb_1x": round(quarter["worker_peak_rss_mb"], 1),
@@ -148,9 +160,29 @@ def prepare(
     done = subprocess.run([sys.executable, "-c", CHILD, str(recipe), *overrides], env=env, capture_output=True,
                           text=True, check=True, preexec_fn=pin)  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["seconds"] = time.perf_counter() - start
+    result["process_seconds"] = time.perf_counter() - start  # with the interpreter's start and the imports
+    result["seconds"] = result["manifest"]["seconds"]  # prepare_data itself, as data_prep/prepare.py reports it
     result["bytes"] = sum(p.stat().st_size for p in (out / "data" / "sources").rglob("*.bin"))
     return result
+
+
+def _arithmetic(_) -> int:
+    total = 0
+    for i in range(20_000_000):
+        total += i * i
+    return total
+
+
+def machine_scaling(rounds: int = 5) -> float:
+    """Units of fixed pure-Python work per second with 2 processes / with 1, best of `rounds` alternations each."""
+    best = {1: 0.0, 2: 0.0}
+    for _ in range(rounds):
+        for processes in (1, 2):
+            start = time.perf_counter()
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                pool.map(_arithmetic, range(processes))
+            best[processes] = max(best[processes], processes / (time.perf_counter() - start))
+    return best[2] / best[1]
 
 
 def total_tokens(manifest: dict) -> int:
@@ -194,7 +226,8 @@ def tiktoken_rate(data_dir: Path, recipe: Path) -> float:
 def report(label: str, run: dict) -> None:
     tokens = total_tokens(run["manifest"])
     print(
-        f"{label:<40} {tokens:>12,} tokens in {run['seconds']:6.1f} s = {tokens / run['seconds']:>10,.0f} tokens/s | "
+        f"{label:<40} {tokens:>12,} tokens in {run['seconds']:6.1f} s = {tokens / run['seconds']:>10,.0f} tokens/s "
+        f"(process {run['process_seconds']:.1f} s) | stages {run['manifest']['stage_seconds']} | "
         f"peak RSS: largest worker {run['worker_peak_rss_mb']:.0f} MB, main {run['main_peak_rss_mb']:.0f} MB | "
         f"dedup {run['manifest']['dedup']['exact_duplicates']} exact, {run['manifest']['dedup']['near_duplicates']} near"
     )

@@ -50,6 +50,8 @@ def main() -> None:
     if timing := manifest.get("read_stage"):  # absent from data prepared before it was measured
         phases = ", ".join(f"{phase} {s:.1f} s" for phase, s in timing["seconds"].items())
         print(f"  read tasks, summed: {phases} (encoder threads per task: {timing['encoder_threads']})")
+        stages = ", ".join(f"{stage} {s:.1f} s" for stage, s in manifest["stage_seconds"].items())
+        print(f"  stages, wall time: {stages}")
     print(f"  {'source':<40}{'weight':>8}{'target':>8}{'documents':>11}{'tokens':>14}  (weights apply when training)")
     for s in manifest["sources"]:
         print(

@@ -63,6 +63,7 @@ def corpus(tmp_path_factory):
 def prepared(recipe_path: Path, tmp_path: Path, *overrides: str) -> dict:
     manifest = prepare_data(load_recipe(recipe_path, [f"data.dir={tmp_path / 'data'}", *overrides]))
     seconds, read_stage = manifest.pop("seconds"), manifest.pop("read_stage")  # measurements, not content
+    assert set(manifest.pop("stage_seconds")) == {"read", "dedup", "cluster", "write"}
     assert {"read_clean_filter", "tokenize", "write", "dedup_keys"} <= set(read_stage["seconds"]) and seconds > 0
     return manifest
 

@@ -134,7 +134,7 @@ def submit_to_slurm(recipe: Recipe, slurm: SlurmOptions) -> None:
     _, fingerprint = _inputs(recipe)
     work = _work_dir(recipe, fingerprint)
     Path(recipe.data.dir).parent.mkdir(parents=True, exist_ok=True)
-    last = run_stages(recipe, work, slurm.executor)
+    last, _ = run_stages(recipe, work, slurm.executor)
     slurm.executor(pipeline=[FinishStep(recipe)], tasks=1, workers=1, logging_dir=str(work / "logs" / "finish"),
                    start_method=None, depends=last, cpus_per_task=2).run()  # fmt: skip
 
@@ -214,7 +214,7 @@ def as_datasets(data_dir: str | Path, rows_per_batch: int = 1024) -> DatasetDict
 def _build(recipe: Recipe, work: Path) -> dict:
     """Run the stages (lmtrain/data/workers.py), check what they made, and merge every task's counts."""
     data = recipe.data
-    run_stages(recipe, work)
+    _, stage_seconds = run_stages(recipe, work)
     tokenizer = load_tokenizer(recipe.tokenizer.dir)
     dtype = token_dtype(len(tokenizer))
     staged = work / "data"
@@ -244,6 +244,7 @@ def _build(recipe: Recipe, work: Path) -> dict:
     encoder, read_stage = read_task_stats(work, data.tasks)
     report = _report(data, source_stats, splits, dedup, encoder, dtype, tokenizer.eos_token_id)
     report["read_stage"] = read_stage
+    report["stage_seconds"] = stage_seconds
     if recipe.objective.nsp:
         spec = pair_spec(recipe, tokenizer)
         pairs = write_pairs(staged, len(data.sources), SPLITS, dtype, tokenizer.eos_token_id, spec, data.batch_size,

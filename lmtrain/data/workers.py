@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
 from lmtrain.config.recipe import Recipe
@@ -75,10 +76,11 @@ def document_order(source: int, task: int, index: np.ndarray | int) -> np.ndarra
     return (source << _SOURCE_BITS) | (task << _TASK_BITS) | index
 
 
-def run_stages(recipe: Recipe, work: Path, executor=None):
+def run_stages(recipe: Recipe, work: Path, executor=None) -> tuple[PipelineExecutor, dict[str, float]]:
     """The four stages, one after the other, each skipping the tasks it finished in an earlier run; returns the
-    last stage's executor. `executor` makes a stage's executor (LocalPipelineExecutor by default, or
-    SlurmOptions.executor, whose stages each wait for the one before)."""
+    last stage's executor and each stage's wall seconds (for SLURM: its submission's). `executor` makes a stage's
+    executor (LocalPipelineExecutor by default, or SlurmOptions.executor, whose stages each wait for the one
+    before)."""
     d = recipe.data
     dedup = d.dedup.exact or d.dedup.near
     # Locally the workers share the machine's cores; a cluster task's process may use the cores it was given.
@@ -88,7 +90,7 @@ def run_stages(recipe: Recipe, work: Path, executor=None):
         stages.append(("dedup", DedupStep(recipe, work), d.tasks))
     stages += [("cluster", ClusterStep(recipe, work), 1), ("write", WriteStep(recipe, work), d.tasks)]
     make = executor or LocalPipelineExecutor
-    last = None
+    last, seconds = None, {}
     for name, step, tasks in stages:
         logs = str(work / "logs" / name)
         workers = min(d.workers, tasks)
@@ -96,8 +98,10 @@ def run_stages(recipe: Recipe, work: Path, executor=None):
         last = make(
             pipeline=[step], tasks=tasks, workers=workers, logging_dir=logs, start_method=START_METHOD, **options
         )
+        start = time.perf_counter()
         last.run()
-    return last
+        seconds[name] = round(time.perf_counter() - start, 3)
+    return last, seconds
 
 
 @dataclass
