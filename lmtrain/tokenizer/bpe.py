@@ -637,4 +637,5 @@ def _bytes_per_token(encoder: CorpusEncoder, texts: list[str]) -> float | None:
 
 
 def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what taskset or a SLURM allocation grants)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
