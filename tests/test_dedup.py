@@ -255,3 +255,16 @@ def test_the_ascii_path_gives_the_units_and_exact_key_of_the_unicode_path():
         folded = _NON_WORD.sub("", text.casefold()).encode()
         assert exact_key(text) == int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "big")
     assert units("Naïve café 河水") == ["naïve".encode(), "café".encode(), "河".encode(), "水".encode()]
+
+
+def test_signature_over_several_chunks_is_the_minimum_over_all_shingles():
+    """A document longer than one signature step (_CHUNK shingles) still gets the minimum over all its shingles."""
+    from lmtrain.corpus.dedup import _CHUNK
+
+    hasher = MinHasher(num_perm=8, ngram=1)
+    shingles = hasher.shingles(" ".join(f"w{i}" for i in range(3 * _CHUNK + 7)))
+    assert len(shingles) > 3 * _CHUNK
+    expected = [
+        min(((int(s) * int(mul) + int(add)) & MASK) >> 32 for s in shingles) for mul, add in zip(hasher.mul, hasher.add)
+    ]
+    assert hasher.signature(shingles).tolist() == expected

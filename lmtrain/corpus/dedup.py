@@ -43,8 +43,10 @@ _ASCII_WORD = bytes(c for c in range(128) if re.match(r"[^\W_]", chr(c)))
 _ASCII_UNITS = bytes(c if c in _ASCII_WORD else ord(" ") for c in range(256))
 """A bytes.translate table: every byte but a letter or digit becomes a space, so split() gives UNIT's words."""
 _ASCII_NON_WORD = bytes(c for c in range(128) if c not in _ASCII_WORD)
-_CHUNK = 8192
-"""Shingles per signature step: bounds the (shingles x permutations) matrix at 8 MB."""
+_CHUNK = 512
+"""Shingles per signature step: the (permutations x shingles) products, 112 x 512 x 8 bytes = 0.46 MB, and their
+sums stay in a core's L2 cache (1 MiB here). Measured on 200 documents of 100-20,000 shingles, same signatures:
+1.1-1.5 s with 8,192 (7.3 MB per matrix), 0.32-0.44 s with 512; 256 was no faster."""
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
