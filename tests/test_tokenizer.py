@@ -223,6 +223,20 @@ def test_corpus_encoder_falls_back_to_tokenizers_at_the_first_difference(larger_
     assert "encoding this batch and the rest with tokenizers" in capsys.readouterr().err
 
 
+def test_a_process_checks_a_tokenizers_tiktoken_once_and_each_encoder_keeps_its_own_state(larger_tokenizer):
+    """Each data-preparation task makes its encoder: the checked tiktoken encoding is shared, a fallback is not."""
+    path, held_out = larger_tokenizer
+    first = CorpusEncoder(path)
+    first.fast = None  # as after a difference found in one task
+    first.encode_batch(held_out[:3])
+    second = CorpusEncoder(path)
+    assert second.fast is not None and second.fast is CorpusEncoder(path).fast
+    assert second.stats()["documents"] == {} and first.stats()["documents"] == {"tokenizers": 3}
+    other = path.with_name("other.json")
+    other.write_text(path.read_text(encoding="utf-8").replace('"dropout": null', '"dropout": 0.5'), encoding="utf-8")
+    assert CorpusEncoder(other).fast is None  # another tokenizer.json is checked anew (BPE dropout: refused)
+
+
 def test_texts_are_cut_into_contiguous_slices_of_about_equal_size():
     texts = [chr(ord("a") + i) * n for i, n in enumerate([5, 1, 1, 1, 10, 1, 1, 0, 1, 3, 2, 8])]
     slices = tokenization._slices_of_equal_size(texts, 4)

@@ -118,6 +118,41 @@ def test_a_killed_run_restarts_where_it_stopped_with_the_same_data(corpus, tmp_p
     assert sorted(ran) == sorted(set(range(8)) - set(done))  # the finished tasks were not run again
 
 
+def test_a_worker_loads_the_tokenizer_once_for_all_its_tasks(corpus, tmp_path, monkeypatch):
+    loads = []
+    load = workers.load_tokenizer
+    monkeypatch.setattr(workers, "load_tokenizer", lambda directory: loads.append(directory) or load(directory))
+    workers._loaded_tokenizer.cache_clear()
+    prepared(corpus, tmp_path / "a", "data.tasks=8", "data.workers=1")  # 8 read and 8 write tasks, this process
+    assert len(loads) == 1
+    directory = load_recipe(corpus).tokenizer.dir
+    spec = Path(directory, "tokenizer.json")
+    original = spec.read_text(encoding="utf-8")
+    try:
+        spec.write_text(original + "\n", encoding="utf-8")  # another tokenizer.json: loaded again, then kept
+        workers._tokenizer(directory)
+        workers._tokenizer(directory)
+        assert len(loads) == 2
+    finally:
+        spec.write_text(original, encoding="utf-8")
+
+
+def test_adding_a_log_sink_does_not_recompute_library_directories(monkeypatch):
+    """datatrove adds loguru sinks for every task; each used to walk sysconfig's paths (see workers.py)."""
+    import io
+    import sysconfig
+
+    from loguru import logger
+
+    logger.remove(logger.add(io.StringIO()))  # the first time in this process computes them
+    calls = []
+    get_path = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path", lambda *args, **kwargs: calls.append(args) or get_path(*args, **kwargs))
+    for _ in range(3):
+        logger.remove(logger.add(io.StringIO()))
+    assert calls == []
+
+
 def test_hub_slices_are_contiguous_and_cover_the_split_once():
     import datasets
 
