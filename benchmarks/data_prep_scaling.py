@@ -13,8 +13,8 @@ data_prep/prepare.py runs it), which reports the peak RSS of its largest worker 
 
 Why 96 MB and 16 tasks: each datatrove stage run on a process pool costs about 0.1-0.2 s whatever its work (a
 process pool and a manager process per stage, a round trip to the manager per task; in the manifest's
-stage_seconds, 16 dedup tasks take 0.15-0.18 s with 1 worker and 0.22-0.32 s with 2). On the standard library alone
-(7 s of work) these fixed costs hold scaling_2_workers to 1.63-1.65 with the read stage at 1.75-1.80
+stage_seconds, 16 dedup tasks take 0.15-0.18 s with 1 worker and 0.22-0.33 s with 2). On the standard library alone
+(7 s of work) these fixed costs hold scaling_2_workers to 1.60-1.65 with the read stage at 1.72-1.80
 (`--corpus-mb 31.5 --tasks 8` / `--tasks 16`); the 7B's tasks each read about a billion tokens. 16 tasks on 2
 workers is the 7B recipe's 1,024 tasks on 64 workers scaled down, 8 per worker, so that the last task of a stage
 is a small part of it.
