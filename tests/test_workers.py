@@ -10,6 +10,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
@@ -151,6 +152,19 @@ def test_adding_a_log_sink_does_not_recompute_library_directories(monkeypatch):
     for _ in range(3):
         logger.remove(logger.add(io.StringIO()))
     assert calls == []
+
+
+def test_a_read_task_groups_its_keys_by_partition_so_a_dedup_task_reads_only_its_own(tmp_path):
+    # documents × (exact key, band 1, band 2); a band key of 0 is a text without units: no key
+    table = np.array([[5, 0, 7], [6, 3, 0], [5, 8, 7], [0, 0, 0]], dtype=np.uint64)
+    workers._save_partitioned_keys(tmp_path, table, exact_columns=1, partitions=2)
+    rows = [tuple(int(x) for x in r) for r in np.load(tmp_path / "keys.npy").tolist()]
+    # partition 0 (even keys), then 1, each by column then document; the exact key 0 is a key
+    assert rows == [(6, 0, 1), (0, 0, 3), (8, 1, 2), (5, 0, 0), (5, 0, 2), (3, 1, 1), (7, 2, 0), (7, 2, 2)]
+    parts = [workers._partition_rows(tmp_path / "keys.npy", p, 2).tolist() for p in (0, 1)]
+    assert [[tuple(int(x) for x in r) for r in part] for part in parts] == [rows[:3], rows[3:]]
+    workers._save_partitioned_keys(tmp_path, table[:0], exact_columns=1, partitions=2)  # a task with no documents
+    assert [len(workers._partition_rows(tmp_path / "keys.npy", p, 2)) for p in (0, 1)] == [0, 0]
 
 
 def test_hub_slices_are_contiguous_and_cover_the_split_once():

@@ -5,9 +5,10 @@ or a cluster (SlurmPipelineExecutor), with its skipping of completed tasks. Four
                                      run of files), cleans, filters and tokenizes it, and writes per source: the
                                      token ids, document lengths, validation flags, dedup keys (one exact key and
                                      one key per MinHash band per document) and its counts
-    2. dedup    (data.tasks tasks)  task p takes the keys with key mod tasks = p, one table at a time (exact, then
-                                     each band), sorts them by (key, document order) and writes, for every group of
-                                     equal keys, (first document, later document) pairs: memory per task is the
+    2. dedup    (data.tasks tasks)  task p reads the keys with key mod tasks = p from every read task (which
+                                     wrote them grouped by partition, so p reads its rows only), sorts them by
+                                     (column, key, document order) and writes, for every group of equal keys,
+                                     (first document, later document) pairs: memory and reading per task are the
                                      corpus's keys / tasks
     3. cluster  (1 task)            joins the pairs into clusters (union-find, the smallest document order as root)
                                      and keeps each cluster's first document; decides each source's validation mode
@@ -33,6 +34,7 @@ not the first copy.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import math
@@ -234,7 +236,7 @@ class ReadStep(_Step):
             tokens += writer.tokens
             np.save(out / "lengths.npy", np.array(lengths, dtype=np.int64))
             np.save(out / "validation.npy", np.array(validation, dtype=bool))
-            np.save(out / "keys.npy", _key_table(keys, dedup))
+            _save_partitioned_keys(out, _key_table(keys, dedup), int(d.dedup.exact), d.tasks)
             (out / "held_out.json").write_text(json.dumps(held_out, ensure_ascii=False), encoding="utf-8")
             (out / "stats.json").write_text(json.dumps(_stats_dict(stats)), encoding="utf-8")
             _publish(out, final)
@@ -264,6 +266,35 @@ def _keys(text: str, dedup: Deduplicator) -> list[int]:
 def _key_table(keys: list[list[int]], dedup: Deduplicator) -> np.ndarray:
     width = int(dedup.cfg.exact) + (dedup.bands if dedup.cfg.near else 0)
     return np.array(keys, dtype=np.uint64).reshape(len(keys), width)
+
+
+KEY_ROW = np.dtype([("key", "<u8"), ("column", "u1"), ("document", "<i8")])
+"""One dedup key in keys.npy: its value, its column (0 the exact key if exact dedup is on, then one per band), and
+the document's index in the read task's slice."""
+
+
+def _save_partitioned_keys(out: Path, table: np.ndarray, exact_columns: int, partitions: int) -> None:
+    """A read task's keys (documents × columns) as KEY_ROW rows in keys.npy, grouped by hash partition (key mod
+    partitions), then by column and document: dedup task p reads only its own rows of every table (memory-mapped,
+    found by bisection), so the stage reads the keys once in all, however many tasks it has. Band keys of 0 (a
+    text without units) are left out."""
+    documents, width = table.shape
+    keys = table.T.reshape(-1)  # column by column, documents in order within each
+    columns = np.repeat(np.arange(width, dtype=np.uint8), documents)
+    kept = (keys != 0) | (columns < exact_columns)
+    rows = np.empty(int(kept.sum()), dtype=KEY_ROW)
+    rows["key"], rows["column"] = keys[kept], columns[kept]
+    rows["document"] = np.tile(np.arange(documents, dtype=np.int64), width)[kept]
+    np.save(out / "keys.npy", rows[np.argsort(rows["key"] % np.uint64(partitions), kind="stable")])
+
+
+def _partition_rows(path: Path, partition: int, partitions: int) -> np.ndarray:
+    """The rows of one hash partition in a keys.npy that _save_partitioned_keys wrote."""
+    rows = np.load(path, mmap_mode="r")
+    keys = rows["key"]
+    start = bisect.bisect_left(keys, partition, key=lambda k: int(k) % partitions)
+    end = bisect.bisect_left(keys, partition + 1, lo=start, key=lambda k: int(k) % partitions)
+    return np.asarray(rows[start:end])
 
 
 def _stats_dict(stats: SourceStats) -> dict:
@@ -299,34 +330,28 @@ class DedupStep(_Step):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         d = self.recipe.data
-        slices = [(i, t) for i in range(len(d.sources)) for t in range(d.tasks)]
-        tables = [np.load(_dir(self.work, "read", i, t) / "keys.npy", mmap_mode="r") for i, t in slices]
-        width = tables[0].shape[1] if tables else 0
-        pairs = {"first": [], "later": [], "exact": []}
-        for column in range(width):
-            keys, orders = [], []
-            for (i, t), table in zip(slices, tables):
-                values = np.asarray(table[:, column])
-                mine = np.flatnonzero((values % np.uint64(world_size)) == rank)
-                if column >= int(d.dedup.exact):
-                    mine = mine[values[mine] != 0]  # a text without units has no band key
-                keys.append(values[mine])
-                orders.append(document_order(i, t, mine.astype(np.int64)))
-            keys, orders = np.concatenate(keys), np.concatenate(orders)
-            sort = np.lexsort((orders, keys))
-            keys, orders = keys[sort], orders[sort]
-            starts_group = np.ones(len(keys), dtype=bool)
-            starts_group[1:] = keys[1:] != keys[:-1]
-            first = orders[np.maximum.accumulate(np.where(starts_group, np.arange(len(keys)), 0))]
-            later = ~starts_group
-            pairs["first"].append(first[later])
-            pairs["later"].append(orders[later])
-            is_exact = d.dedup.exact and column == 0
-            pairs["exact"].append(np.full(int(later.sum()), is_exact))
+        keys, columns, orders = [], [], []
+        for i in range(len(d.sources)):
+            for t in range(d.tasks):
+                rows = _partition_rows(_dir(self.work, "read", i, t) / "keys.npy", rank, d.tasks)
+                keys.append(rows["key"])
+                columns.append(rows["column"])
+                orders.append(document_order(i, t, rows["document"]))
+        keys, columns, orders = (np.concatenate(a) if a else np.empty(0, np.int64) for a in (keys, columns, orders))
+        sort = np.lexsort((orders, keys, columns))  # groups of equal (column, key), first document first
+        keys, columns, orders = keys[sort], columns[sort], orders[sort]
+        starts_group = np.ones(len(keys), dtype=bool)
+        starts_group[1:] = (keys[1:] != keys[:-1]) | (columns[1:] != columns[:-1])
+        first = orders[np.maximum.accumulate(np.where(starts_group, np.arange(len(keys)), 0))]
+        later = ~starts_group
+        arrays = {
+            "first": first[later],
+            "later": orders[later],
+            "exact": (columns[later] == 0) & d.dedup.exact,
+        }
         out = self.work / "dedup" / f"{rank:05d}.npz"
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial.npz")
-        arrays = {k: np.concatenate(v) if v else np.empty(0, dtype=np.int64) for k, v in pairs.items()}
         np.savez(partial, **arrays)
         os.replace(partial, out)
         self.stat_update("pairs", value=len(arrays["later"]))
