@@ -83,7 +83,7 @@ print(json.dumps({"manifest": manifest,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=16, help="tasks for the whole corpus (a quarter for each quarter)")
+    parser.add_argument("--tasks", type=int, default=16, help="tasks for the whole corpus (tasks / 4 for a quarter)")
     parser.add_argument("--corpus-mb", type=float, default=96, help="megabytes of .py files: stdlib, then packages")
     parser.add_argument("--rounds", type=int, default=3, help="1-worker and 2-worker runs, alternated; best of each")
     args = parser.parse_args()
