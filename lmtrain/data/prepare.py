@@ -42,6 +42,7 @@ from lmtrain.corpus.sources import describe_source, source_label
 from lmtrain.data.pairs import PairSpec, write_pairs
 from lmtrain.data.shards import PackedRows, TokenStream, source_dir, stream_digest, token_dtype
 from lmtrain.data.workers import (
+    WORK_LAYOUT,
     SlurmOptions,
     merged_stats,
     read_task_stats,
@@ -124,7 +125,7 @@ def _work_dir(recipe: Recipe, fingerprint: str) -> Path:
     """Work space next to data.dir (same filesystem: the finished result is renamed into place). It outlives a
     failed or killed run: the next run with the same inputs redoes only the tasks that had not finished."""
     out_dir = Path(recipe.data.dir)
-    return out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{recipe.data.tasks}tasks"
+    return out_dir.parent / f".{out_dir.name}.work-{fingerprint[:12]}-{recipe.data.tasks}tasks-v{WORK_LAYOUT}"
 
 
 def submit_to_slurm(recipe: Recipe, slurm: SlurmOptions) -> None:

@@ -69,6 +69,9 @@ START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else 
 """How datatrove starts worker processes. fork: a worker inherits the imported modules, where forkserver (datatrove's
 default) imports lmtrain, datasets and transformers again in every worker of every stage (tests/test_workers.py:
 184 s with forkserver, 7.9 s with fork on 2 cores). Nothing in the parent holds threads or locks a task uses."""
+WORK_LAYOUT = 2
+"""The layout of the files the stages leave for each other in the work directory (2: keys grouped by partition), part
+of its name: a work directory an older version left after a failed run is not resumed with this one."""
 WRITE_CHUNK = 65_536
 """Documents the write stage handles at a time: its memory is one chunk's tokens, whatever the slice's size."""
 LINE_BREAK_SEARCH = 10_000
